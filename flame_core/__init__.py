@@ -1,0 +1,29 @@
+"""flame_core: FLAME (Frozen and Learnable networks with Aligned Modular Ensemble) for sequential recommendation.
+
+A small PyTorch library: a tensorized post-LN SASRec cut into modules, modular paths with prefix sharing,
+the FLAME losses, the baselines the book compares against, a training engine with full-ranking metrics,
+and a command line (``python -m flame_core --help``).
+
+Axis letters used in shape comments throughout the package:
+
+    N  networks stacked in one parameter tensor (ensemble members, or 1)
+    R  rows that share one network's module call (path prefixes, or 1)
+    P  paths (or path prefixes at one level)
+    M  modules a network is cut into
+    B  batch (training samples or users)
+    L  sequence length (max_len), Lb the length of a batch's grid
+    T  tokens of a batch (all B*Lb grid cells when padded, the real ones when packed)
+    S  attention streams grouped together (2 in the released code's shared attention, else 1)
+    H  attention heads, E head size (D / H)
+    D  hidden size, F feed-forward size (4D)
+    I  items (score matrices have I+1 columns: column 0 is padding and scores -inf)
+    W  width of a left-padded history
+
+Importing the package has no side effects: no seeding, no logging configuration, no threads.
+"""
+
+from flame_core.config import ModelConfig, TrainConfig
+from flame_core.data import Interactions, Split, build_split, load_dataset
+
+__all__ = ["ModelConfig", "TrainConfig", "Interactions", "Split", "build_split", "load_dataset"]
+__version__ = "0.1.0"

@@ -1,0 +1,75 @@
+"""The frozen anchor: a Single SASRec pretrained on the same split and settings, cached and reused.
+
+The cache key covers everything that changes the anchor: the dataset's content (fingerprint), the model
+configuration and the training settings a Single run uses (seed, epochs, patience, batch size, lr,
+truncation). An anchor is selected on validation like every model here. Released anchors of the official
+code (plain SASRec state dicts) load through `load_anchor` too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from flame_core.backbone import SASRecStack, load_official
+from flame_core.config import ModelConfig, TrainConfig
+from flame_core.data import Interactions, Split
+from flame_core.engine import train
+from flame_core.methods import Single
+from flame_core.utils import atomic_torch_save
+
+ANCHOR_SETTINGS = ("seed", "epochs", "patience", "batch_size", "lr", "keep")
+
+
+def cache_dir() -> Path:
+    """$FLAME_CACHE_DIR, else ~/.cache/flame_core."""
+    return Path(os.environ.get("FLAME_CACHE_DIR") or Path.home() / ".cache" / "flame_core")
+
+
+def anchor_key(data: Interactions, model: ModelConfig, cfg: TrainConfig) -> str:
+    """A 16-hex key of the dataset content, the model and the anchor's training settings."""
+    settings = {k: getattr(cfg, k) for k in ANCHOR_SETTINGS}
+    blob = json.dumps({"data": data.fingerprint(), "model": model.to_dict(), "train": settings}, sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+def pretrain_anchor(data: Interactions, split: Split, model: ModelConfig, cfg: TrainConfig,
+                    root: Path | None = None, log: Callable[[str], None] = print) -> tuple[SASRecStack, Path]:  # fmt: skip
+    """Return the cached anchor for these settings, training (and caching) a Single SASRec if needed.
+
+    An interrupted pretraining resumes from its own checkpoint on the next call.
+    """
+    root = Path(root) if root is not None else cache_dir() / "anchors"
+    key = anchor_key(data, model, cfg)
+    path = root / f"{data.name}-{key}.pt"
+    device = split.train_targets.device
+    if path.exists():
+        log(f"anchor: using cached {path}")
+        return load_anchor(path, model, data.num_items).to(device), path
+    log(f"anchor: pretraining a Single SASRec for {data.name} (cache key {key})")
+    single_cfg = cfg.replace(method="single")
+    method = Single(data.num_items, model, single_cfg).to(device)
+    results = train(method, split, out_dir=root / f"{data.name}-{key}-run", resume=True, log=log)
+    meta = {k: results[k] for k in ("best_epoch", "epochs_run", "valid", "test")}
+    settings = {"model": model.to_dict(), "train": {k: getattr(cfg, k) for k in ANCHOR_SETTINGS}}
+    atomic_torch_save(path, {"state": method.learn.state_dict(), "settings": settings, "dataset": data.stats(),
+                             "fingerprint": data.fingerprint(), "results": meta})  # fmt: skip
+    return method.learn, path
+
+
+def load_anchor(path: str | Path, model: ModelConfig, num_items: int) -> SASRecStack:
+    """Load an anchor: one cached by `pretrain_anchor`, or a released one (plain SASRec state dict)."""
+    obj = torch.load(path, map_location="cpu", weights_only=False)
+    if "item_emb.weight" in obj:
+        return load_official(str(path), model, num_items)
+    net = SASRecStack(1, num_items, model)
+    try:
+        net.load_state_dict(obj["state"])
+    except (KeyError, RuntimeError) as err:
+        raise ValueError(f"{path}: not an anchor for {num_items} items with {model}: {err}") from None
+    return net

@@ -1,0 +1,194 @@
+"""Command line: ``python -m flame_core {train,pretrain,evaluate,datasets}``.
+
+Every field of `ModelConfig` and `TrainConfig` is an option (``--num-paths 4``, ``--no-frozen-dropout``);
+its help text is the field's comment in config.py, so the two never disagree. Bad input exits with
+status 2 and a one-line reason; a diverged run exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import re
+import sys
+import time
+import typing
+from pathlib import Path
+
+from flame_core.anchor import load_anchor, pretrain_anchor
+from flame_core.config import ConfigError, ModelConfig, TrainConfig
+from flame_core.data import DatasetError, available_datasets, build_split, load_dataset
+from flame_core.engine import TrainingDiverged, evaluate, train
+from flame_core.methods import Single, build_method, needs_anchor
+from flame_core.metrics import format_table
+from flame_core.utils import resolve_device, seed_everything
+
+EXAMPLES = """examples:
+  python -m flame_core datasets
+  python -m flame_core train --method flame --dataset ml-100k --epochs 30
+  python -m flame_core train --method single --dataset amazon-toys      (FLAME_DATA_DIR=../shared/data)
+  python -m flame_core train --method flame --dataset amazon-toys --frozen ../shared/official_weights/amazon-toys.pt
+  python -m flame_core evaluate --dataset amazon-toys --weights ../shared/official_weights/amazon-toys.pt
+"""
+
+
+def _field_help(cls) -> dict[str, str]:
+    """The trailing comment of each field in the dataclass source."""
+    source = inspect.getsource(cls)
+    return dict(re.findall(r"^\s+(\w+): [^=]+=[^#\n]*#\s*(.+)$", source, flags=re.M))
+
+
+def _parse_optional_int(text: str) -> int | None:
+    return None if text.lower() == "none" else int(text)
+
+
+def _add_config_options(parser: argparse.ArgumentParser, cls, skip=()) -> None:
+    group = parser.add_argument_group(f"{cls.__name__} (defaults: the official release)")
+    helps, hints = _field_help(cls), typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag, hint = "--" + f.name.replace("_", "-"), hints[f.name]
+        text = f"{helps.get(f.name, '')} (default: {f.default})"
+        if hint is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
+        elif hint == int | None:
+            group.add_argument(flag, type=_parse_optional_int, default=argparse.SUPPRESS, metavar="INT|none", help=text)
+        else:
+            group.add_argument(flag, type=hint, default=None, help=text)
+
+
+def _configs(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
+    def pick(cls):  # options left at None were not given; optional ints are present only when given
+        hints = typing.get_type_hints(cls)
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls.from_dict({k: v for k, v in vars(args).items() if k in names and (v is not None or hints[k] == int | None)})
+
+    return pick(ModelConfig), pick(TrainConfig)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m flame_core",
+        description="FLAME: frozen and learnable networks with aligned modular ensemble, for sequential recommendation.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser("train", help="train a method, select on validation, test once, print the results table")
+    _common(p)
+    p.add_argument("--frozen", metavar="PATH", help="anchor weights for flame/ensemble_guide (released or cached); "
+                   "default: pretrain a Single SASRec with the same settings, cached by settings")  # fmt: skip
+    p.add_argument("--out", metavar="DIR", help="run directory (default runs/DATASET/METHOD-seedSEED)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out from its checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="start afresh even if --out already holds a run")
+    _add_config_options(p, TrainConfig)
+    p = sub.add_parser("pretrain", help="pretrain (or find in the cache) the frozen anchor for a dataset")
+    _common(p)
+    _add_config_options(p, TrainConfig, skip=("method", "split", "path_attention", "num_paths", "rec_from",
+                                              "frozen_dropout", "lambda_0", "lambda_R", "anneal", "tau",
+                                              "pair_weighting", "members"))  # fmt: skip
+    p = sub.add_parser("evaluate", help="evaluate SASRec weights (a released or cached anchor) on valid and test")
+    _common(p)
+    p.add_argument("--weights", metavar="PATH", required=True, help="a released anchor .pt or a cached anchor")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    sub.add_parser("datasets", help="list the datasets that are available, with their statistics")
+    return parser
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="ml-100k", help="a name (ml-100k, synthetic, or FILE in $FLAME_DATA_DIR) or a path")
+    _add_config_options(p, ModelConfig)
+
+
+def _load(args, model: ModelConfig, keep, device):
+    data = load_dataset(args.dataset)
+    stats = data.stats()
+    print(" ".join(f"{k}={v}" for k, v in stats.items()))
+    split = build_split(data, model.max_len, keep).to(device)
+    print(f"training samples={split.train_inputs.shape[0]} max_len={model.max_len} device={device}")
+    return data, split
+
+
+def cmd_train(args) -> int:
+    model, cfg = _configs(args)
+    device = resolve_device(cfg.device)
+    out = Path(args.out or Path("runs") / Path(args.dataset).stem / f"{cfg.method}-seed{cfg.seed}")
+    if (out / "checkpoint.pt").exists() and not (args.resume or args.overwrite):
+        raise ValueError(f"{out} already holds a run: pass --resume to continue it, --overwrite or another --out")
+    seed_everything(cfg.seed)
+    data, split = _load(args, model, cfg.keep, device)
+    method = build_method(data.num_items, model, cfg).to(device)
+    rows = {}
+    if needs_anchor(cfg.method):
+        if args.frozen:
+            anchor, source = load_anchor(args.frozen, model, data.num_items).to(device), args.frozen
+        else:
+            anchor, source = pretrain_anchor(data, split, model, cfg)
+        method.set_frozen(anchor)
+        probe = Single(data.num_items, model, cfg.replace(method="single")).to(device)
+        probe.learn.load_state_dict(anchor.state_dict())
+        rows[f"anchor ({Path(source).name}) test"] = evaluate(probe, split, "test", cfg.eval_batch_size)
+    print(f"{cfg.method}: {method.num_parameters()} parameters; run directory {out}")
+    results = train(method, split, out_dir=out, resume=args.resume)
+    rows[f"{cfg.method} valid (epoch {results['best_epoch']})"] = results["valid"]
+    rows[f"{cfg.method} test"] = results["test"]
+    print(f"\nfull ranking over {data.num_items} items, leave-one-out, {data.name}, seed {cfg.seed}, "
+          f"{results['epochs_run']} epochs run, selected on valid NDCG@20; metrics in percent")  # fmt: skip
+    print(format_table(rows))
+    print(f"train {results['train_seconds']:.1f}s, inference {results['inference_seconds_per_1000_users']:.3f}s per 1000 users; "
+          f"results in {out / 'results.json'}")  # fmt: skip
+    return 0
+
+
+def cmd_pretrain(args) -> int:
+    model, cfg = _configs(args)
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    data, split = _load(args, model, cfg.keep, device)
+    anchor, path = pretrain_anchor(data, split, model, cfg)
+    probe = Single(data.num_items, model, cfg.replace(method="single")).to(device)
+    probe.learn.load_state_dict(anchor.state_dict())
+    print(format_table({f"anchor {s}": evaluate(probe, split, s) for s in ("valid", "test")}))
+    print(f"anchor: {path}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    model, _ = _configs(args)
+    device = resolve_device(args.device)
+    data, split = _load(args, model, -1, device)
+    probe = Single(data.num_items, model, TrainConfig(method="single")).to(device)
+    probe.learn.load_state_dict(load_anchor(args.weights, model, data.num_items).state_dict())
+    t0 = time.perf_counter()
+    rows = {f"{Path(args.weights).name} {s}": evaluate(probe, split, s) for s in ("valid", "test")}
+    print(format_table(rows))
+    print(f"full ranking, history excluded; {time.perf_counter() - t0:.2f}s for both splits")
+    return 0
+
+
+def cmd_datasets(args) -> int:
+    for entry in available_datasets():
+        if not entry["available"]:
+            print(f"{entry['name']:16s} not available: {entry['source']}")
+            continue
+        stats = load_dataset(entry["name"]).stats()
+        print(f"{entry['name']:16s} " + " ".join(f"{k}={v}" for k, v in stats.items() if k != "dataset"))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    commands = {"train": cmd_train, "pretrain": cmd_pretrain, "evaluate": cmd_evaluate, "datasets": cmd_datasets}
+    try:
+        return commands[args.command](args)
+    except (DatasetError, ConfigError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command with --resume to continue from the last epoch", file=sys.stderr)
+        return 130
+

@@ -1,0 +1,129 @@
+"""Training engine: one-epoch smoke runs of every method, resume, divergence, anchors, the released anchor."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from flame_core.anchor import anchor_key, load_anchor, pretrain_anchor
+from flame_core.config import ModelConfig, TrainConfig
+from flame_core.data import build_split, load_dataset, synthetic
+from flame_core.engine import TrainingDiverged, evaluate, train
+from flame_core.methods import Single, build_method, needs_anchor
+
+MODEL = ModelConfig(hidden=16, layers=2, heads=2, max_len=12)
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    data = synthetic(num_users=60, num_items=40, seed=3)
+    return data, build_split(data, MODEL.max_len)
+
+
+def make(method, data, cfg, anchor_seed=11, **changes):
+    cfg = cfg.replace(method=method, **changes)
+    m = build_method(data.num_items, MODEL, cfg)
+    if needs_anchor(method):
+        m.set_frozen(Single(data.num_items, MODEL, cfg.replace(method="single", seed=anchor_seed)).learn)
+    return m
+
+
+CFG = TrainConfig(epochs=3, batch_size=64, progress=False)
+
+
+@pytest.mark.parametrize("method", ["single", "ensemble_scratch", "ensemble_guide", "flame"])
+def test_one_epoch_smoke_run(tiny, tmp_path, method):
+    data, split = tiny
+    results = train(make(method, data, CFG, epochs=1), split, tmp_path, log=lambda s: None)
+    assert results["epochs_run"] == 1 and results["best_epoch"] == 1
+    assert set(results["test"]) >= {"HR@1", "HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20"}
+    assert 0 <= results["test"]["NDCG@20"] <= results["test"]["HR@20"] <= 100
+    row = results["history"][0]
+    assert row["loss"] > 0 and row["train_seconds"] > 0 and "valid/NDCG@20" in row
+    if method != "single":
+        assert row["align"] > 0 and row["lambda"] == pytest.approx(1e-5)  # epoch 1 of 1 is epoch R
+    if method == "ensemble_scratch":
+        assert "member0/NDCG@20" in results["test"] and "valid/member1/NDCG@20" in row
+    for name in ("config.json", "history.jsonl", "checkpoint.pt", "results.json"):
+        assert (tmp_path / name).exists()
+    assert json.loads((tmp_path / "results.json").read_text())["test"] == results["test"]
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporary files
+
+
+@pytest.mark.parametrize("method", ["single", "flame"])
+def test_resume_reproduces_the_uninterrupted_run(tiny, tmp_path, method):
+    data, split = tiny
+    full = train(make(method, data, CFG), split, tmp_path / "full", log=lambda s: None)
+
+    def stop_after_two(row):
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(make(method, data, CFG), split, tmp_path / "cut", on_epoch=stop_after_two, log=lambda s: None)
+    assert len((tmp_path / "cut" / "history.jsonl").read_text().splitlines()) == 2
+    resumed = train(make(method, data, CFG), split, tmp_path / "cut", resume=True, log=lambda s: None)
+    strip = lambda h: [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in h]  # noqa: E731
+    assert strip(resumed["history"]) == strip(full["history"])
+    assert resumed["test"] == full["test"] and resumed["best_epoch"] == full["best_epoch"]
+
+
+def test_a_diverged_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tiny, tmp_path):
+    data, split = tiny
+    method = make("single", data, CFG)
+    original = method.loss
+
+    def poisoned(batch):
+        loss, logs = original(batch)
+        return (loss * float("nan"), logs) if method.lam < 0.01 else (loss, logs)  # NaN from epoch 2 on (lambda 4.6e-4)
+
+    method.loss = poisoned
+    with pytest.raises(TrainingDiverged, match=r"epoch 2, step 1: the loss is nan.*epoch 1\) is kept"):
+        train(method, split, tmp_path, log=lambda s: None)
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert ckpt["state"]["epoch"] == 1 and all(torch.isfinite(v).all() for v in ckpt["method"].values())
+
+
+def test_early_stopping_selects_on_validation(tiny, tmp_path):
+    data, split = tiny
+    results = train(make("single", data, CFG.replace(epochs=6, patience=1)), split, None, log=lambda s: None)
+    history = results["history"]
+    best = max(range(len(history)), key=lambda i: history[i]["valid/NDCG@20"])
+    assert results["best_epoch"] == best + 1
+    assert results["valid"]["NDCG@20"] == history[best]["valid/NDCG@20"]
+    assert results["epochs_run"] <= best + 2  # patience 1: one epoch without improvement, then stop
+
+
+def test_anchor_is_pretrained_once_and_cached(tiny, tmp_path):
+    data, split = tiny
+    cfg = CFG.replace(epochs=2)
+    lines = []
+    anchor, path = pretrain_anchor(data, split, MODEL, cfg, root=tmp_path, log=lines.append)
+    again, path2 = pretrain_anchor(data, split, MODEL, cfg, root=tmp_path, log=lines.append)
+    assert path == path2 and "using cached" in lines[-1]
+    torch.testing.assert_close(again.state_dict(), anchor.state_dict())
+    assert anchor_key(data, MODEL, cfg) != anchor_key(data, MODEL, cfg.replace(seed=1))
+    assert anchor_key(data, MODEL, cfg) != anchor_key(synthetic(num_users=61, num_items=40, seed=3), MODEL, cfg)
+    assert anchor_key(data, MODEL, cfg) == anchor_key(data, MODEL, cfg.replace(method="flame", tau=0.5))
+    probe = Single(data.num_items, MODEL, cfg.replace(method="single"))
+    probe.learn.load_state_dict(load_anchor(path, MODEL, data.num_items).state_dict())
+    assert evaluate(probe, split, "valid")["NDCG@20"] == torch.load(path, weights_only=False)["results"]["valid"]["NDCG@20"]
+
+
+@pytest.mark.skipif(not os.environ.get("FLAME_DATA_DIR"), reason="FLAME_DATA_DIR is not set")
+def test_released_toys_anchor_gives_the_published_figures():
+    weights = SHARED / "official_weights" / "amazon-toys.pt"
+    if not weights.exists():
+        pytest.skip(f"{weights} not found")
+    data = load_dataset("amazon-toys")
+    split = build_split(data, 50)
+    model = ModelConfig()
+    probe = Single(data.num_items, model, TrainConfig(method="single"))
+    probe.learn.load_state_dict(load_anchor(weights, model, data.num_items).state_dict())
+    valid, test = evaluate(probe, split, "valid"), evaluate(probe, split, "test")
+    assert round(valid["NDCG@20"], 2) == 8.34
+    assert round(test["NDCG@20"], 2) == 7.02
+    assert round(test["HR@20"], 2) == 13.19

@@ -1,0 +1,77 @@
+"""Losses and schedule against naive loop implementations and hand-computed values."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from flame_core.losses import align_loss, lambda_schedule, pair_weights, pairwise_infonce, rec_loss
+
+
+def naive_infonce(zi, zj, tau):
+    """The released two-way InfoNCE, literally: concatenate, Gram, drop the diagonal, twin is positive."""
+    B = zi.shape[0]
+    z = torch.cat([zi, zj])  # (2B, D)
+    losses = []
+    for r in range(2 * B):
+        logits = [z[r] @ z[c] / tau for c in range(2 * B) if c != r]
+        positive = (r + B) % (2 * B)
+        pos_index = positive if positive < r else positive - 1  # its index once the diagonal is gone
+        logits = torch.stack(logits)
+        losses.append(torch.logsumexp(logits, 0) - logits[pos_index])
+    return torch.stack(losses).mean()
+
+
+def naive_align(z, tau):
+    V = z.shape[0]
+    pairs = [(i, j) for i in range(V) for j in range(i + 1, V)]
+    sims = torch.stack([torch.stack([z[i][b] @ z[j][b] for b in range(z.shape[1])]).mean() for i, j in pairs])
+    weights = [math.exp(-s) for s in sims.tolist()]
+    weights = [w / sum(weights) for w in weights]
+    return sum(w * naive_infonce(z[i], z[j], tau) for w, (i, j) in zip(weights, pairs)), torch.tensor(weights)
+
+
+@pytest.mark.parametrize("views, tau", [(2, 1.0), (4, 1.0), (3, 0.5)])
+def test_align_loss_equals_naive_loops(views, tau):
+    z = torch.randn(views, 5, 4, generator=torch.Generator().manual_seed(views), dtype=torch.float64)
+    loss, weights = align_loss(z, tau)
+    expected, expected_w = naive_align(z, tau)
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(weights, expected_w.double())
+    assert weights.sum().item() == pytest.approx(1.0)
+
+
+def test_pairwise_infonce_matches_cross_entropy_form():
+    zi, zj = torch.randn(2, 6, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    losses, sims = pairwise_infonce(torch.stack([zi, zj]), 1.0)
+    z = torch.cat([zi, zj])
+    logits = (z @ z.T).fill_diagonal_(float("-inf"))
+    target = torch.cat([torch.arange(6, 12), torch.arange(6)])
+    torch.testing.assert_close(losses[0], F.cross_entropy(logits, target))
+    torch.testing.assert_close(sims[0], (zi * zj).sum(1).mean())
+
+
+def test_pair_weights_favour_dissimilar_pairs_and_keep_gradients():
+    sims = torch.tensor([3.0, 0.0, -1.0], requires_grad=True)
+    w = pair_weights(sims)
+    assert w.argmax().item() == 2 and w.argmin().item() == 0
+    denominator = math.exp(-3) + 1 + math.e
+    assert w.tolist() == pytest.approx([math.exp(-3) / denominator, 1 / denominator, math.e / denominator])
+    (w * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+    assert sims.grad.abs().sum() > 0  # not detached
+    assert pair_weights(sims, "uniform").tolist() == pytest.approx([1 / 3] * 3)
+
+
+def test_lambda_schedule_values():
+    R = 200
+    assert lambda_schedule(1, R) == pytest.approx(1e-5 ** (1 / 200))
+    assert lambda_schedule(R // 2, R) == pytest.approx(math.sqrt(1e-5))  # halfway: geometric mean
+    assert lambda_schedule(R, R) == pytest.approx(1e-5)
+    assert lambda_schedule(10, 20, lambda_0=2.0, lambda_R=0.02) == pytest.approx(0.2)
+
+
+def test_rec_loss_ignores_the_padding_column():
+    scores = torch.tensor([[float("-inf"), 1.0, 2.0, 0.5]])
+    expected = -(1.0 - math.log(math.exp(1) + math.exp(2) + math.exp(0.5)))
+    assert rec_loss(scores, torch.tensor([1])).item() == pytest.approx(expected)
