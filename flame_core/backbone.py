@@ -26,62 +26,83 @@ from flame_core.config import ModelConfig
 
 
 @dataclass
-class Layout:
-    """Where the tokens of a batch of left-padded sequences live (see the module docstring)."""
+class Bucket:
+    """Sequences of similar length that share one attention grid (B_k, W_k)."""
 
-    ids: Tensor  # (T,) item id of each computed token
-    pos: Tensor  # (T,) absolute position: the slot in the L-wide padded layout
-    grid: Tensor | None  # (T,) flat index into the (B, Lb) grid; None when every cell is a token
-    last: Tensor  # (B,) index into T of each sequence's last token
-    real: Tensor  # (B, Lb) True where the grid cell holds an item
+    rows: slice  # their positions in the layout's sorted order of sequences
+    tokens: slice  # their tokens, contiguous in the layout's token order
+    grid: Tensor | None  # (T_k,) flat index of each token in the (B_k, W_k) grid; None: every cell is a token
+    real: Tensor  # (B_k, W_k) True where the grid cell holds an item
     _masks: dict = field(default_factory=dict, repr=False)
 
-    @property
-    def batch(self) -> int:
-        return self.real.shape[0]
-
-    @property
-    def width(self) -> int:
-        return self.real.shape[1]
-
     def mask(self, streams: int, last_only: bool) -> Tensor:
-        """Boolean attention mask, True = may attend. Streams attend to each other position-causally.
+        """Boolean attention mask, True = may attend; streams attend to each other position-causally.
 
-        Returns (B, 1, S, S*Lb) for last-position queries, else (B, 1, S*Lb, S*Lb). Every grid cell may
-        attend to itself, so padding rows are never fully masked (no NaN); real rows are unaffected.
+        (B_k, 1, S, S*W_k) for last-position queries, else (B_k, 1, S*W_k, S*W_k). Every cell may attend
+        to itself, so rows of padding cells are never fully masked (no NaN); real rows are unaffected.
         """
         key = (streams, last_only)
         if key not in self._masks:
-            real = self.real.repeat(1, streams)  # (B, S*Lb)
+            real = self.real.repeat(1, streams)  # (B_k, S*W_k)
             if last_only:
-                m = real[:, None, None, :].expand(-1, 1, streams, -1)  # (B, 1, S, S*Lb)
+                m = real[:, None, None, :].expand(-1, 1, streams, -1)  # (B_k, 1, S, S*W_k)
             else:
-                slot = torch.arange(streams * self.width, device=real.device)  # (S*Lb,)
-                col = slot % self.width
-                causal = col[None, :] <= col[:, None]  # (S*Lb, S*Lb): key position <= query position
-                eye = slot[None, :] == slot[:, None]
-                m = (causal & real[:, None, :]) | eye  # (B, S*Lb, S*Lb)
-                m = m[:, None]  # (B, 1, S*Lb, S*Lb)
+                width = self.real.shape[1]
+                slot = torch.arange(streams * width, device=real.device)  # (S*W_k,)
+                causal = slot[None, :] % width <= slot[:, None] % width  # key position <= query position
+                m = ((causal & real[:, None, :]) | (slot[None, :] == slot[:, None]))[:, None]  # (B_k, 1, SW, SW)
             self._masks[key] = m
         return self._masks[key]
+
+
+@dataclass
+class Layout:
+    """Where the tokens of a batch of left-padded sequences live (see the module docstring).
+
+    Packed layouts sort the sequences by length (stable) and cut them into buckets whose attention grids
+    are only as wide as their longest sequence; `unsort` restores the batch order of the outputs.
+    """
+
+    ids: Tensor  # (T,) item id of each computed token
+    pos: Tensor  # (T,) absolute position: the slot in the L-wide padded layout
+    last: Tensor  # (B,) token index of each sequence's last token, in sorted order
+    unsort: Tensor | None  # (B,) sorted position of each sequence of the batch; None: not sorted
+    buckets: list[Bucket]
+
+    @property
+    def batch(self) -> int:
+        return self.last.shape[0]
+
+
+BUCKET_EDGES = (4, 8, 16, 32)  # grid widths of the packed layout's buckets (the last one is the longest sequence)
 
 
 def make_layout(seq: Tensor, packed: bool = True) -> Layout:
     """Describe a batch of left-padded sequences (B, L); every row must hold at least one item."""
     B, L = seq.shape
+    if not packed:  # every cell of the (B, L) grid is a token, as in the released code
+        cells = torch.arange(B * L, device=seq.device)  # (T,)
+        last = torch.arange(B, device=seq.device) * L + L - 1  # (B,)
+        bucket = Bucket(rows=slice(0, B), tokens=slice(0, B * L), grid=None, real=seq > 0)
+        return Layout(ids=seq.flatten(), pos=cells % L, last=last, unsort=None, buckets=[bucket])
     lengths = (seq > 0).sum(1)  # (B,)
-    if packed:
-        width = int(lengths.max())
-        sub = seq[:, L - width :]  # (B, Lb), the columns that hold any item
-        real = sub > 0
-        grid = real.flatten().nonzero().squeeze(1)  # (T,)
-        last = lengths.cumsum(0) - 1  # (B,) items are contiguous and right-aligned
-        ids = sub.flatten()[grid]  # (T,)
-        pos = grid % width + (L - width)  # (T,)
-        return Layout(ids=ids, pos=pos, grid=grid, last=last, real=real)
-    cells = torch.arange(B * L, device=seq.device)  # (T,) = every grid cell
-    last = torch.arange(B, device=seq.device) * L + L - 1  # (B,)
-    return Layout(ids=seq.flatten(), pos=cells % L, grid=None, last=last, real=seq > 0)
+    lengths, order = lengths.sort(stable=True)  # (B,), (B,)
+    seq = seq[order]  # (B, L) shortest first
+    row, col = (seq > 0).nonzero(as_tuple=True)  # (T,), (T,): row-major, so each sequence's tokens are contiguous
+    last = lengths.cumsum(0) - 1  # (B,) items are contiguous and right-aligned
+    edges = [e for e in BUCKET_EDGES if e < L] + [L]
+    cut = torch.searchsorted(lengths, torch.tensor(edges, device=seq.device), right=True).tolist()
+    buckets, start = [], 0
+    for stop in cut:
+        if stop > start:
+            width, t0 = int(lengths[stop - 1]), int(last[start - 1]) + 1 if start else 0
+            t1 = int(last[stop - 1]) + 1
+            grid = (row[t0:t1] - start) * width + col[t0:t1] - (L - width)  # (T_k,)
+            real = seq[start:stop, L - width :] > 0  # (B_k, W_k)
+            buckets.append(Bucket(rows=slice(start, stop), tokens=slice(t0, t1), grid=grid, real=real))
+        start = stop
+    unsort = torch.empty_like(order).scatter_(0, order, torch.arange(B, device=seq.device))  # (B,)
+    return Layout(ids=seq[row, col], pos=col, last=last, unsort=unsort, buckets=buckets)
 
 
 def _linear(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
@@ -146,7 +167,7 @@ class SASRecStack(nn.Module):
         """Embedding module: (N, T, D) = dropout(LN(item_emb[ids] + pos_emb[pos]))."""
         x = self.item_emb[:, layout.ids] + self.pos_emb[:, layout.pos]  # (N, T, D)
         x = _layer_norm(x, self.emb_ln_w, self.emb_ln_b, self.cfg.ln_eps)
-        return F.dropout(x, p, self.training and p > 0)
+        return dropout(x, p, self.training and p > 0)
 
     def block(self, i: int, x: Tensor, layout: Layout, p: float, last_only: bool, streams: int = 1) -> Tensor:
         """Transformer block i on x (N, R, T, D) -> (N, R, T, D), or (N, R, B, D) when last_only.
@@ -158,14 +179,17 @@ class SASRecStack(nn.Module):
         w, b = self.qkv_w[:, i], self.qkv_b[:, i]
         kv = _linear(x, w[..., D:], b[..., D:])  # (N, R, T, 2D)
         if last_only:
-            x = x[:, :, layout.last]  # (N, R, B, D)
+            x = x[:, :, layout.last]  # (N, R, B, D), sequences in the layout's sorted order
         q = _linear(x, w[..., :D], b[..., :D])  # (N, R, Tq, D), Tq = B or T
         h = _attention(q, kv, layout, self.cfg.heads, p if train else 0.0, streams, last_only)
-        h = F.dropout(_linear(h, self.out_w[:, i], self.out_b[:, i]), p, train)
+        h = dropout(_linear(h, self.out_w[:, i], self.out_b[:, i]), p, train)
         x = _layer_norm(x + h, self.ln1_w[:, i], self.ln1_b[:, i], eps)
         h = F.gelu(_linear(x, self.ff1_w[:, i], self.ff1_b[:, i]))  # (N, R, Tq, F)
-        h = F.dropout(_linear(h, self.ff2_w[:, i], self.ff2_b[:, i]), p, train)
-        return _layer_norm(x + h, self.ln2_w[:, i], self.ln2_b[:, i], eps)
+        h = dropout(_linear(h, self.ff2_w[:, i], self.ff2_b[:, i]), p, train)
+        x = _layer_norm(x + h, self.ln2_w[:, i], self.ln2_b[:, i], eps)
+        if last_only and layout.unsort is not None:
+            x = x[:, :, layout.unsort]  # (N, R, B, D) back in batch order
+        return x
 
     def encode(self, layout: Layout, p: float) -> Tensor:
         """Whole networks: last-position representations (N, B, D)."""
@@ -184,29 +208,59 @@ class SASRecStack(nn.Module):
 def _attention(q: Tensor, kv: Tensor, layout: Layout, heads: int, p: float, streams: int, last_only: bool) -> Tensor:
     """Causal multi-head attention of token queries over the real keys of their own sequence.
 
-    q (N, R, Tq, D) with Tq = T, or B last-position queries; kv (N, R, T, 2D). Tokens are placed in the
-    (B, Lb) grid, `streams` consecutive rows side by side, and scaled_dot_product_attention runs on it.
+    q (N, R, Tq, D) with Tq = T, or B last-position queries in sorted order; kv (N, R, T, 2D).
+    Each bucket's tokens are placed in its (B_k, W_k) grid, `streams` consecutive rows side by side.
     """
+    out = []
+    for bucket in layout.buckets:
+        q_k = q[:, :, bucket.rows if last_only else bucket.tokens]  # (N, R, B_k or T_k, D)
+        out.append(_bucket_attention(q_k, kv[:, :, bucket.tokens], bucket, heads, p, streams, last_only))
+    return out[0] if len(out) == 1 else torch.cat(out, dim=2)  # (N, R, Tq, D)
+
+
+def _bucket_attention(q: Tensor, kv: Tensor, bucket: Bucket, heads: int, p: float, streams: int,
+                      last_only: bool) -> Tensor:  # fmt: skip
     N, R, T, D2 = kv.shape
-    B, Lb, S, E = layout.batch, layout.width, streams, D2 // 2 // heads
+    (B, W), S, E = bucket.real.shape, streams, D2 // 2 // heads
     G = N * R // S
 
-    def to_grid(t: Tensor, parts: int) -> Tensor:  # (N, R, T, parts*D) -> (parts, G, B, H, S*Lb, E)
-        if layout.grid is not None:
-            t = t.new_zeros(N, R, B * Lb, t.shape[-1]).index_copy(2, layout.grid, t)  # (N, R, B*Lb, parts*D)
-        t = t.view(G, S, B, Lb, parts, heads, E).permute(4, 0, 2, 5, 1, 3, 6)  # (parts, G, B, H, S, Lb, E)
-        return t.reshape(parts, G, B, heads, S * Lb, E)
+    def to_grid(t: Tensor, parts: int) -> Tensor:  # (N, R, T, parts*D) -> (parts, G, B, H, S*W, E)
+        if bucket.grid is not None:
+            t = t.new_zeros(N, R, B * W, t.shape[-1]).index_copy(2, bucket.grid, t)  # (N, R, B*W, parts*D)
+        t = t.view(G, S, B, W, parts, heads, E).permute(4, 0, 2, 5, 1, 3, 6)  # (parts, G, B, H, S, W, E)
+        return t.reshape(parts, G, B, heads, S * W, E)
 
-    k, v = to_grid(kv, 2)  # (G, B, H, S*Lb, E) each
+    k, v = to_grid(kv, 2)  # (G, B, H, S*W, E) each
     if last_only:
         q = q.view(G, S, B, heads, E).permute(0, 2, 3, 1, 4)  # (G, B, H, S, E)
     else:
-        q = to_grid(q, 1)[0]  # (G, B, H, S*Lb, E)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.mask(S, last_only), dropout_p=p)
+        q = to_grid(q, 1)[0]  # (G, B, H, S*W, E)
+    out = _sdpa(q, k, v, bucket.mask(S, last_only), p)  # (G, B, H, S or S*W, E)
     if last_only:
         return out.permute(0, 3, 1, 2, 4).reshape(N, R, B, D2 // 2)  # (N, R, B, D)
-    out = out.view(G, B, heads, S, Lb, E).permute(0, 3, 1, 4, 2, 5).reshape(N, R, B * Lb, D2 // 2)
-    return out if layout.grid is None else out.index_select(2, layout.grid)  # (N, R, T, D)
+    out = out.view(G, B, heads, S, W, E).permute(0, 3, 1, 4, 2, 5).reshape(N, R, B * W, D2 // 2)
+    return out if bucket.grid is None else out.index_select(2, bucket.grid)  # (N, R, T, D)
+
+
+def _sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, p: float) -> Tensor:
+    """softmax(q k^T / sqrt(E), masked) with dropout p on the probabilities, @ v.
+
+    Without dropout this is torch's fused kernel; with dropout the same arithmetic is spelled out so the
+    dropout mask comes from `dropout` (uniform draws, about 3x cheaper than bernoulli_ on CPU).
+    """
+    if p == 0.0:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    att = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # (..., Lq, Lk)
+    att = att.masked_fill(~mask, float("-inf")).softmax(-1)
+    return torch.matmul(dropout(att, p, True), v)
+
+
+def dropout(x: Tensor, p: float, train: bool) -> Tensor:
+    """Inverted dropout: zero each element with probability p, scale the rest by 1/(1-p)."""
+    if not train or p == 0.0:
+        return x
+    keep = torch.rand_like(x) >= p
+    return x * keep * (1.0 / (1.0 - p))
 
 
 def load_official(path: str, cfg: ModelConfig, num_items: int) -> SASRecStack:

@@ -42,6 +42,21 @@ def test_single_network_matches_reference(packed, longest):
     torch.testing.assert_close(z, expected, atol=ATOL, rtol=0)
 
 
+def test_packed_buckets_cover_every_length():
+    cfg = CFG.replace(max_len=40)
+    learn, frozen = stacks(cfg)
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([1, 3, 4, 5, 8, 9, 15, 16, 17, 31, 33, 39, 40, 2, 7, 20])  # every bucket, shuffled
+    seq = torch.randint(1, ITEMS + 1, (16, 40), generator=gen).masked_fill(torch.arange(40) < 40 - lengths[:, None], 0)
+    layout = make_layout(seq)
+    assert [b.real.shape[1] for b in layout.buckets] == [4, 8, 16, 31, 40]
+    plan = module_plan("emb|block|block", cfg.layers)
+    z = evaluate_paths(learn, frozen, plan, layout, all_paths(3), 0.0, 0.0)
+    nets = [ref.weights(learn, 0), ref.weights(frozen, 0)]
+    for p, path in enumerate(all_paths(3)):
+        torch.testing.assert_close(z[p], ref.path_forward(nets, path, plan, seq, cfg.heads, cfg.ln_eps), atol=ATOL, rtol=0)
+
+
 def test_tensorized_ensemble_equals_separate_networks():
     stack = SASRecStack(3, ITEMS, CFG, seeds=[5, 6, 7])
     seq = batch(1)
