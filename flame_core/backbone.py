@@ -200,9 +200,12 @@ class SASRecStack(nn.Module):
 
     def item_scores(self, z: Tensor) -> Tensor:
         """Scores (N, ..., I+1) of representations z (N, ..., D); column 0 (padding) is -inf."""
-        scores = torch.matmul(z.reshape(z.shape[0], -1, z.shape[-1]), self.item_emb.transpose(1, 2))
-        scores = scores.view(*z.shape[:-1], -1)  # (N, ..., I+1)
-        return scores.index_fill(-1, torch.zeros(1, dtype=torch.long, device=z.device), float("-inf"))
+        if z.shape[0] == 1:
+            scores = (z[0].reshape(-1, z.shape[-1]) @ self.item_emb[0].T)[None]  # (1, B*, I+1)
+        else:
+            scores = torch.bmm(z.reshape(z.shape[0], -1, z.shape[-1]), self.item_emb.transpose(1, 2))
+        scores[..., 0] = float("-inf")  # in place: the product's backward does not need its output
+        return scores.view(*z.shape[:-1], -1)  # (N, ..., I+1)
 
 
 def _attention(q: Tensor, kv: Tensor, layout: Layout, heads: int, p: float, streams: int, last_only: bool) -> Tensor:

@@ -38,16 +38,16 @@ def pairwise_infonce(z: Tensor, tau: float = 1.0) -> tuple[Tensor, Tensor]:
     For pair (i, j) the 2B rows [z_i; z_j] are scored against each other with the diagonal excluded; row b
     of z_i has its positive at z_j[b] and vice versa; the loss is the mean cross-entropy over the 2B rows.
     """
-    V, B, _ = z.shape
-    gram = torch.einsum("vbd,wcd->vwbc", z, z) / tau  # (V, V, B, B): <z_v[b], z_w[c]> / tau
+    V, B, D = z.shape
+    gram = (z.reshape(V * B, D) @ z.reshape(V * B, D).T / tau).view(V, B, V, B)  # [v, b, w, c] = <z_v[b], z_w[c]>/tau
     eye = torch.eye(B, dtype=torch.bool, device=z.device)
-    own = torch.diagonal(gram, dim1=0, dim2=1).permute(2, 0, 1)  # (V, B, B): a view against itself
+    own = torch.diagonal(gram, dim1=0, dim2=2).permute(2, 0, 1)  # (V, B, B): a view against itself
     own_lse = own.masked_fill(eye, float("-inf")).logsumexp(-1)  # (V, B): self-negatives, diagonal excluded
-    cross_lse = gram.logsumexp(-1)  # (V, V, B): against every row of the other view
-    twin = torch.diagonal(gram, dim1=2, dim2=3)  # (V, V, B): <z_v[b], z_w[b]> / tau, the positives
+    cross_lse = gram.logsumexp(-1)  # (V, B, V): row b of view v against every row of view w
+    twin = torch.diagonal(gram, dim1=1, dim2=3)  # (V, V, B): <z_v[b], z_w[b]> / tau, the positives
     i, j = pair_indices(V, z.device)
-    loss_ij = torch.logaddexp(own_lse[i], cross_lse[i, j]) - twin[i, j]  # (pairs, B): rows of view i
-    loss_ji = torch.logaddexp(own_lse[j], cross_lse[j, i]) - twin[j, i]  # (pairs, B): rows of view j
+    loss_ij = torch.logaddexp(own_lse[i], cross_lse[i, :, j]) - twin[i, j]  # (pairs, B): rows of view i
+    loss_ji = torch.logaddexp(own_lse[j], cross_lse[j, :, i]) - twin[j, i]  # (pairs, B): rows of view j
     losses = (loss_ij.mean(1) + loss_ji.mean(1)) / 2  # (pairs,)
     similarity = twin[i, j].mean(1) * tau  # (pairs,): mean_b <z_i[b], z_j[b]>
     return losses, similarity

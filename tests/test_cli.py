@@ -1,0 +1,66 @@
+"""The command line and the configuration's checks."""
+
+import json
+
+import pytest
+
+from flame_core.cli import main
+from flame_core.config import ConfigError, ModelConfig, TrainConfig
+
+TINY = ["--dataset", "synthetic", "--hidden", "16", "--max-len", "12", "--batch-size", "128", "--no-progress"]
+
+
+def test_config_rejects_unknown_keys_wrong_types_and_bad_values():
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['epoch'\]"):
+        TrainConfig.from_dict({"epoch": 3})
+    with pytest.raises(ConfigError, match=r"TrainConfig.epochs: expected <class 'int'>, got '3'"):
+        TrainConfig.from_dict({"epochs": "3"})
+    with pytest.raises(ConfigError, match="split"):
+        TrainConfig(split="emb|blocks")
+    with pytest.raises(ConfigError, match="shared"):
+        TrainConfig(split="net", path_attention="shared")
+    with pytest.raises(ConfigError, match="divisible"):
+        ModelConfig(hidden=10, heads=3)
+    assert TrainConfig.from_dict({"num_paths": None, "lr": 1}).lr == 1
+
+
+def test_train_prints_the_results_table_and_writes_the_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("FLAME_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    assert main(["train", "--method", "flame", "--epochs", "1", "--out", str(out), *TINY]) == 0
+    printed = capsys.readouterr().out
+    assert "dataset=synthetic users=200" in printed and "training samples=" in printed
+    assert "anchor: pretraining" in printed and "flame test" in printed and "NDCG@20" in printed
+    assert json.loads((out / "results.json").read_text())["epochs_run"] == 1
+    assert main(["train", "--method", "flame", "--epochs", "1", "--out", str(out), *TINY]) == 2  # would overwrite
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(["train", "--method", "flame", "--epochs", "1", "--out", str(tmp_path / "b"), *TINY]) == 0
+    assert "anchor: using cached" in capsys.readouterr().out  # the anchor is reused
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--dataset", "no-such-data"], "unknown dataset 'no-such-data'"),
+        (["train", "--dataset", "synthetic", "--split", "emb|x"], "TrainConfig.split"),
+        (["train", "--dataset", "synthetic", "--device", "cuda:7"], "CUDA is not available"),
+        (["evaluate", "--dataset", "synthetic", "--weights", "missing.pt"], "missing.pt"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(argv, message, capsys, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+
+
+def test_a_malformed_file_names_file_and_line(tmp_path, capsys):
+    bad = tmp_path / "bad.txt"
+    bad.write_text("1 1 2 3\n2 5 six 7\n")
+    assert main(["train", "--dataset", str(bad)]) == 2
+    assert f"{bad}:2:" in capsys.readouterr().err
+
+
+def test_datasets_lists_the_embedded_default(capsys):
+    assert main(["datasets"]) == 0
+    assert "ml-100k" in capsys.readouterr().out
