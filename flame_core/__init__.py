@@ -11,13 +11,15 @@ Axis letters used in shape comments throughout the package:
     P  paths (or path prefixes at one level)
     M  modules a network is cut into
     B  batch (training samples or users)
-    L  sequence length (max_len), Lb the length of a batch's grid
-    T  tokens of a batch (all B*Lb grid cells when padded, the real ones when packed)
-    S  attention streams grouped together (2 in the released code's shared attention, else 1)
+    S  training samples of a dataset, U users
+    L  sequence length (max_len); W_k the width of a packed bucket's attention grid
+    T  tokens of a batch (all B*L grid cells when padded, the real ones when packed)
+    C  attention streams side by side (2 in the released code's shared attention, else 1)
+    G  attention groups of one call (N*R/C)
     H  attention heads, E head size (D / H)
     D  hidden size, F feed-forward size (4D)
     I  items (score matrices have I+1 columns: column 0 is padding and scores -inf)
-    W  width of a left-padded history
+    W  width of a left-padded history (or of a bucket's grid inside attention)
 
 Importing the package has no side effects: no seeding, no logging configuration, no threads.
 """

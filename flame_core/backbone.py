@@ -16,6 +16,7 @@ evaluation use.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -38,17 +39,17 @@ class Bucket:
     def mask(self, streams: int, last_only: bool) -> Tensor:
         """Boolean attention mask, True = may attend; streams attend to each other position-causally.
 
-        (B_k, 1, S, S*W_k) for last-position queries, else (B_k, 1, S*W_k, S*W_k). Every cell may attend
+        (B_k, 1, C, C*W_k) for last-position queries, else (B_k, 1, C*W_k, C*W_k). Every cell may attend
         to itself, so rows of padding cells are never fully masked (no NaN); real rows are unaffected.
         """
         key = (streams, last_only)
         if key not in self._masks:
-            real = self.real.repeat(1, streams)  # (B_k, S*W_k)
+            real = self.real.repeat(1, streams)  # (B_k, C*W_k)
             if last_only:
-                m = real[:, None, None, :].expand(-1, 1, streams, -1)  # (B_k, 1, S, S*W_k)
+                m = real[:, None, None, :].expand(-1, 1, streams, -1)  # (B_k, 1, C, C*W_k)
             else:
                 width = self.real.shape[1]
-                slot = torch.arange(streams * width, device=real.device)  # (S*W_k,)
+                slot = torch.arange(streams * width, device=real.device)  # (C*W_k,)
                 causal = slot[None, :] % width <= slot[:, None] % width  # key position <= query position
                 m = ((causal & real[:, None, :]) | (slot[None, :] == slot[:, None]))[:, None]  # (B_k, 1, SW, SW)
             self._masks[key] = m
@@ -184,7 +185,7 @@ class SASRecStack(nn.Module):
         h = _attention(q, kv, layout, self.cfg.heads, p if train else 0.0, streams, last_only)
         h = dropout(_linear(h, self.out_w[:, i], self.out_b[:, i]), p, train)
         x = _layer_norm(x + h, self.ln1_w[:, i], self.ln1_b[:, i], eps)
-        h = F.gelu(_linear(x, self.ff1_w[:, i], self.ff1_b[:, i]))  # (N, R, Tq, F)
+        h = gelu(_linear(x, self.ff1_w[:, i], self.ff1_b[:, i]))  # (N, R, Tq, F)
         h = dropout(_linear(h, self.ff2_w[:, i], self.ff2_b[:, i]), p, train)
         x = _layer_norm(x + h, self.ln2_w[:, i], self.ln2_b[:, i], eps)
         if last_only and layout.unsort is not None:
@@ -224,24 +225,24 @@ def _attention(q: Tensor, kv: Tensor, layout: Layout, heads: int, p: float, stre
 def _bucket_attention(q: Tensor, kv: Tensor, bucket: Bucket, heads: int, p: float, streams: int,
                       last_only: bool) -> Tensor:  # fmt: skip
     N, R, T, D2 = kv.shape
-    (B, W), S, E = bucket.real.shape, streams, D2 // 2 // heads
-    G = N * R // S
+    (B, W), C, E = bucket.real.shape, streams, D2 // 2 // heads
+    G = N * R // C
 
-    def to_grid(t: Tensor, parts: int) -> Tensor:  # (N, R, T, parts*D) -> (parts, G, B, H, S*W, E)
+    def to_grid(t: Tensor, parts: int) -> Tensor:  # (N, R, T, parts*D) -> (parts, G, B, H, C*W, E)
         if bucket.grid is not None:
             t = t.new_zeros(N, R, B * W, t.shape[-1]).index_copy(2, bucket.grid, t)  # (N, R, B*W, parts*D)
-        t = t.view(G, S, B, W, parts, heads, E).permute(4, 0, 2, 5, 1, 3, 6)  # (parts, G, B, H, S, W, E)
-        return t.reshape(parts, G, B, heads, S * W, E)
+        t = t.view(G, C, B, W, parts, heads, E).permute(4, 0, 2, 5, 1, 3, 6)  # (parts, G, B, H, C, W, E)
+        return t.reshape(parts, G, B, heads, C * W, E)
 
-    k, v = to_grid(kv, 2)  # (G, B, H, S*W, E) each
+    k, v = to_grid(kv, 2)  # (G, B, H, C*W, E) each
     if last_only:
-        q = q.view(G, S, B, heads, E).permute(0, 2, 3, 1, 4)  # (G, B, H, S, E)
+        q = q.view(G, C, B, heads, E).permute(0, 2, 3, 1, 4)  # (G, B, H, C, E)
     else:
-        q = to_grid(q, 1)[0]  # (G, B, H, S*W, E)
-    out = _sdpa(q, k, v, bucket.mask(S, last_only), p)  # (G, B, H, S or S*W, E)
+        q = to_grid(q, 1)[0]  # (G, B, H, C*W, E)
+    out = _sdpa(q, k, v, bucket.mask(C, last_only), p)  # (G, B, H, C or C*W, E)
     if last_only:
         return out.permute(0, 3, 1, 2, 4).reshape(N, R, B, D2 // 2)  # (N, R, B, D)
-    out = out.view(G, B, heads, S, W, E).permute(0, 3, 1, 4, 2, 5).reshape(N, R, B * W, D2 // 2)
+    out = out.view(G, B, heads, C, W, E).permute(0, 3, 1, 4, 2, 5).reshape(N, R, B * W, D2 // 2)
     return out if bucket.grid is None else out.index_select(2, bucket.grid)  # (N, R, T, D)
 
 
@@ -256,6 +257,43 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, p: float) -> Tensor:
     att = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # (..., Lq, Lk)
     att = att.masked_fill(~mask, float("-inf")).softmax(-1)
     return torch.matmul(dropout(att, p, True), v)
+
+
+class _NativeGelu(torch.autograd.Function):
+    """Exact GELU through ATen's own CPU kernels, forward and backward.
+
+    On CPU, F.gelu dispatches to a oneDNN primitive that is JIT-built and cached for every new shape. A
+    packed batch has a new token count at every step, so that cache (1024 entries) grew a training
+    process by about 2 GB per 1,000 steps and slowed each step down; ATen's kernel is as fast.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        with _without_onednn():
+            return F.gelu(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors
+        with _without_onednn():
+            return torch.ops.aten.gelu_backward(grad, x)
+
+
+@contextlib.contextmanager
+def _without_onednn():
+    """Route CPU ops to ATen's kernels for a moment (only the `enabled` flag is touched)."""
+    previous = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = previous
+
+
+def gelu(x: Tensor) -> Tensor:
+    """Exact (erf) GELU; on CPU without oneDNN's per-shape primitive cache (see _NativeGelu)."""
+    return _NativeGelu.apply(x) if x.device.type == "cpu" else F.gelu(x)
 
 
 def dropout(x: Tensor, p: float, train: bool) -> Tensor:

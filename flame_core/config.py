@@ -16,7 +16,7 @@ SPLITS = ("net", "emb|enc")  # plus "emb|block|...|block" with one entry per lay
 PATH_ATTENTION = ("independent", "shared")
 REC_FROM = ("separate", "path")
 PAIR_WEIGHTING = ("similarity", "uniform")
-SAMPLING = ("uniform",)
+PATH_SAMPLING = ("uniform", "fixed")
 
 
 class ConfigError(ValueError):
@@ -93,6 +93,7 @@ class TrainConfig(_Checked):
     split: str = "emb|enc"  # module split: "net", "emb|enc", "emb|block|block" (one "block" per layer)
     path_attention: str = "independent"  # "independent" paths, or "shared" (released code, split emb|enc only)
     num_paths: int | None = None  # K sampled paths per step (pure learnable always included); None = all 2^M
+    path_sampling: str = "uniform"  # K-1 other paths drawn afresh each step, or "fixed": drawn once from the seed
     rec_from: str = "separate"  # L_rec from a separate learnable forward, or reuse the pure learnable "path"
     frozen_dropout: bool = True  # the frozen network's dropout stays active in training (official)
     lambda_0: float = 1.0  # alignment weight at epoch 0
@@ -110,6 +111,7 @@ class TrainConfig(_Checked):
         _choice("path_attention", self.path_attention, PATH_ATTENTION)
         _choice("rec_from", self.rec_from, REC_FROM)
         _choice("pair_weighting", self.pair_weighting, PAIR_WEIGHTING)
+        _choice("path_sampling", self.path_sampling, PATH_SAMPLING)
         parts = self.split.split("|")
         if not (self.split in SPLITS or (parts[0] == "emb" and len(parts) > 2 and set(parts[1:]) == {"block"})):
             raise ConfigError(f"TrainConfig.split: expected 'net', 'emb|enc' or 'emb|block|...', got {self.split!r}")

@@ -16,6 +16,7 @@ Every method is an ``nn.Module`` with
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from flame_core.backbone import SASRecStack, make_layout
@@ -110,6 +111,8 @@ class Flame(Method):
         self.frozen = SASRecStack(1, num_items, model).requires_grad_(False)
         self.plan = module_plan(train.split, model.layers)
         self.has_anchor = False
+        if train.num_paths and train.path_sampling == "fixed":
+            self.fixed_paths = sample_paths(len(self.plan), train.num_paths, torch.Generator().manual_seed(train.seed))
 
     def set_frozen(self, anchor: SASRecStack) -> None:
         """Copy a pretrained 1-network stack into the frozen network (its weights never get gradients)."""
@@ -132,7 +135,10 @@ class Flame(Method):
             raise RuntimeError("Flame.loss: no frozen anchor set; call set_frozen() (the CLI pretrains or loads one)")
         seq, target = batch
         k = self.cfg.num_paths
-        paths = sample_paths(len(self.plan), k) if k else None  # pure learnable path is always first
+        if k and self.cfg.path_sampling == "fixed":
+            paths = self.fixed_paths
+        else:
+            paths = sample_paths(len(self.plan), k) if k else None  # the pure learnable path is always first
         z = self.path_representations(seq, paths)  # (P, B, D)
         if self.cfg.rec_from == "path":
             z_rec = z[:1]  # (1, B, D)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import reference as ref
-from flame_core.backbone import SASRecStack, make_layout
+from flame_core.backbone import SASRecStack, gelu, make_layout
 from flame_core.config import ModelConfig, TrainConfig
 from flame_core.methods import build_method
 from flame_core.paths import all_paths, evaluate_paths, module_plan, path_name, sample_paths
@@ -156,12 +156,21 @@ def test_packed_and_padded_agree_in_loss_and_gradients(method, extra):
         seq = batch(7)
         loss, _ = m.loss((seq, torch.randint(1, ITEMS + 1, (seq.shape[0],), generator=torch.Generator().manual_seed(1))))
         loss.backward()
-        grads[packed] = (loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None})
-    (l0, g0), (l1, g1) = grads[False], grads[True]
+        m.eval()
+        scores = m.scores(seq)[:, 1:]  # (B, I): column 0 is -inf in both
+        grads[packed] = (loss.detach(), scores, {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None})
+    (l0, s0, g0), (l1, s1, g1) = grads[False], grads[True]
     torch.testing.assert_close(l0, l1, atol=1e-5, rtol=0)
+    torch.testing.assert_close(s0, s1, atol=1e-5, rtol=0)
     assert g0.keys() == g1.keys() and g0
     for name in g0:
         torch.testing.assert_close(g0[name], g1[name], atol=1e-4, rtol=0, msg=name)
+
+
+def test_native_gelu_matches_torch_in_value_and_gradient():
+    x = torch.randn(37, 5, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(gelu(x), torch.nn.functional.gelu(x))
+    assert torch.autograd.gradcheck(gelu, (x,))
 
 
 def test_dropout_is_active_in_training_and_off_in_eval():
