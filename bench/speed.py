@@ -47,6 +47,15 @@ def matmul_peak_gflops(device: torch.device, dtype=torch.float32, n: int = 2048,
     return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory: VmHWM (not inherited through fork/exec, unlike ru_maxrss)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -124,7 +133,7 @@ def epoch_child(args: argparse.Namespace, queue) -> None:
     _run_epoch(method, opt, split, torch.Generator().manual_seed(0), 256, "bench epoch", False)
     _sync(device)
     seconds = time.perf_counter() - t0
-    queue.put({"epoch_seconds": seconds, "epoch_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+    queue.put({"epoch_seconds": seconds, "epoch_peak_rss_mb": peak_rss_mb()})
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -169,7 +178,7 @@ def run(args: argparse.Namespace) -> dict:
         child.start()
         out.update(queue.get())
         child.join()
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_mb"] = peak_rss_mb()
     return out
 
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
+import json
 import re
 import sys
 import time
 import typing
 from pathlib import Path
+
+import torch
 
 from flame_core.anchor import load_anchor, pretrain_anchor
 from flame_core.config import ConfigError, ModelConfig, TrainConfig
@@ -88,9 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(p, TrainConfig, skip=("method", "split", "path_attention", "num_paths", "rec_from",
                                               "frozen_dropout", "lambda_0", "lambda_R", "anneal", "tau",
                                               "pair_weighting", "members"))  # fmt: skip
-    p = sub.add_parser("evaluate", help="evaluate SASRec weights (a released or cached anchor) on valid and test")
+    p = sub.add_parser("evaluate", help="evaluate a run directory, or SASRec weights (released or cached anchor)")
     _common(p)
-    p.add_argument("--weights", metavar="PATH", required=True, help="a released anchor .pt or a cached anchor")
+    p.add_argument("--weights", metavar="PATH", required=True,
+                   help="a run directory (its selected weights), a released anchor .pt or a cached anchor")  # fmt: skip
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     sub.add_parser("datasets", help="list the datasets that are available, with their statistics")
     return parser
@@ -155,15 +159,28 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    model, _ = _configs(args)
-    device = resolve_device(args.device)
-    data, split = _load(args, model, -1, device)
-    probe = Single(data.num_items, model, TrainConfig(method="single")).to(device)
-    probe.learn.load_state_dict(load_anchor(args.weights, model, data.num_items).state_dict())
+    weights = Path(args.weights)
+    if weights.is_dir():  # a run directory: rebuild its method from config.json, take the selected weights
+        saved = json.loads((weights / "config.json").read_text())
+        model, cfg = ModelConfig.from_dict(saved["model"]), TrainConfig.from_dict(saved["train"])
+        cfg = cfg.replace(device=args.device, progress=False)
+        device = resolve_device(cfg.device)
+        data, split = _load(args, model, cfg.keep, device)
+        method = build_method(data.num_items, model, cfg).to(device)
+        ckpt = torch.load(weights / "checkpoint.pt", map_location=device, weights_only=False)
+        method.load_state_dict(ckpt["best_weights"])
+        name = f"{cfg.method} (epoch {ckpt['state']['best_epoch']})"
+    else:
+        model, _ = _configs(args)
+        device = resolve_device(args.device)
+        data, split = _load(args, model, -1, device)
+        method = Single(data.num_items, model, TrainConfig(method="single")).to(device)
+        method.learn.load_state_dict(load_anchor(weights, model, data.num_items).state_dict())
+        name = weights.name
     t0 = time.perf_counter()
-    rows = {f"{Path(args.weights).name} {s}": evaluate(probe, split, s) for s in ("valid", "test")}
+    rows = {f"{name} {s}": evaluate(method, split, s) for s in ("valid", "test")}
     print(format_table(rows))
-    print(f"full ranking, history excluded; {time.perf_counter() - t0:.2f}s for both splits")
+    print(f"full ranking over {data.num_items} items, history excluded; {time.perf_counter() - t0:.2f}s for both splits")
     return 0
 
 

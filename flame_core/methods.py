@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from flame_core.backbone import SASRecStack, make_layout
+from flame_core.backbone import Layout, SASRecStack, make_layout
 from flame_core.config import ModelConfig, TrainConfig
 from flame_core.losses import align_loss, lambda_schedule, rec_loss
 from flame_core.paths import all_paths, evaluate_paths, module_plan, path_name, sample_paths
@@ -123,12 +123,12 @@ class Flame(Method):
     def path_names(self) -> list[str]:
         return [path_name(p) for p in all_paths(len(self.plan))]
 
-    def path_representations(self, seq: Tensor, paths=None) -> Tensor:
+    def path_representations(self, layout: Layout, paths=None) -> Tensor:
         """(P, B, D) for `paths` (default all 2^M), prefix-shared."""
         p_frozen = self.p if self.cfg.frozen_dropout else 0.0
         paths = paths or all_paths(len(self.plan))
         shared = self.cfg.path_attention == "shared"
-        return evaluate_paths(self.learn, self.frozen, self.plan, self.layout(seq), paths, self.p, p_frozen, shared)
+        return evaluate_paths(self.learn, self.frozen, self.plan, layout, paths, self.p, p_frozen, shared)
 
     def loss(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict]:
         if not self.has_anchor:
@@ -139,11 +139,12 @@ class Flame(Method):
             paths = self.fixed_paths
         else:
             paths = sample_paths(len(self.plan), k) if k else None  # the pure learnable path is always first
-        z = self.path_representations(seq, paths)  # (P, B, D)
+        layout = self.layout(seq)
+        z = self.path_representations(layout, paths)  # (P, B, D)
         if self.cfg.rec_from == "path":
             z_rec = z[:1]  # (1, B, D)
         else:
-            z_rec = self.learn.encode(self.layout(seq), self.p)  # (1, B, D), its own dropout
+            z_rec = self.learn.encode(layout, self.p)  # (1, B, D), its own dropout
         rec = rec_loss(self.learn.item_scores(z_rec)[0], target)
         align, _ = align_loss(z, self.cfg.tau, self.cfg.pair_weighting)
         loss = rec + self.lam * align
@@ -153,7 +154,7 @@ class Flame(Method):
         return self.learn.item_scores(self.learn.encode(self.layout(seq), self.p))[0]  # (B, I+1)
 
     def views(self, seq: Tensor) -> tuple[list[str], Tensor]:
-        return self.path_names, self.path_representations(seq)
+        return self.path_names, self.path_representations(self.layout(seq))
 
 
 METHODS = {"single": Single, "ensemble_scratch": EnsembleScratch, "ensemble_guide": Flame, "flame": Flame}

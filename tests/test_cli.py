@@ -32,6 +32,9 @@ def test_train_prints_the_results_table_and_writes_the_run(tmp_path, capsys, mon
     assert "dataset=synthetic users=200" in printed and "training samples=" in printed
     assert "anchor: pretraining" in printed and "flame test" in printed and "NDCG@20" in printed
     assert json.loads((out / "results.json").read_text())["epochs_run"] == 1
+    assert main(["evaluate", "--dataset", "synthetic", "--weights", str(out)]) == 0  # the run's selected weights
+    test_row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("flame (epoch 1) test")][0]
+    assert test_row.split()[-1] == f"{json.loads((out / 'results.json').read_text())['test']['NDCG@20']:.2f}"
     assert main(["train", "--method", "flame", "--epochs", "1", "--out", str(out), *TINY]) == 2  # would overwrite
     assert "already holds a run" in capsys.readouterr().err
     assert main(["train", "--method", "flame", "--epochs", "1", "--out", str(tmp_path / "b"), *TINY]) == 0
