@@ -12,6 +12,7 @@ import dataclasses
 import inspect
 import json
 import re
+import shlex
 import sys
 import time
 import typing
@@ -23,7 +24,8 @@ from flame_core.anchor import load_anchor, pretrain_anchor
 from flame_core.config import ConfigError, ModelConfig, TrainConfig
 from flame_core.data import DatasetError, available_datasets, build_split, load_dataset
 from flame_core.engine import TrainingDiverged, evaluate, train
-from flame_core.methods import Single, build_method, needs_anchor
+from flame_core.experiments import anchor_metrics, build, record
+from flame_core.methods import Single, build_method
 from flame_core.metrics import format_table
 from flame_core.utils import resolve_device, seed_everything
 
@@ -85,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="run directory (default runs/DATASET/METHOD-seedSEED)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out from its checkpoint")
     p.add_argument("--overwrite", action="store_true", help="start afresh even if --out already holds a run")
+    p.add_argument("--record", metavar="DIR", help="also write a results record with provenance to DIR (e.g. results/)")
+    p.add_argument("--profile", default="cli", help="the label stored in the record (e.g. quick, full, budget-20)")
     _add_config_options(p, TrainConfig)
     p = sub.add_parser("pretrain", help="pretrain (or find in the cache) the frozen anchor for a dataset")
     _common(p)
@@ -122,17 +126,8 @@ def cmd_train(args) -> int:
         raise ValueError(f"{out} already holds a run: pass --resume to continue it, --overwrite or another --out")
     seed_everything(cfg.seed)
     data, split = _load(args, model, cfg.keep, device)
-    method = build_method(data.num_items, model, cfg).to(device)
-    rows = {}
-    if needs_anchor(cfg.method):
-        if args.frozen:
-            anchor, source = load_anchor(args.frozen, model, data.num_items).to(device), args.frozen
-        else:
-            anchor, source = pretrain_anchor(data, split, model, cfg)
-        method.set_frozen(anchor)
-        probe = Single(data.num_items, model, cfg.replace(method="single")).to(device)
-        probe.learn.load_state_dict(anchor.state_dict())
-        rows[f"anchor ({Path(source).name}) test"] = evaluate(probe, split, "test", cfg.eval_batch_size)
+    method, anchor = build(data, split, model, cfg, args.frozen)
+    rows = {f"anchor ({Path(anchor).name}) test": anchor_metrics(method, split)} if anchor else {}
     print(f"{cfg.method}: {method.num_parameters()} parameters; run directory {out}")
     results = train(method, split, out_dir=out, resume=args.resume)
     rows[f"{cfg.method} valid (epoch {results['best_epoch']})"] = results["valid"]
@@ -142,6 +137,8 @@ def cmd_train(args) -> int:
     print(format_table(rows))
     print(f"train {results['train_seconds']:.1f}s, inference {results['inference_seconds_per_1000_users']:.3f}s per 1000 users; "
           f"results in {out / 'results.json'}")  # fmt: skip
+    if args.record:
+        print(f"record: {record(results, data, model, cfg, args.record, args.profile, args.command_line, args.frozen, anchor)}")
     return 0
 
 
@@ -196,6 +193,7 @@ def cmd_datasets(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.command_line = "python -m flame_core " + shlex.join(sys.argv[1:] if argv is None else argv)
     commands = {"train": cmd_train, "pretrain": cmd_pretrain, "evaluate": cmd_evaluate, "datasets": cmd_datasets}
     try:
         return commands[args.command](args)

@@ -27,8 +27,14 @@ def test_config_rejects_unknown_keys_wrong_types_and_bad_values():
 def test_train_prints_the_results_table_and_writes_the_run(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("FLAME_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "run"
-    assert main(["train", "--method", "flame", "--epochs", "1", "--out", str(out), *TINY]) == 0
+    argv = ["train", "--method", "flame", "--epochs", "1", "--out", str(out), "--record", str(tmp_path / "rec"), *TINY]
+    assert main(argv) == 0
     printed = capsys.readouterr().out
+    (rec_path,) = (tmp_path / "rec" / "synthetic").glob("flame-seed42-*.json")
+    rec = json.loads(rec_path.read_text())
+    assert rec["test"] == json.loads((out / "results.json").read_text())["test"]
+    assert rec["epoch_budget"] == 1 and rec["dataset_stats"]["users"] == 200 and rec["git"] and rec["date"]
+    assert rec["anchor"].endswith(".pt") and "--record" in rec["command"]
     assert "dataset=synthetic users=200" in printed and "training samples=" in printed
     assert "anchor: pretraining" in printed and "flame test" in printed and "NDCG@20" in printed
     assert json.loads((out / "results.json").read_text())["epochs_run"] == 1

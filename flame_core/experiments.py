@@ -1,0 +1,145 @@
+"""Experiments for the CLI and the book: build a method with its anchor, run it once, record provenance.
+
+- `build(...)`: a method on its device, with the frozen anchor set when it needs one (a given file, or the
+  cached Single pretrained with the same settings).
+- `run(...)`: train a method, or reuse the finished run with the same data and settings (its results and
+  selected weights), so chapters that share experiments, and a second execution of a chapter, do not
+  train twice. An interrupted run resumes.
+- `record(...)` / `load_records(...)`: a results record with its provenance (command, git revision,
+  dataset statistics, seed, epoch budget, whether it converged, device, date), one JSON file per run.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from flame_core.anchor import load_anchor, pretrain_anchor
+from flame_core.config import ModelConfig, TrainConfig
+from flame_core.data import Interactions, Split, build_split, load_dataset
+from flame_core.engine import evaluate, train
+from flame_core.methods import Method, Single, build_method, needs_anchor
+from flame_core.utils import atomic_json, resolve_device
+
+# settings that do not change what a run computes
+IGNORED = ("device", "progress", "eval_batch_size", "packed")
+
+
+@functools.lru_cache(maxsize=8)
+def load(dataset: str, max_len: int = 50, keep: int | None = -1) -> tuple[Interactions, Split]:
+    """A dataset and its split tensors (on the CPU), cached per process."""
+    data = load_dataset(dataset)
+    return data, build_split(data, max_len, keep)
+
+
+def build(data: Interactions, split: Split, model: ModelConfig, cfg: TrainConfig, frozen: str | None = None,
+          log: Callable[[str], None] = print) -> tuple[Method, str | None]:  # fmt: skip
+    """The method of `cfg` on the split's device, its anchor set if it needs one; returns (method, anchor path)."""
+    device = split.train_targets.device
+    method = build_method(data.num_items, model, cfg).to(device)
+    source = None
+    if needs_anchor(cfg.method):
+        if frozen:
+            anchor, source = load_anchor(frozen, model, data.num_items).to(device), str(frozen)
+        else:
+            anchor, path = pretrain_anchor(data, split, model, cfg, log=log)
+            source = str(path)
+        method.set_frozen(anchor)
+    return method, source
+
+
+def anchor_metrics(method: Method, split: Split, which: str = "test") -> dict:
+    """Metrics of a FLAME-type method's frozen network used alone (as a Single SASRec)."""
+    probe = Single(method.num_items, method.model_cfg, method.cfg.replace(method="single")).to(split.test_targets.device)
+    probe.learn.load_state_dict(method.frozen.state_dict())
+    return evaluate(probe, split, which, method.cfg.eval_batch_size)
+
+
+def run_key(data: Interactions, model: ModelConfig, cfg: TrainConfig, frozen: str | None = None) -> str:
+    """12 hex digits of the data's content and every setting that changes the run's numbers."""
+    train = {k: v for k, v in cfg.to_dict().items() if k not in IGNORED}
+    blob = json.dumps({"data": data.fingerprint(), "model": model.to_dict(), "train": train, "frozen": frozen},
+                      sort_keys=True)  # fmt: skip
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+@dataclass
+class Experiment:
+    """A finished run: its results record, the method with the selected weights, the data and split."""
+
+    results: dict
+    method: Method
+    data: Interactions
+    split: Split
+    out_dir: Path
+    reused: bool
+
+
+def run(dataset: str, model: ModelConfig, cfg: TrainConfig, root: str | Path = "runs", frozen: str | None = None,
+        log: Callable[[str], None] = print) -> Experiment:  # fmt: skip
+    """Train `cfg.method` on `dataset`, or reuse the finished run with the same key under `root`."""
+    data, split = load(dataset, model.max_len, cfg.keep)
+    split = split.to(resolve_device(cfg.device))
+    out = Path(root) / data.name / f"{cfg.method}-seed{cfg.seed}-{run_key(data, model, cfg, frozen)}"
+    method, _ = build(data, split, model, cfg, frozen, log=log)
+    if (out / "results.json").exists():
+        results = json.loads((out / "results.json").read_text())
+        ckpt = torch.load(out / "checkpoint.pt", map_location=split.test_targets.device, weights_only=False)
+        method.load_state_dict(ckpt["best_weights"])
+        method.eval()
+        return Experiment(results, method, data, split, out, reused=True)
+    results = train(method, split, out_dir=out, resume=True, log=log)
+    method.eval()
+    return Experiment(results, method, data, split, out, reused=False)
+
+
+def git_revision(cwd: str | Path | None = None) -> str:
+    """The commit of the working tree, with '+dirty' when it has uncommitted changes; 'unknown' outside git."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                             check=True, timeout=10).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=10).stdout.strip()  # fmt: skip
+        return rev + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def record(results: dict, data: Interactions, model: ModelConfig, cfg: TrainConfig, root: str | Path,
+           profile: str = "cli", command: str | None = None, frozen: str | None = None,
+           anchor: str | None = None) -> Path:  # fmt: skip
+    """Write the provenance record of a finished run to root/DATASET/METHOD-seedSEED-KEY.json (atomically).
+
+    `frozen` is the anchor file the run was given (part of the key); `anchor` the one it used (for reading).
+    """
+    key = run_key(data, model, cfg, frozen)
+    rec = {
+        "dataset": data.name, "method": cfg.method, "profile": profile, "seed": cfg.seed,
+        "epoch_budget": cfg.epochs, "epochs_run": results["epochs_run"], "best_epoch": results["best_epoch"],
+        "converged": results["stopped_early"], "valid": results["valid"], "test": results["test"],
+        "history": results["history"], "parameters": results["parameters"],
+        "train_seconds": results["train_seconds"],
+        "inference_seconds_per_1000_users": results["inference_seconds_per_1000_users"],
+        "model": model.to_dict(), "train": cfg.to_dict(), "anchor": anchor,
+        "command": command or " ".join(sys.argv), "git": git_revision(Path(__file__).parent),
+        "dataset_stats": data.stats(), "device": str(resolve_device(cfg.device)),
+        "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "key": key,
+    }  # fmt: skip
+    path = Path(root) / data.name / f"{cfg.method}-seed{cfg.seed}-{key}.json"
+    atomic_json(path, rec)
+    return path
+
+
+def load_records(root: str | Path = "results") -> list[dict]:
+    """Every record under `root` (sorted by dataset, method, seed); an absent folder gives []."""
+    records = [json.loads(p.read_text()) for p in sorted(Path(root).glob("*/*.json"))]
+    return sorted(records, key=lambda r: (r["dataset"], r["method"], r["seed"]))
