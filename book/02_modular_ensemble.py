@@ -1,0 +1,398 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Modular paths: one learnable and one frozen network, 2^M representations
+#
+# Ensemble-Guide (chapter 1) aligns two views of a user: the learnable network's and the frozen anchor's.
+# FLAME gets more views from the same two networks by cutting each into $M$ modules and letting every
+# module come from either network: each such choice is a *path*, and two networks give $2^M$ paths. This
+# chapter works through the mechanics on a tiny synthetic dataset, where every number can be checked by
+# hand: how a network is cut into modules, how paths are named, how paths that share their first modules
+# share that computation (and that this gives exactly the per-path results), how paths are sampled when
+# there are many, and why paths must attend only within themselves for the purely frozen path to be the
+# frozen network. Then, on the chosen dataset, it looks at the representations themselves (t-SNE of a
+# conventional ensemble's members against FLAME's paths) and at what more representations buy: accuracy
+# and training seconds for 2, 4 and 8 paths, sampled paths, and ensembles of 2 and 4 members.
+
+# %%
+import contextlib
+from collections import Counter
+from unittest import mock
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import plotly.express as px
+import seaborn as sns
+import torch
+from IPython.display import Markdown, display
+
+from flame_core import booktools, paths
+from flame_core.analysis import representations, tsne
+from flame_core.backbone import SASRecStack, make_layout
+from flame_core.config import ModelConfig
+from flame_core.data import build_split, synthetic
+from flame_core.paths import all_paths, evaluate_paths, module_plan, path_name, sample_paths
+
+# %% tags=["parameters"]
+dataset = "ml-100k"  # "ml-100k" (embedded), a name in $FLAME_DATA_DIR (e.g. "amazon-toys") or a file path
+device = "cpu"  # "cpu", "cuda" or "auto"
+epochs = 3  # epoch budget R of every run in this chapter; the protocol's is 200
+seeds = [42, 43]  # this chapter trains with the first seed
+max_len = 20  # input window L; the protocol's is 50
+profile = "quick"  # the name of the parameter profile, shown in captions
+runs_dir = "_build/runs"  # finished experiments are reused from here (shared by all chapters)
+output_dir = "_build/outputs/02_modular_ensemble"  # metrics.json and figures
+results_dir = "results"  # provenance records (read by chapter 3; unused here)
+toy_users = 64  # users of the synthetic worked example
+toy_hidden = 16  # hidden size of the worked example's networks
+tsne_users = 200  # test users embedded by t-SNE (each contributes one point per member or path)
+num_paths = 4  # K sampled paths per step, out of the 2^M of the per-block split
+scratch_members = [2, 4]  # Ensemble-Scratch sizes compared with the same numbers of paths
+
+# %%
+out = booktools.setup(output_dir, seed=seeds[0])
+seed = seeds[0]
+protocol = (f"full ranking over all items, leave-one-out, history excluded, selected on validation NDCG@20; "
+            f"dataset {dataset}, seed {seed}, epoch budget {epochs}, max_len {max_len}, profile '{profile}', "
+            f"device {device}; metrics in percent")
+
+# %% [markdown]
+# ## Modules, paths and their names
+#
+# A *split* cuts SASRec into $M$ ordered modules, each a list of stages: `emb` (item and position
+# embeddings, LayerNorm, dropout) and the Transformer blocks `b0`, `b1`, ... Three splits are built in:
+# `net` keeps the whole network as one module ($M = 1$: the two paths are the two networks, which is
+# Ensemble-Guide), `emb|enc` is the official split ($M = 2$), and `emb|block|block` gives every block its
+# own module ($M = 1 + $ layers). A path picks, module by module, the learnable (`L`) or the frozen (`F`)
+# network: `LF` is the learnable embedding followed by the frozen encoder. Paths are listed with the pure
+# learnable path first and the pure frozen path last. The worked example uses a tiny SASRec on a small
+# synthetic dataset with known multi-interest structure.
+
+# %%
+toy_model = ModelConfig(hidden=toy_hidden, max_len=10)
+toy = synthetic(num_users=toy_users, num_items=40, seed=0)
+toy_split = build_split(toy, toy_model.max_len)
+blocks_split = "emb|" + "|".join(["block"] * toy_model.layers)
+SPLITS = ["net", "emb|enc", blocks_split]
+plans = {s: module_plan(s, toy_model.layers) for s in SPLITS}
+print(f"synthetic: {toy.stats()}; model: {toy_model}")
+pd.DataFrame([{"split": s, "M": len(plan), "modules": " | ".join("+".join(stages) for stages in plan),
+               "paths": len(all_paths(len(plan))), "names": " ".join(path_name(p) for p in all_paths(len(plan)))}
+              for s, plan in plans.items()]).set_index("split")
+
+# %% [markdown]
+# ## Prefix sharing
+#
+# Evaluating the $2^M$ paths one by one applies $M$ modules per path, $M \cdot 2^M$ module applications
+# in all. But paths that begin with the same choices compute the same thing up to where they part:
+# `LF` and `LL` share the learnable embedding. `flame_core.paths.evaluate_paths` works level by level:
+# after module $m$ it holds one state per *prefix* of length $m$, a tensor $(2^m, B, L, D)$, and applying
+# both networks' module $m+1$ to all of them gives the $2^{m+1}$ states of the next level, so the whole
+# enumeration costs $\sum_{m=1}^{M} 2^m = 2^{M+1} - 2$ module applications. The levels of the per-block
+# split:
+
+# %%
+M3 = len(plans[blocks_split])
+for m in range(1, M3 + 1):
+    prefixes = sorted({p[:m] for p in all_paths(M3)})
+    print(f"after module {m} ({'+'.join(plans[blocks_split][m - 1])}): {len(prefixes)} states: "
+          + " ".join(path_name(p) for p in prefixes))
+
+# %% [markdown]
+# We check both claims by measurement. Two randomly initialised toy networks stand in for the learnable
+# and the frozen one (their weights do not matter here). A small context manager counts the module
+# applications inside `evaluate_paths` (one per prefix state a module is applied to), without changing
+# what it computes. For each split we evaluate all paths at once, then each path on its own, and compare.
+
+# %%
+@contextlib.contextmanager
+def count_module_applications():
+    """Count, inside flame_core.paths.evaluate_paths, the prefix states each module is applied to."""
+    counter = {"applications": 0}
+    original = paths.run_module
+
+    def counted(net, stages, x, *args, **kwargs):
+        counter["applications"] += 1 if x is None else x.shape[0]  # x: (R, T, D) states of R prefixes
+        return original(net, stages, x, *args, **kwargs)
+
+    with mock.patch.object(paths, "run_module", counted):
+        yield counter
+
+
+learn = SASRecStack(1, toy.num_items, toy_model, seeds=[1]).eval()
+frozen = SASRecStack(1, toy.num_items, toy_model, seeds=[2]).eval().requires_grad_(False)
+toy_inputs = toy_split.inputs("test")[0][:16]  # (B, L): 16 users' test inputs
+layout = make_layout(toy_inputs)
+
+# %%
+rows, toy_z = [], {}
+with torch.no_grad():
+    for s, plan in plans.items():
+        M, every = len(plan), all_paths(len(plan))
+        with count_module_applications() as shared_count:
+            z = evaluate_paths(learn, frozen, plan, layout, every, 0.0, 0.0)  # (2^M, B, D)
+        with count_module_applications() as naive_count:
+            z_each = torch.cat([evaluate_paths(learn, frozen, plan, layout, [p], 0.0, 0.0) for p in every])
+        toy_z[s] = z
+        rows.append({"split": s, "M": M, "paths": z.shape[0], "prefix-shared (measured)": shared_count["applications"],
+                     "2^(M+1) - 2": 2 ** (M + 1) - 2, "per path (measured)": naive_count["applications"],
+                     "M * 2^M": M * 2**M, "max |shared - per path|": (z - z_each).abs().max().item()})
+sharing = pd.DataFrame(rows).set_index("split")
+sharing
+
+# %% [markdown]
+# The measured counts match the formulas, and the prefix-shared representations equal the per-path ones
+# up to floating-point rounding. The saving grows with $M$: 14 instead of 24 applications for three
+# modules, 30 instead of 64 for four. (In training, a module application to a purely frozen prefix is
+# also cheaper: it runs without autograd.)
+#
+# ## Attention between paths: independent or shared
+#
+# With `path_attention="independent"` (the default) every path attends only to its own tokens, as the
+# paper describes modular paths; then the pure learnable path *is* the learnable network and the pure
+# frozen path *is* the frozen network. The released code does something else for `emb|enc`: it
+# concatenates the learnable and the frozen embedding sequences and tiles the causal mask, so in the
+# encoder every path also attends to the other embedding stream (`"shared"`). We compare the pure paths
+# with the networks evaluated alone (`SASRecStack.encode`).
+
+# %%
+with torch.no_grad():
+    alone = {"L": learn.encode(layout, 0.0)[0], "F": frozen.encode(layout, 0.0)[0]}  # (B, D) each
+    pure = {}
+    for mode in ("independent", "shared"):
+        z = evaluate_paths(learn, frozen, plans["emb|enc"], layout, all_paths(2), 0.0, 0.0, shared=mode == "shared")
+        pure[mode] = {"max |LL - learnable network|": (z[0] - alone["L"]).abs().max().item(),
+                      "max |FF - frozen network|": (z[-1] - alone["F"]).abs().max().item()}
+attention = pd.DataFrame(pure).T
+attention
+
+# %% [markdown]
+# Only with independent attention are the two pure paths the two networks (differences at rounding
+# level); with shared attention every path, the pure ones included, mixes in the other network's
+# embedding stream. Chapter 4 measures what this changes in accuracy.
+#
+# ## Sampling paths
+#
+# With many modules, aligning all $2^M$ paths at every step becomes expensive: the alignment loss has
+# one term per *pair* of paths. `sample_paths(M, K)` draws $K$ distinct paths per step, always including
+# the pure learnable path (the network that is kept) and the other $K - 1$ uniformly among the rest;
+# `evaluate_paths` then computes only the prefixes those paths need. A few draws for the per-block split:
+
+# %%
+gen = torch.Generator().manual_seed(seed)
+draws = [sample_paths(M3, num_paths, gen) for _ in range(2000)]
+for d in draws[:5]:
+    print(" ".join(path_name(p) for p in d))
+freq = Counter(path_name(p) for d in draws for p in d)
+freq_df = pd.DataFrame({"path": [path_name(p) for p in all_paths(M3)]})
+freq_df["share of draws"] = [freq[name] / len(draws) for name in freq_df.path]
+with torch.no_grad(), count_module_applications() as sampled_count:
+    for d in draws[:200]:
+        evaluate_paths(learn, frozen, plans[blocks_split], layout, d, 0.0, 0.0)
+print(f"module applications per step: {sampled_count['applications'] / 200:.2f} on average for K={num_paths} "
+      f"sampled paths, {2 ** (M3 + 1) - 2} for all {2 ** M3}")
+
+# %%
+fig, ax = plt.subplots(figsize=(7, 3))
+sns.barplot(data=freq_df, x="path", y="share of draws", color="C0", ax=ax)
+ax.axhline((num_paths - 1) / (2**M3 - 1), color="grey", ls="--", label=f"(K-1)/(2^M-1) = {num_paths - 1}/{2**M3 - 1}")
+ax.set(title=f"How often each path is drawn: K={num_paths} of {2**M3}, {len(draws)} draws", ylim=(0, 1.05))
+ax.legend(loc="upper right", fontsize=8)
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## Representations on the chosen dataset
+#
+# Now the real thing: FLAME with the official split (`emb|enc`, four paths) and Ensemble-Scratch with
+# two members, both trained under this chapter's profile (or reused from `runs_dir`: chapters 1 and 3 run
+# the same experiments). `flame_core.analysis.representations` extracts, for the test users, the
+# last-position representation of every *view*: each member of the ensemble, each path of FLAME (with
+# the selected weights, dropout off, independent attention).
+
+# %%
+def experiment(method: str, **changes):
+    return booktools.experiment(dataset, method, epochs, runs_dir, max_len=max_len, device=device, seed=seed,
+                                **changes)
+
+
+flame = experiment("flame")
+scratch = experiment("ensemble_scratch", members=scratch_members[0])
+views = {}
+for name, run in {"Ensemble-Scratch (members)": scratch, "FLAME (paths)": flame}.items():
+    views[name] = representations(run.method, run.split, "test", max_users=tsne_users)  # names, (V, U, D)
+    print(f"{name}: views {views[name][0]}, representations {tuple(views[name][1].shape)}")
+
+# %% [markdown]
+# How alike are the views of one user? The mean cosine similarity between two views of the same user,
+# over the users above (1 = the same direction):
+
+# %%
+def mean_cosine(reps: torch.Tensor) -> pd.DataFrame:
+    z = torch.nn.functional.normalize(reps.double(), dim=-1)  # (V, U, D)
+    return pd.DataFrame(torch.einsum("vud,wud->vw", z, z).numpy() / z.shape[1])
+
+
+for name, (names, reps) in views.items():
+    cos = mean_cosine(reps)
+    cos.index = cos.columns = names
+    display(Markdown(f"**{name}**: mean cosine similarity between views of the same test user "
+                     f"({reps.shape[1]} users, {dataset}, seed {seed})"))
+    display(cos.round(3))
+
+# %% [markdown]
+# t-SNE (scikit-learn) places every representation of every user in the plane, one colour per view.
+# Each model is embedded separately (the coordinates of the two panels are not comparable, the
+# neighbourhoods are). Hover a point to see its user; double-click a legend entry to isolate a view.
+
+# %%
+maps = []
+for name, (names, reps) in views.items():
+    t = tsne(reps, names, users=tsne_users, seed=seed)
+    maps.append(pd.DataFrame({"model": name, **t}))
+tsne_df = pd.concat(maps, ignore_index=True)
+fig = px.scatter(tsne_df, x="x", y="y", color="view", facet_col="model", hover_data=["user"], opacity=0.7,
+                 title=f"t-SNE of test-user representations, {tsne_users} users, {dataset}, seed {seed}, "
+                       f"{epochs} epochs, profile '{profile}'")
+fig.update_traces(marker={"size": 5})
+fig.update_xaxes(matches=None, showticklabels=False, title="")
+fig.update_yaxes(matches=None, showticklabels=False, title="")
+fig.update_layout(height=480)
+fig.show()
+
+# %% [markdown]
+# ## How many representations?
+#
+# More modules give more paths, and more paths give the alignment loss more pairs. Is it worth it, and
+# what does it cost? We train, under the same profile and seed, FLAME with 2 paths (`net`: this is
+# Ensemble-Guide), 4 paths (`emb|enc`), 8 paths (`emb|block|block`) and $K$ paths sampled out of those 8
+# at every step, against Ensemble-Scratch with as many members as FLAME has paths. FLAME keeps one
+# network for inference whatever its number of paths; the ensemble serves all its members.
+
+# %%
+blocks = "emb|" + "|".join(["block"] * flame.method.model_cfg.layers)
+VARIANTS = {
+    "FLAME net (Ensemble-Guide)": ("FLAME", "ensemble_guide", {}),
+    "FLAME emb|enc": ("FLAME", "flame", {}),
+    f"FLAME {blocks}": ("FLAME", "flame", {"split": blocks}),
+    f"FLAME {blocks}, K={num_paths} sampled": ("FLAME", "flame", {"split": blocks, "num_paths": num_paths}),
+    **{f"Ensemble-Scratch N={n}": ("Ensemble-Scratch", "ensemble_scratch", {"members": n}) for n in scratch_members},
+}
+variant_runs = {name: experiment(method, **changes) for name, (_, method, changes) in VARIANTS.items()}
+
+
+def num_representations(run) -> int:
+    """Views aligned per training step: the members, or the (sampled) paths."""
+    if run.results["method"] == "ensemble_scratch":
+        return run.method.cfg.members
+    return run.method.cfg.num_paths or 2 ** len(run.method.plan)
+
+
+rows = []
+for name, run in variant_runs.items():
+    res = run.results
+    rows.append({"variant": name, "family": VARIANTS[name][0], "representations": num_representations(run),
+                 "networks at inference": run.method.cfg.members if VARIANTS[name][0] == "Ensemble-Scratch" else 1,
+                 "valid NDCG@20": res["valid"]["NDCG@20"], "test NDCG@20": res["test"]["NDCG@20"],
+                 "test HR@20": res["test"]["HR@20"], "s / epoch": res["train_seconds"] / res["epochs_run"],
+                 "trainable params": res["parameters"]["trainable"]})
+reps_df = pd.DataFrame(rows).set_index("variant")
+display(Markdown(f"**Table 1.** Number of representations against accuracy and cost. Protocol: {protocol}. "
+                 "Seconds per epoch are wall-clock training time on this machine (validation excluded) and "
+                 "vary with its load."))
+reps_df.style.format({"valid NDCG@20": "{:.2f}", "test NDCG@20": "{:.2f}", "test HR@20": "{:.2f}",
+                      "s / epoch": "{:.1f}", "trainable params": "{:,.0f}"})
+
+# %%
+plot_df = reps_df.reset_index()
+plot_df["sampled"] = plot_df.variant.str.contains("sampled").map({True: "K sampled", False: "all"})
+fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+for ax, col in zip(axes, ["test NDCG@20", "s / epoch"]):
+    sns.lineplot(data=plot_df[plot_df.sampled == "all"], x="representations", y=col, hue="family", marker="o", ax=ax)
+    sns.scatterplot(data=plot_df[plot_df.sampled != "all"], x="representations", y=col, color="C0", marker="X",
+                    s=120, ax=ax, label=f"FLAME, K={num_paths} of {2 ** (1 + flame.method.model_cfg.layers)} sampled")
+    ax.set(xscale="log", xticks=sorted(plot_df.representations.unique()), xticklabels=sorted(plot_df.representations.unique()))
+    ax.legend(fontsize=8)
+axes[0].set(ylabel="test NDCG@20 (%)", title="accuracy")
+axes[1].set(ylabel="training seconds per epoch", title="cost")
+fig.suptitle(f"Representations per step: {dataset}, seed {seed}, {epochs} epochs, profile '{profile}'", y=1.02)
+fig.tight_layout()
+fig.savefig(out / "representations.png", dpi=120, bbox_inches="tight")
+plt.show()
+
+# %% [markdown]
+# Read the table with its protocol in mind: with a budget of a few epochs and one seed, differences of a
+# fraction of a point are within the noise (chapter 3 shows the spread between seeds). What does not
+# depend on the seed is the structure of the cost: an ensemble's training and inference grow with its
+# members, while FLAME's inference stays one network and its training grows with the number of path
+# states computed per step (prefix sharing and sampling keep that below the number of paths times the
+# modules).
+#
+# ## Summary
+#
+# - A split cuts SASRec into $M$ modules; a path chooses the learnable or the frozen network per module,
+#   named by its letters (`LF`); two networks give $2^M$ paths, pure learnable first, pure frozen last.
+# - Prefix sharing evaluates all paths with $2^{M+1} - 2$ module applications instead of $M \cdot 2^M$;
+#   we counted both and checked that the results equal per-path evaluation.
+# - `sample_paths` keeps the pure learnable path and draws the rest uniformly; only the prefixes of the
+#   drawn paths are computed.
+# - With independent path attention the pure paths are exactly the two networks; the released code's
+#   shared attention mixes the two embedding streams into every path.
+# - On the chosen dataset, t-SNE shows the views of a conventional ensemble against FLAME's paths, and
+#   the last table sets the number of representations against accuracy and training cost.
+#
+# ## Exercises
+#
+# 1. Predict the number of module applications for a 3-layer SASRec split per block ($M = 4$), with all
+#    paths and with $K = 4$ sampled paths, then measure them with `count_module_applications` and a
+#    `ModelConfig(layers=3)`.
+# 2. In the t-SNE, which FLAME paths lie close together, and which path is closest to `FF`, the frozen
+#    anchor? Relate it to the mean cosine table: which module (embedding or encoder) decides where a
+#    path's representation lands?
+# 3. Set `num_paths` to 2 and 6 (`-p num_paths 2`). How do accuracy and seconds per epoch move with K?
+# 4. The alignment loss has one term per pair of views. Count the pairs for 2, 4 and 8 views, and compare
+#    the growth of the pairs with the growth of the measured seconds per epoch. Which part of a FLAME
+#    step dominates its cost at this size?
+
+# %%
+tsne_counts = {name: int((tsne_df.model == name).sum()) for name in views}
+checks = [
+    *[{"name": f"paths of split {s}", "value": int(r["paths"]), "op": "==", "bound": 2 ** int(r["M"])}
+      for s, r in sharing.iterrows()],
+    *[{"name": f"prefix-shared module applications, {s}", "value": int(r["prefix-shared (measured)"]), "op": "==",
+       "bound": 2 ** (int(r["M"]) + 1) - 2} for s, r in sharing.iterrows()],
+    *[{"name": f"max |prefix-shared - per path|, {s}", "value": float(r["max |shared - per path|"]), "op": "<",
+       "bound": 1e-5} for s, r in sharing.iterrows()],
+    {"name": "independent attention: max |FF - frozen network|", "value": pure["independent"]["max |FF - frozen network|"],
+     "op": "<", "bound": 1e-5},
+    {"name": "independent attention: max |LL - learnable network|",
+     "value": pure["independent"]["max |LL - learnable network|"], "op": "<", "bound": 1e-5},
+    {"name": "shared attention: max |FF - frozen network|", "value": pure["shared"]["max |FF - frozen network|"],
+     "op": ">", "bound": 1e-4},
+    {"name": "sampled draws holding the pure learnable path", "value": sum(d[0] == (0,) * M3 for d in draws),
+     "op": "==", "bound": len(draws)},
+    *[{"name": f"t-SNE points, {name}", "value": tsne_counts[name], "op": "==",
+       "bound": len(views[name][0]) * min(tsne_users, views[name][1].shape[1])} for name in views],
+    {"name": "FLAME views (emb|enc)", "value": len(views["FLAME (paths)"][0]), "op": "==", "bound": 4},
+    *[{"name": f"{name} test NDCG@20", "value": r["test NDCG@20"], "op": ">", "bound": 0.0} for name, r in reps_df.iterrows()],
+]
+metrics = {
+    "chapter": "02_modular_ensemble", "dataset": dataset, "profile": profile, "epochs": epochs, "seed": seed,
+    "max_len": max_len, "tsne_users": tsne_users, "num_paths": num_paths,
+    "sharing": sharing.reset_index().to_dict(orient="records"),
+    "representations": reps_df.reset_index().to_dict(orient="records"),
+    "checks": checks,
+}
+booktools.write_metrics(output_dir, metrics)
+pd.DataFrame(checks)

@@ -1,0 +1,235 @@
+"""Build the FLAME Book: convert, execute, validate and render every chapter listed in _toc.yml.
+
+    python scripts/build_book.py                      # quick profile (CPU, minutes): what CI runs
+    python scripts/build_book.py full                 # the paper's settings (book/params/full.yml), for a GPU
+    python scripts/build_book.py quick 06_efficiency  # only these chapters (the HTML then holds only them)
+    python scripts/build_book.py full -p dataset amazon-beauty   # papermill parameters on top of the profile
+
+Steps (DESIGN.md section 10), for each chapter book/NN_name.py named in _toc.yml, in its order:
+
+1. ``jupytext --to ipynb`` into _build/notebooks/ (never beside the .py: .ipynb files are build artefacts);
+2. ``papermill -f book/params/PROFILE.yml --cwd <repository root>`` into _build/executed/, runtime printed;
+3. ``pytest --nbval-lax --nbval-current-env --nbval-sanitize-with book/nbval_sanitize.cfg`` on the executed
+   notebook: the chapter runs a second time, every cell must succeed, and cells marked NBVAL_CHECK_OUTPUT
+   must reproduce their output. Chapters reuse finished experiments from runs_dir, so this run trains little.
+
+then the HTML is built FROM THE EXECUTED NOTEBOOKS with execution off, so no chapter runs a third time:
+_config.yml (execution off, .ipynb allowed), a _toc.yml of the built chapters, the toc's markdown pages
+and the executed notebooks are staged into _build/stage, plotly.js is served once from _static/ instead of
+being inlined into every page (4.8 MB each), and ``jupyter-book clean`` + ``jupyter-book build -W
+--keep-going`` runs there; the HTML lands in _build/html (open _build/html/index.html).
+
+A failing chapter does not stop the others; the exit status is 1 if any step failed. _build/book.json
+records the profile, the chapters, each step's status and runtime; tests/test_book.py reads it, together
+with each chapter's _build/outputs/NN_name/metrics.json (chapters write there by default). The experiment
+cache _build/runs is kept between builds; everything else a build writes is rebuilt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD = ROOT / "_build"
+NOTEBOOKS, EXECUTED, STAGE, HTML = BUILD / "notebooks", BUILD / "executed", BUILD / "stage", BUILD / "html"
+MANIFEST = BUILD / "book.json"
+SANITIZE = ROOT / "book" / "nbval_sanitize.cfg"
+PLOTLY_MARKER = "plotly.js v"  # the licence header of the bundle plotly's notebook renderer inlines once per notebook
+MATHJAX_CDN = re.compile(r'<script src="https://cdnjs\.cloudflare\.com/ajax/libs/mathjax/[^"]*"></script>')
+
+
+def toc_files(node) -> list[str]:
+    """Every `file` entry of a _toc.yml tree (root first, then chapters/parts/sections in order)."""
+    if isinstance(node, list):
+        return [f for item in node for f in toc_files(item)]
+    if not isinstance(node, dict):
+        return []
+    found = [node["root"]] if "root" in node else []
+    found += [node["file"]] if "file" in node else []
+    for key in ("parts", "chapters", "sections"):
+        found += toc_files(node.get(key, []))
+    return found
+
+
+def filter_toc(node, keep):
+    """The toc tree without the file entries for which keep(file) is false."""
+    if isinstance(node, list):
+        return [x for x in (filter_toc(item, keep) for item in node) if x is not None]
+    if isinstance(node, dict):
+        if "file" in node and not keep(node["file"]):
+            return None
+        return {k: (filter_toc(v, keep) if k in ("parts", "chapters", "sections") else v) for k, v in node.items()}
+    return node
+
+
+def run(cmd: list[str], log: str | None = None) -> tuple[int, float]:
+    """Run a command from the repository root (output streamed, or sent to `log`); returns (status, seconds)."""
+    t0 = time.perf_counter()
+    if log:
+        with open(log, "w") as f:
+            status = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT).returncode
+    else:
+        status = subprocess.run(cmd, cwd=ROOT).returncode
+    return status, time.perf_counter() - t0
+
+
+def write_manifest(manifest: dict) -> None:
+    MANIFEST.parent.mkdir(parents=True, exist_ok=True)
+    MANIFEST.write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def execute(chapter: str, params: Path, extra: list[str], timeout: int | None, manifest: dict) -> bool:
+    """Steps 1-3 for one chapter; records statuses and runtimes in the manifest."""
+    entry = manifest["chapters"][chapter]
+    src, nb, done = ROOT / "book" / f"{chapter}.py", NOTEBOOKS / f"{chapter}.ipynb", EXECUTED / f"{chapter}.ipynb"
+    shutil.rmtree(BUILD / "outputs" / chapter, ignore_errors=True)  # a failed run must not leave old results
+    done.unlink(missing_ok=True)
+    status, _ = run([sys.executable, "-m", "jupytext", "--quiet", "--to", "ipynb", "-o", str(nb), str(src)])
+    if status:
+        entry["status"] = "jupytext failed"
+        return False
+    cmd = [sys.executable, "-m", "papermill", str(nb), str(done), "-f", str(params), "--cwd", str(ROOT),
+           "-k", "python3", "--no-progress-bar", *extra]  # fmt: skip
+    if timeout:
+        cmd += ["--execution-timeout", str(timeout)]
+    print(f"== {chapter}: papermill -f {params.relative_to(ROOT) if params.is_relative_to(ROOT) else params}", flush=True)
+    status, seconds = run(cmd)
+    entry["papermill_seconds"] = round(seconds, 1)
+    print(f"== {chapter}: papermill {'ok' if not status else 'FAILED'} in {seconds:.1f} s", flush=True)
+    if status:
+        entry["status"] = "papermill failed"
+        return False
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax", "--nbval-current-env",
+           "--nbval-sanitize-with", str(SANITIZE), str(done)]  # fmt: skip
+    status, seconds = run(cmd)
+    entry["nbval_seconds"] = round(seconds, 1)
+    print(f"== {chapter}: nbval {'ok' if not status else 'FAILED'} in {seconds:.1f} s", flush=True)
+    entry["status"] = "nbval failed" if status else "ok"
+    return not status
+
+
+def strip_plotly_bundle(path: Path) -> int:
+    """Serve plotly.js from _static/ instead of the notebook outputs; returns the number of bundles dropped.
+
+    plotly's notebook renderer inlines the 4.8 MB plotly.js bundle into the first figure's cell of every
+    notebook, and each figure loads MathJax from a CDN: drop both (the page loads _static/plotly.min.js,
+    and the book already configures MathJax), so pages stay small and render offline. Each figure output
+    keeps its text/html (the div and the Plotly.newPlot call) and loses plotly's JSON, which myst-nb
+    cannot render and would warn about (so the staged build need not suppress mystnb.unknown_mime_type,
+    and any other output the book cannot show still fails the -W build).
+    """
+    nb = json.loads(path.read_text())
+    dropped = 0
+    for cell in nb["cells"]:
+        outputs = cell.get("outputs", [])
+        keep = [o for o in outputs if PLOTLY_MARKER not in "".join(o.get("data", {}).get("text/html", ""))[:2000]]
+        dropped += len(outputs) - len(keep)
+        for o in keep:
+            if "application/vnd.plotly.v1+json" in o.get("data", {}) and "text/html" in o["data"]:
+                # the HTML draws the figure; myst-nb would warn about plotly's JSON (an unknown mime type)
+                del o["data"]["application/vnd.plotly.v1+json"]
+                o["data"]["text/html"] = MATHJAX_CDN.sub("", "".join(o["data"]["text/html"]))
+        cell["outputs"] = keep
+    path.write_text(json.dumps(nb, indent=1) + "\n")
+    return dropped
+
+
+def build_html(toc: dict, chapters: list[str], manifest: dict) -> bool:
+    """Step 4: stage the executed notebooks and build the HTML with execution off."""
+    shutil.rmtree(STAGE, ignore_errors=True)
+    shutil.rmtree(HTML, ignore_errors=True)
+    (STAGE / "book").mkdir(parents=True)
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    config.setdefault("execute", {})["execute_notebooks"] = "off"  # executed by papermill already
+    config["exclude_patterns"] = [p for p in config.get("exclude_patterns", []) if not p.endswith(".ipynb")]
+    sphinx_config = config.get("sphinx", {}).get("config", {})
+    sphinx_config.pop("suppress_warnings", None)  # only for direct builds (see _config.yml)
+    (STAGE / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    chapter_files = {f"book/{c}" for c in chapters}
+    staged = filter_toc(toc, lambda f: not (ROOT / f"{f}.py").exists() or f in chapter_files)
+    (STAGE / "_toc.yml").write_text(yaml.safe_dump(staged, sort_keys=False))
+    for f in toc_files(staged):
+        if (ROOT / f"{f}.md").exists():
+            shutil.copy(ROOT / f"{f}.md", STAGE / f"{f}.md")
+    if (ROOT / "book" / "_static").is_dir():
+        shutil.copytree(ROOT / "book" / "_static", STAGE / "_static")
+    dropped = 0
+    for c in chapters:
+        shutil.copy(EXECUTED / f"{c}.ipynb", STAGE / "book" / f"{c}.ipynb")
+        dropped += strip_plotly_bundle(STAGE / "book" / f"{c}.ipynb")
+    if dropped:  # jupyter-book adds every .js file of _static to every page (html_js_files)
+        import plotly
+
+        (STAGE / "_static").mkdir(exist_ok=True)
+        shutil.copy(Path(plotly.__file__).parent / "package_data" / "plotly.min.js", STAGE / "_static")
+    jb = str(Path(sys.executable).parent / "jupyter-book")
+    run([jb, "clean", str(STAGE)], log=str(BUILD / "jupyter-book-clean.log"))
+    status, seconds = run([jb, "build", str(STAGE), "-W", "--keep-going"])
+    manifest["html"] = {"status": "ok" if not status else "failed", "seconds": round(seconds, 1),
+                        "plotly_bundles_replaced": dropped}  # fmt: skip
+    if (STAGE / "_build" / "html").is_dir():
+        shutil.move(STAGE / "_build" / "html", HTML)
+    print(f"== html: jupyter-book build -W {'ok' if not status else 'FAILED'} in {seconds:.1f} s -> {HTML}", flush=True)
+    return not status
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("profile", nargs="?", default="quick", help="quick, full, or a path to a parameters .yml")
+    p.add_argument("chapters", nargs="*", help="chapter names (e.g. 06_efficiency); default: all in _toc.yml")
+    p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
+                   help="a papermill parameter on top of the profile (repeatable)")  # fmt: skip
+    p.add_argument("--cell-timeout", type=int, default=None,
+                   help="papermill per-cell timeout in seconds (default: 1200 for quick, none otherwise)")  # fmt: skip
+    p.add_argument("--no-html", action="store_true", help="execute and validate only")
+    args = p.parse_args(argv)
+
+    params = ROOT / "book" / "params" / f"{args.profile}.yml"
+    params = params if params.exists() else Path(args.profile).resolve()
+    if not params.exists():
+        p.error(f"no profile {args.profile!r}: expected book/params/{args.profile}.yml or a .yml file")
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    listed = [Path(f).name for f in toc_files(toc) if f.startswith("book/") and (ROOT / f"{f}.py").exists()]
+    unknown = [c for c in args.chapters if c not in listed]
+    if unknown:
+        p.error(f"not a chapter in _toc.yml: {unknown}; chapters: {listed}")
+    chapters = args.chapters or listed
+    timeout = args.cell_timeout if args.cell_timeout is not None else (1200 if args.profile == "quick" else 0)
+    extra = [x for key, value in args.parameter for x in ("-p", key, value)]
+
+    for d in (NOTEBOOKS, EXECUTED):
+        d.mkdir(parents=True, exist_ok=True)
+    manifest = {"profile": args.profile, "params": str(params), "parameters": dict(args.parameter),
+                "started": time.strftime("%Y-%m-%d %H:%M:%S"), "chapters": {c: {"status": "pending"} for c in chapters},
+                "html": {"status": "skipped" if args.no_html else "pending"}}  # fmt: skip
+    write_manifest(manifest)
+    t0 = time.perf_counter()
+    ok = []
+    for chapter in chapters:
+        if execute(chapter, params, extra, timeout, manifest):
+            ok.append(chapter)
+        write_manifest(manifest)
+    html_ok = True
+    if not args.no_html:
+        html_ok = build_html(toc, [c for c in chapters if (EXECUTED / f"{c}.ipynb").exists()
+                                   and manifest["chapters"][c]["status"] != "papermill failed"], manifest)  # fmt: skip
+    manifest["seconds"] = round(time.perf_counter() - t0, 1)
+    write_manifest(manifest)
+
+    print("== book:", ", ".join(f"{c} {v['status']} (papermill {v.get('papermill_seconds', '-')} s, nbval "
+                                f"{v.get('nbval_seconds', '-')} s)" for c, v in manifest["chapters"].items()))  # fmt: skip
+    print(f"== book: html {manifest['html']['status']}; {manifest['seconds']:.0f} s in all")
+    return 0 if len(ok) == len(chapters) and html_ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
