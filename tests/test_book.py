@@ -28,7 +28,7 @@ BUILD = ROOT / "_build"
 MANIFEST = BUILD / "book.json"
 HTML = BUILD / "html"
 OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le, "==": operator.eq}
-BUILD_HINT = "the book has not been built: run `python scripts/build_book.py quick` (CI does)"
+BUILD_HINT = "the book has not been built: run `python scripts/build_book.py quick` (not yet part of CI)"
 
 EXTRA = {
     "06_efficiency": [
