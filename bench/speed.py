@@ -15,7 +15,6 @@ modules that only pass gradients through, times 1 for passes without autograd.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import platform
 import resource

@@ -6,7 +6,6 @@ from one comparison pass over each batch's score matrix: no sorting, and the ful
 never held at once.
 """
 
-import math
 from typing import Callable
 
 import torch
