@@ -16,9 +16,8 @@ import torch
 from torch import Tensor
 
 from flame_core.data import Split
-from flame_core.methods import EnsembleScratch, Flame, Method
+from flame_core.methods import Method
 from flame_core.metrics import mask_history, target_ranks
-from flame_core.paths import all_paths
 
 
 @torch.no_grad()
@@ -35,22 +34,12 @@ def representations(method: Method, split: Split, which: str = "test", max_users
     return names, torch.cat(chunks, dim=1)  # (V, U, D)
 
 
-def _view_tables(method: Method) -> Tensor:
-    """Item table per view, (V, I+1, D)."""
-    if isinstance(method, EnsembleScratch):
-        return method.members.item_emb
-    if isinstance(method, Flame):
-        tables = torch.cat([method.learn.item_emb, method.frozen.item_emb])  # (2, I+1, D)
-        return tables[[path[0] for path in all_paths(len(method.plan))]]
-    return method.learn.item_emb
-
-
 @torch.no_grad()
 def view_ranks(method: Method, split: Split, which: str = "test", batch_size: int = 1024) -> tuple[list[str], Tensor]:
     """Rank of each user's target under every view: (names, (V, U)) int64, full ranking, history excluded."""
     method.eval()
     inputs, targets, history = split.inputs(which)
-    tables = _view_tables(method)  # (V, I+1, D)
+    tables = method.view_tables()  # (V, I+1, D)
     names, ranks = [], []
     for start in range(0, inputs.shape[0], batch_size):
         sl = slice(start, start + batch_size)

@@ -24,7 +24,7 @@ from flame_core.anchor import load_anchor, pretrain_anchor
 from flame_core.config import ConfigError, ModelConfig, TrainConfig
 from flame_core.data import DatasetError, available_datasets, build_split, load_dataset
 from flame_core.engine import TrainingDiverged, evaluate, train
-from flame_core.experiments import anchor_metrics, build, record
+from flame_core.experiments import build, pretrained_metrics, record
 from flame_core.methods import Single, build_method
 from flame_core.metrics import format_table
 from flame_core.utils import resolve_device, seed_everything
@@ -48,6 +48,10 @@ def _parse_optional_int(text: str) -> int | None:
     return None if text.lower() == "none" else int(text)
 
 
+def _parse_int_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(","))
+
+
 def _add_config_options(parser: argparse.ArgumentParser, cls, skip=()) -> None:
     group = parser.add_argument_group(f"{cls.__name__} (defaults: the official release)")
     helps, hints = _field_help(cls), typing.get_type_hints(cls)
@@ -60,6 +64,8 @@ def _add_config_options(parser: argparse.ArgumentParser, cls, skip=()) -> None:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         elif hint == int | None:
             group.add_argument(flag, type=_parse_optional_int, default=argparse.SUPPRESS, metavar="INT|none", help=text)
+        elif typing.get_origin(hint) is tuple:
+            group.add_argument(flag, type=_parse_int_tuple, default=None, metavar="INT,INT,...", help=text)
         else:
             group.add_argument(flag, type=hint, default=None, help=text)
 
@@ -83,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a method, select on validation, test once, print the results table")
     _common(p)
     p.add_argument("--frozen", metavar="PATH", help="anchor weights for flame/ensemble_guide (released or cached); "
-                   "default: pretrain a Single SASRec with the same settings, cached by settings")  # fmt: skip
+                   "default: pretrain a Single SASRec with the same settings, cached by settings (ckd's "
+                   "teachers likewise)")  # fmt: skip
     p.add_argument("--out", metavar="DIR", help="run directory (default runs/DATASET/METHOD-seedSEED)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out from its checkpoint")
     p.add_argument("--overwrite", action="store_true", help="start afresh even if --out already holds a run")
@@ -92,9 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(p, TrainConfig)
     p = sub.add_parser("pretrain", help="pretrain (or find in the cache) the frozen anchor for a dataset")
     _common(p)
-    _add_config_options(p, TrainConfig, skip=("method", "split", "path_attention", "num_paths", "rec_from",
-                                              "frozen_dropout", "lambda_0", "lambda_R", "anneal", "tau",
-                                              "pair_weighting", "members"))  # fmt: skip
+    method_only = ("method", "split", "path_attention", "num_paths", "rec_from", "frozen_dropout", "lambda_0",
+                   "lambda_R", "anneal", "tau", "pair_weighting", "members")  # fmt: skip
+    related = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name.startswith(("emkd_", "canet_", "ckd_")))
+    _add_config_options(p, TrainConfig, skip=method_only + related)
     p = sub.add_parser("evaluate", help="evaluate a run directory, or SASRec weights (released or cached anchor)")
     _common(p)
     p.add_argument("--weights", metavar="PATH", required=True,
@@ -127,7 +135,9 @@ def cmd_train(args) -> int:
     seed_everything(cfg.seed)
     data, split = _load(args, model, cfg.keep, device)
     method, anchor = build(data, split, model, cfg, args.frozen)
-    rows = {f"anchor ({Path(anchor).name}) test": anchor_metrics(method, split)} if anchor else {}
+    rows = {f"{name} test": metrics for name, metrics in pretrained_metrics(method, split).items()}
+    if anchor:
+        print(f"pretrained: {anchor}")
     print(f"{cfg.method}: {method.num_parameters()} parameters; run directory {out}")
     results = train(method, split, out_dir=out, resume=args.resume)
     rows[f"{cfg.method} valid (epoch {results['best_epoch']})"] = results["valid"]
@@ -137,6 +147,8 @@ def cmd_train(args) -> int:
     print(format_table(rows))
     print(f"train {results['train_seconds']:.1f}s, inference {results['inference_seconds_per_1000_users']:.3f}s per 1000 users; "
           f"results in {out / 'results.json'}")  # fmt: skip
+    if results["report"]:
+        print(f"report (test): {json.dumps(results['report'])}")
     if args.record:
         print(f"record: {record(results, data, model, cfg, args.record, args.profile, args.command_line, args.frozen, anchor)}")
     return 0
@@ -178,6 +190,9 @@ def cmd_evaluate(args) -> int:
     rows = {f"{name} {s}": evaluate(method, split, s) for s in ("valid", "test")}
     print(format_table(rows))
     print(f"full ranking over {data.num_items} items, history excluded; {time.perf_counter() - t0:.2f}s for both splits")
+    report = method.report(split)
+    if report:
+        print(f"report (test): {json.dumps(report)}")
     return 0
 
 

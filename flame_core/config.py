@@ -11,7 +11,7 @@ import types
 import typing
 from dataclasses import dataclass
 
-METHODS = ("single", "ensemble_scratch", "ensemble_guide", "flame")
+METHODS = ("single", "ensemble_scratch", "ensemble_guide", "flame", "emkd", "canet", "ckd")
 SPLITS = ("net", "emb|enc")  # plus "emb|block|...|block" with one entry per layer
 PATH_ATTENTION = ("independent", "shared")
 REC_FROM = ("separate", "path")
@@ -50,6 +50,8 @@ def _type_ok(value, hint) -> bool:
         return any(_type_ok(value, h) for h in typing.get_args(hint))
     if hint is type(None):
         return value is None
+    if typing.get_origin(hint) is tuple:  # tuple[int, ...]; JSON gives lists
+        return isinstance(value, (tuple, list)) and all(_type_ok(v, typing.get_args(hint)[0]) for v in value)
     if hint is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if hint is int:
@@ -80,7 +82,10 @@ class ModelConfig(_Checked):
 
 @dataclass(frozen=True)
 class TrainConfig(_Checked):
-    """One training run: the method, its FLAME settings, the optimiser and the protocol."""
+    """One training run: the method, its FLAME settings, the optimiser and the protocol.
+
+    Settings of the related methods (DESIGN.md section 6) carry their method's prefix: emkd_, canet_, ckd_.
+    """
 
     method: str = "flame"  # one of METHODS
     epochs: int = 200  # R, the maximum number of epochs (also the annealing horizon)
@@ -105,8 +110,28 @@ class TrainConfig(_Checked):
     packed: bool = True  # per-token work on real tokens only (False: the padded layout, for checks)
     eval_batch_size: int = 1024
     progress: bool = True  # tqdm progress bars
+    emkd_members: int = 3  # N, SASRec members of emkd (seeds s..s+N-1)
+    emkd_temperature: float = 1.0  # softening temperature of emkd's logit distillation
+    emkd_distill_weight: float = 1e-3  # weight of emkd's symmetric-KL logit distillation between members
+    emkd_contrast_weight: float = 0.1  # weight of emkd's intra- plus cross-network InfoNCE (temperature: tau)
+    emkd_crop: float = 0.6  # emkd crop augmentation: share of a sequence's items kept (contiguous)
+    emkd_mask: float = 0.3  # emkd mask augmentation: share of a sequence's items deleted
+    canet_sizes: tuple[int, ...] = (32, 48, 64)  # canet routing space: embedding and hidden sizes, ascending, <= hidden
+    canet_tau: float = 1.0  # canet Gumbel-softmax temperature of the router
+    canet_uniform_weight: float = 0.01  # weight of canet's uniform-routing loss
+    canet_guide_weight: float = 0.01  # weight of canet's easy/hard guide loss
+    canet_guide_k: int = 20  # canet: a user is easy when the smallest submodel ranks the target in its top k
+    ckd_teachers: int = 3  # K, pretrained SASRec teachers of ckd (seeds s+1..s+K)
+    ckd_teacher_hidden: tuple[int, ...] = (64, 64, 32)  # hidden size of teacher k: entry k (cycled)
+    ckd_temperature: float = 2.0  # ckd distillation temperature over the in-batch candidates
+    ckd_distill_weight: float = 1.0  # weight of ckd's weighted multi-teacher distillation
+    ckd_curriculum_start: float = 0.3  # c0: ckd's epoch e trains on the easiest c0 + (1 - c0) * e / E of the samples
+    ckd_curriculum_epochs: int = 20  # E, epochs until ckd's curriculum pool holds every training sample
 
     def __post_init__(self):
+        for f in dataclasses.fields(self):  # JSON and the CLI give lists where tuples are meant
+            if isinstance(getattr(self, f.name), list):
+                object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
         _choice("method", self.method, METHODS)
         _choice("path_attention", self.path_attention, PATH_ATTENTION)
         _choice("rec_from", self.rec_from, REC_FROM)
@@ -123,6 +148,32 @@ class TrainConfig(_Checked):
             raise ConfigError(f"TrainConfig.members: an ensemble needs at least 2 members, got {self.members}")
         if min(self.epochs, self.batch_size, self.eval_batch_size) < 1 or self.patience < 0:
             raise ConfigError("TrainConfig: epochs, batch sizes must be positive and patience non-negative")
+        _check_related(self)
+
+
+def _check_related(cfg: TrainConfig) -> None:
+    """Value checks of the emkd_, canet_ and ckd_ settings."""
+    positive = ("emkd_temperature", "canet_tau", "ckd_temperature", "canet_guide_k", "ckd_teachers",
+                "ckd_curriculum_epochs")  # fmt: skip
+    for key in positive:
+        if getattr(cfg, key) <= 0:
+            raise ConfigError(f"TrainConfig.{key}: expected a positive value, got {getattr(cfg, key)}")
+    for key in ("emkd_distill_weight", "emkd_contrast_weight", "canet_uniform_weight", "canet_guide_weight",
+                "ckd_distill_weight"):  # fmt: skip
+        if getattr(cfg, key) < 0:
+            raise ConfigError(f"TrainConfig.{key}: expected a non-negative weight, got {getattr(cfg, key)}")
+    if cfg.emkd_members < 2 and cfg.method == "emkd":
+        raise ConfigError(f"TrainConfig.emkd_members: an ensemble needs at least 2 members, got {cfg.emkd_members}")
+    for key in ("emkd_crop", "ckd_curriculum_start"):
+        if not 0.0 < getattr(cfg, key) <= 1.0:
+            raise ConfigError(f"TrainConfig.{key}: expected a share in (0, 1], got {getattr(cfg, key)}")
+    if not 0.0 <= cfg.emkd_mask < 1.0:
+        raise ConfigError(f"TrainConfig.emkd_mask: expected a share in [0, 1) (one item stays), got {cfg.emkd_mask}")
+    sizes = cfg.canet_sizes
+    if not sizes or min(sizes) < 1 or list(sizes) != sorted(set(sizes)):
+        raise ConfigError(f"TrainConfig.canet_sizes: expected distinct positive sizes in ascending order, got {sizes}")
+    if not cfg.ckd_teacher_hidden or min(cfg.ckd_teacher_hidden) < 1:
+        raise ConfigError(f"TrainConfig.ckd_teacher_hidden: expected positive sizes, got {cfg.ckd_teacher_hidden}")
 
 
 def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:

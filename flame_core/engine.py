@@ -6,7 +6,12 @@ weights restored at the end and the test split evaluated once with them. A run d
     config.json      the model and training configuration
     history.jsonl    one line per epoch: losses, lambda, validation metrics, seconds
     checkpoint.pt    everything needed to resume after the last finished epoch (weights, optimiser, RNGs)
-    results.json     the final record: selected epoch, validation and test metrics, cost
+    results.json     the final record: selected epoch, validation and test metrics, cost, and the method's
+                     own `report` (e.g. CANet's routing and FLOPs)
+
+The method's hooks: `prepare(split)` runs once before the first epoch (also on resume), and
+`epoch_indices(epoch, ...)` gives each epoch's samples (default: all of them, shuffled with the seeded
+generator, so curricula like ckd's plug in without touching the loop).
 
 Every file is written atomically; ``resume=True`` continues from checkpoint.pt and, on CPU with the same
 seed, reproduces the uninterrupted run exactly. A non-finite loss stops the run with a clear message and
@@ -52,13 +57,12 @@ def evaluate(method: Method, split: Split, which: str, batch_size: int = 1024, m
 
 
 def _run_epoch(method: Method, opt: torch.optim.Optimizer, split: Split, gen: torch.Generator,
-               batch_size: int, desc: str, progress: bool) -> dict:  # fmt: skip
-    """One pass over the shuffled training samples; returns the mean of each logged loss."""
+               batch_size: int, desc: str, progress: bool, epoch: int = 1) -> dict:  # fmt: skip
+    """One pass over the epoch's shuffled training samples; returns the mean of each logged loss."""
     method.train()
-    num = split.train_inputs.shape[0]
-    order = torch.randperm(num, generator=gen).to(split.train_inputs.device)  # (S,)
+    order = method.epoch_indices(epoch, split.train_inputs.shape[0], gen).to(split.train_inputs.device)  # (S',)
     sums: dict[str, torch.Tensor] = {}
-    steps = range(0, num, batch_size)
+    steps = range(0, order.shape[0], batch_size)
     for step, start in enumerate(tqdm(steps, desc=desc, leave=False, disable=not progress)):
         idx = order[start : start + batch_size]  # (B,)
         loss, logs = method.loss((split.train_inputs[idx], split.train_targets[idx]))
@@ -112,13 +116,14 @@ def train(method: Method, split: Split, out_dir: str | Path | None = None, resum
         seed_everything(cfg.seed)
     if out:
         atomic_json(out / "config.json", {"model": method.model_cfg.to_dict(), "train": cfg.to_dict()})
+    method.prepare(split)
     for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
         if state["bad"] >= cfg.patience:
             break
         method.start_epoch(epoch)
         t0 = time.perf_counter()
         try:
-            losses = _run_epoch(method, opt, split, gen, cfg.batch_size, f"epoch {epoch}", cfg.progress)
+            losses = _run_epoch(method, opt, split, gen, cfg.batch_size, f"epoch {epoch}", cfg.progress, epoch)
         except TrainingDiverged as err:
             kept = f"the last good checkpoint ({ckpt_path}, epoch {state['epoch']}) is kept" if out else "nothing saved"
             raise TrainingDiverged(f"{err}; training stopped, {kept}. Try a lower --lr.") from None
@@ -139,14 +144,14 @@ def train(method: Method, split: Split, out_dir: str | Path | None = None, resum
             atomic_torch_save(ckpt_path, {"method": method.state_dict(), "optimizer": opt.state_dict(),
                                           "best_weights": best_weights, "state": state, "rng": _rng_state(gen)})  # fmt: skip
             atomic_write(out / "history.jsonl", "".join(json.dumps(r) + "\n" for r in state["history"]))
-        log(_epoch_line(row, state))
+        log(_epoch_line(row, state, list(losses)))
         if on_epoch:
             on_epoch(row)
     return _finish(method, split, best_weights, state, out)
 
 
-def _epoch_line(row: dict, state: dict) -> str:
-    losses = " ".join(f"{k}={row[k]:.4f}" for k in ("loss", "rec", "align") if k in row)
+def _epoch_line(row: dict, state: dict, keys: list[str]) -> str:
+    losses = " ".join(f"{k}={row[k]:.4f}" for k in keys)
     star = " *" if state["best_epoch"] == row["epoch"] else ""
     return (f"epoch {row['epoch']:3d}  {losses}  valid NDCG@20={row['valid/NDCG@20']:.2f} "
             f"HR@20={row['valid/HR@20']:.2f}  {row['train_seconds']:.1f}s{star}")  # fmt: skip
@@ -171,6 +176,7 @@ def _finish(method: Method, split: Split, best_weights: dict, state: dict, out: 
         "parameters": method.num_parameters(),
         "train_seconds": state["seconds"],
         "inference_seconds_per_1000_users": 1000.0 * infer / max(users, 1),
+        "report": method.report(split),
         "history": state["history"],
     }
     if out:

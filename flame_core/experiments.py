@@ -1,7 +1,7 @@
 """Experiments for the CLI and the book: build a method with its anchor, run it once, record provenance.
 
-- `build(...)`: a method on its device, with the frozen anchor set when it needs one (a given file, or the
-  cached Single pretrained with the same settings).
+- `build(...)`: a method on its device, with the pretrained networks it declares (`pretrained_specs`) set:
+  FLAME's anchor (a given file, or the cached Single pretrained with the same settings), ckd's teachers.
 - `run(...)`: train a method, or reuse the finished run with the same data and settings (its results and
   selected weights), so chapters that share experiments, and a second execution of a chapter, do not
   train twice. An interrupted run resumes.
@@ -27,7 +27,7 @@ from flame_core.anchor import load_anchor, pretrain_anchor
 from flame_core.config import ModelConfig, TrainConfig
 from flame_core.data import Interactions, Split, build_split, load_dataset
 from flame_core.engine import evaluate, train
-from flame_core.methods import Method, Single, build_method, needs_anchor
+from flame_core.methods import Method, Single, build_method
 from flame_core.utils import atomic_json, resolve_device
 
 # settings that do not change what a run computes
@@ -43,25 +43,40 @@ def load(dataset: str, max_len: int = 50, keep: int | None = -1) -> tuple[Intera
 
 def build(data: Interactions, split: Split, model: ModelConfig, cfg: TrainConfig, frozen: str | None = None,
           log: Callable[[str], None] = print) -> tuple[Method, str | None]:  # fmt: skip
-    """The method of `cfg` on the split's device, its anchor set if it needs one; returns (method, anchor path)."""
+    """The method of `cfg` on the split's device with its pretrained networks set; returns (method, their paths).
+
+    `frozen` replaces the pretrained anchor of a method that needs exactly one (flame, ensemble_guide). The
+    paths come back joined by ", " (None when the method needs none).
+    """
     device = split.train_targets.device
     method = build_method(data.num_items, model, cfg).to(device)
-    source = None
-    if needs_anchor(cfg.method):
-        if frozen:
-            anchor, source = load_anchor(frozen, model, data.num_items).to(device), str(frozen)
-        else:
-            anchor, path = pretrain_anchor(data, split, model, cfg, log=log)
-            source = str(path)
-        method.set_frozen(anchor)
-    return method, source
+    specs = method.pretrained_specs()
+    if not specs:
+        return method, None
+    if frozen:
+        if len(specs) != 1:
+            raise ValueError(f"--frozen gives one anchor; {cfg.method} needs {len(specs)} pretrained networks")
+        nets, sources = [load_anchor(frozen, specs[0][1], data.num_items)], [str(frozen)]
+    else:
+        pairs = [pretrain_anchor(data, split, spec_model, spec_cfg, log=log) for _, spec_model, spec_cfg in specs]
+        nets, sources = [net for net, _ in pairs], [str(path) for _, path in pairs]
+    method.set_pretrained([net.to(device) for net in nets])
+    return method, ", ".join(sources)
+
+
+def pretrained_metrics(method: Method, split: Split, which: str = "test") -> dict[str, dict]:
+    """Metrics of each of a method's pretrained networks used alone (as a Single SASRec), by name."""
+    out = {}
+    for (name, model, cfg), net in zip(method.pretrained_specs(), method.pretrained_nets()):
+        probe = Single(method.num_items, model, cfg.replace(method="single")).to(split.test_targets.device)
+        probe.learn.load_state_dict(net.state_dict())
+        out[name] = evaluate(probe, split, which, method.cfg.eval_batch_size)
+    return out
 
 
 def anchor_metrics(method: Method, split: Split, which: str = "test") -> dict:
     """Metrics of a FLAME-type method's frozen network used alone (as a Single SASRec)."""
-    probe = Single(method.num_items, method.model_cfg, method.cfg.replace(method="single")).to(split.test_targets.device)
-    probe.learn.load_state_dict(method.frozen.state_dict())
-    return evaluate(probe, split, which, method.cfg.eval_batch_size)
+    return pretrained_metrics(method, split, which)["anchor"]
 
 
 def run_key(data: Interactions, model: ModelConfig, cfg: TrainConfig, frozen: str | None = None) -> str:
@@ -129,6 +144,7 @@ def record(results: dict, data: Interactions, model: ModelConfig, cfg: TrainConf
         "history": results["history"], "parameters": results["parameters"],
         "train_seconds": results["train_seconds"],
         "inference_seconds_per_1000_users": results["inference_seconds_per_1000_users"],
+        "report": results.get("report", {}),
         "model": model.to_dict(), "train": cfg.to_dict(), "anchor": anchor,
         "command": command or " ".join(sys.argv), "git": git_revision(Path(__file__).parent),
         "dataset_stats": data.stats(), "device": str(resolve_device(cfg.device)),
