@@ -6,6 +6,12 @@
   (plain dot products / tau, as released), weighted by a softmax over pairs of the negative mean
   similarity (not detached: less similar pairs weigh more).
 - `lambda_schedule`: lambda_e = lambda_0 * (lambda_R / lambda_0) ** (e / R).
+
+The related methods' losses (DESIGN.md section 6), each documented where it is defined:
+- EMKD: `symmetric_kl` (logit distillation between members), `twin_infonce` and `emkd_contrast` (intra- and
+  cross-network contrast);
+- CANet: `routing_uniform_loss`, `routing_guide_loss` (with `guide_targets`);
+- multi-teacher distillation (ckd): `teacher_weights`, `weighted_distill`.
 """
 
 from __future__ import annotations
@@ -65,3 +71,100 @@ def align_loss(z: Tensor, tau: float = 1.0, weighting: str = "similarity") -> tu
     losses, similarity = pairwise_infonce(z, tau)
     weights = pair_weights(similarity, weighting)
     return (weights * losses).sum(), weights
+
+
+# ---- related methods (DESIGN.md section 6): EMKD, CANet, multi-teacher distillation -------------------------
+
+
+def symmetric_kl(scores: Tensor, temperature: float = 1.0) -> Tensor:
+    """EMKD's logit distillation: sum over member pairs i < j of mean_b [KL(p_i || p_j) + KL(p_j || p_i)] * T^2.
+
+    scores (N, B, I+1) (column 0 -inf), p_n = softmax(scores_n / T) over the items. Nothing is detached: both
+    members of a pair learn from each other. T^2 keeps gradient magnitudes comparable across temperatures.
+    """
+    logp = torch.log_softmax(scores[..., 1:] / temperature, dim=-1)  # (N, B, I): padding column dropped
+    i, j = pair_indices(scores.shape[0], scores.device)
+    diff = logp[i] - logp[j]  # (pairs, B, I)
+    kl = ((logp[i].exp() - logp[j].exp()) * diff).sum(-1)  # (pairs, B): KL(p_i||p_j) + KL(p_j||p_i)
+    return kl.mean(1).sum() * temperature**2
+
+
+def twin_infonce(anchors: Tensor, twins: Tensor, tau: float = 1.0) -> Tensor:
+    """Symmetric cross-view InfoNCE of aligned rows: (..., B, D) twice -> (...,).
+
+    Row b of `anchors` has its positive at twins[b] and its negatives at the other rows of `twins` (in-batch),
+    and vice versa; the loss is the mean of both directions' cross-entropies. Plain dot products / tau.
+    """
+    logits = anchors @ twins.transpose(-1, -2) / tau  # (..., B, B): [b, c] = <anchors[b], twins[c]> / tau
+    diagonal = torch.diagonal(logits, dim1=-2, dim2=-1)  # (..., B)
+    return ((logits.logsumexp(-1) + logits.logsumexp(-2)) / 2 - diagonal).mean(-1)  # (...,)
+
+
+def emkd_contrast(original: Tensor, augmented: Tensor, tau: float = 1.0) -> tuple[Tensor, Tensor]:
+    """EMKD's intra- and cross-network contrast of members' representations (N, B, D) of the original and
+    the augmented sequences.
+
+    Intra: member n's original against its own augmented representation, mean over members. Cross: member
+    x's original against member y's augmented representation, mean over ordered pairs x != y.
+    """
+    N = original.shape[0]
+    intra = twin_infonce(original, augmented, tau).mean()
+    x, y = (~torch.eye(N, dtype=torch.bool, device=original.device)).nonzero(as_tuple=True)  # (N(N-1),) each
+    cross = twin_infonce(original[x], augmented[y], tau).mean()
+    return intra, cross
+
+
+def routing_uniform_loss(logits: list[Tensor]) -> Tensor:
+    """CANet's uniform loss: sum over routing decisions of KL(batch-mean routing distribution || uniform).
+
+    logits: one (B, K_d) tensor per decision (its K_d options).
+    """
+    loss = 0.0
+    for lg in logits:
+        mean = torch.softmax(lg, -1).mean(0)  # (K_d,)
+        loss = loss + (mean * (mean * lg.shape[-1]).clamp_min(1e-12).log()).sum()
+    return loss
+
+
+def guide_targets(easy: Tensor, options: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """CANet's soft routing targets (B, K): easy users decay as exp(-k) from the smallest option k = 0, hard
+    users from the largest; `easy` (B,) bool."""
+    decay = torch.exp(-torch.arange(options, dtype=dtype, device=easy.device))  # (K,)
+    decay = decay / decay.sum()
+    return torch.where(easy[:, None], decay, decay.flip(0))  # (B, K)
+
+
+def routing_guide_loss(logits: list[Tensor], easy: Tensor) -> Tensor:
+    """CANet's guide loss: sum over decisions of the mean cross-entropy of the router's distribution against
+    `guide_targets` (options ordered small to large)."""
+    loss = 0.0
+    for lg in logits:
+        target = guide_targets(easy, lg.shape[-1], lg.dtype)  # (B, K_d)
+        loss = loss - (target * torch.log_softmax(lg, -1)).sum(-1).mean()
+    return loss
+
+
+def teacher_weights(teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """Per-sample teacher weights (K, B) from in-batch logits (K, B, B) (row b: sample b's candidates, the
+    in-batch targets; its own target on the diagonal).
+
+    score_k[b] = confidence (teacher k's probability of the true target) + agreement (-KL(p_k || mean_k p_k));
+    weights = softmax over teachers of the scores. Distributions at `temperature`.
+    """
+    logp = torch.log_softmax(teacher_logits / temperature, -1)  # (K, B, B)
+    confidence = torch.diagonal(logp, dim1=-2, dim2=-1).exp()  # (K, B)
+    log_mean = logp.exp().mean(0).log()  # (B, B)
+    agreement = -(logp.exp() * (logp - log_mean)).sum(-1)  # (K, B)
+    return torch.softmax(confidence + agreement, dim=0)  # (K, B)
+
+
+def weighted_distill(student_logits: Tensor, teacher_logits: Tensor, weights: Tensor,
+                     temperature: float = 1.0) -> Tensor:  # fmt: skip
+    """Multi-teacher distillation over in-batch candidates: mean_b sum_k w_k[b] KL(p_k[b] || q[b]) * T^2.
+
+    student_logits (B, B), teacher_logits (K, B, B), weights (K, B).
+    """
+    logq = torch.log_softmax(student_logits / temperature, -1)  # (B, B)
+    logp = torch.log_softmax(teacher_logits / temperature, -1)  # (K, B, B)
+    kl = (logp.exp() * (logp - logq)).sum(-1)  # (K, B)
+    return (weights * kl).sum(0).mean() * temperature**2
