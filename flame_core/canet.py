@@ -118,8 +118,8 @@ class CANet(Method):
         x = _layer_norm(x + self.res_scale[i, 1] * f, net.ln2_w[:, i, :h], net.ln2_b[:, i, :h], eps)
         return x[:, :, layout.unsort] if last_only and layout.unsort is not None else x  # batch order
 
-    def padded(self, route: Route, seq: Tensor, p: float) -> Tensor:
-        """Submodel representations zero-padded to D (B, D): scored by the full table like the sliced one."""
+    def widened(self, route: Route, seq: Tensor, p: float) -> Tensor:
+        """Submodel representations widened to D with zeros (B, D): the full table scores them as the sliced one."""
         z = self.submodel(route, self.layout(seq), p)  # (B, e)
         return F.pad(z, (0, self.model_cfg.hidden - route[0]))  # (B, D)
 
@@ -150,7 +150,7 @@ class CANet(Method):
         chunks, rows = [], []
         for r in route.unique().tolist():  # at most len(self.routes) groups
             idx = (route == r).nonzero()[:, 0]  # (b,)
-            chunks.append(self.padded(self.routes[r], seq[idx], p))  # (b, D)
+            chunks.append(self.widened(self.routes[r], seq[idx], p))  # (b, D)
             rows.append(idx)
         z = torch.cat(chunks)[torch.cat(rows).argsort()]  # (B, D) back in batch order
         return (z if gate is None else z * gate[:, None]), route, logits
@@ -159,7 +159,7 @@ class CANet(Method):
     @torch.no_grad()
     def easy_users(self, seq: Tensor, target: Tensor) -> Tensor:
         """(B,) True where the smallest submodel ranks the target in its top canet_guide_k."""
-        scores = self.item_scores(self.padded(self.routes[0], seq, 0.0))  # (B, I+1)
+        scores = self.item_scores(self.widened(self.routes[0], seq, 0.0))  # (B, I+1)
         return target_ranks(scores, target) < self.cfg.canet_guide_k
 
     def loss(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict]:
@@ -177,8 +177,8 @@ class CANet(Method):
 
     def views(self, seq: Tensor) -> tuple[list[str], Tensor]:
         """The routed representation and those of the smallest and the largest submodel, (3, B, D)."""
-        largest = (self.model_cfg.hidden, self.model_cfg.hidden, self.model_cfg.layers)
-        z = [self.routed(seq, self.p)[0], self.padded(self.routes[0], seq, self.p), self.padded(largest, seq, self.p)]
+        smallest, largest = self.routes[0], self.routes[-1]  # routes ascend in e, then h, then depth
+        z = [self.routed(seq, self.p)[0], self.widened(smallest, seq, self.p), self.widened(largest, seq, self.p)]
         return ["routed", "smallest", "largest"], torch.stack(z)  # (3, B, D)
 
     def view_tables(self) -> Tensor:
@@ -201,9 +201,8 @@ def routing_report(route: Tensor, n: Tensor, routes: list[Route], num_items: int
     """Shares of users per route and per decision, mean multiply-adds per user; route (U,), n (U,) tokens."""
     costs = torch.stack([submodel_macs(n.double(), *r, num_items) for r in routes])  # (routes, U)
     users = torch.arange(n.shape[0])  # (U,)
-    largest = max(routes)  # the largest sizes and the deepest exit
     macs = costs[route, users].mean().item()
-    full = costs[routes.index(largest)].mean().item()
+    full = costs[routes.index(max(routes))].mean().item()  # the largest sizes and the deepest exit
     share = (torch.bincount(route, minlength=len(routes)).double() / max(len(route), 1)).tolist()  # per route
 
     def by(k: int) -> dict:  # the share of users per option of decision k (0: e, 1: h, 2: depth)
