@@ -21,7 +21,7 @@ from flame_core.config import ModelConfig, TrainConfig
 from flame_core.data import Interactions, Split
 from flame_core.engine import train
 from flame_core.methods import Single
-from flame_core.utils import atomic_torch_save
+from flame_core.utils import atomic_torch_save, file_lock
 
 ANCHOR_SETTINGS = ("seed", "epochs", "patience", "batch_size", "lr", "keep")
 
@@ -46,8 +46,13 @@ def pretrain_anchor(data: Interactions, split: Split, model: ModelConfig, cfg: T
     """
     root = Path(root) if root is not None else cache_dir() / "anchors"
     key = anchor_key(data, model, cfg)
-    path = root / f"{data.name}-{key}.pt"
-    device = split.train_targets.device
+    with file_lock(root / f".{data.name}-{key}.lock"):  # another process training it: wait, then reuse it
+        return _pretrain_or_load(data, split, model, cfg, root, key, log)
+
+
+def _pretrain_or_load(data: Interactions, split: Split, model: ModelConfig, cfg: TrainConfig, root: Path, key: str,
+                      log: Callable[[str], None]) -> tuple[SASRecStack, Path]:  # fmt: skip
+    path, device = root / f"{data.name}-{key}.pt", split.train_targets.device
     if path.exists():
         log(f"anchor: using cached {path}")
         return load_anchor(path, model, data.num_items).to(device), path

@@ -28,7 +28,7 @@ from flame_core.config import ModelConfig, TrainConfig
 from flame_core.data import Interactions, Split, build_split, load_dataset
 from flame_core.engine import evaluate, train
 from flame_core.methods import Method, Single, build_method
-from flame_core.utils import atomic_json, resolve_device
+from flame_core.utils import atomic_json, file_lock, resolve_device
 
 # settings that do not change what a run computes
 IGNORED = ("device", "progress", "eval_batch_size", "packed")
@@ -101,20 +101,24 @@ class Experiment:
 
 def run(dataset: str, model: ModelConfig, cfg: TrainConfig, root: str | Path = "runs", frozen: str | None = None,
         log: Callable[[str], None] = print) -> Experiment:  # fmt: skip
-    """Train `cfg.method` on `dataset`, or reuse the finished run with the same key under `root`."""
+    """Train `cfg.method` on `dataset`, or reuse the finished run with the same key under `root`.
+
+    A lock beside the run folder makes a second process that asks for the same run wait and reuse it.
+    """
     data, split = load(dataset, model.max_len, cfg.keep)
     split = split.to(resolve_device(cfg.device))
     out = Path(root) / data.name / f"{cfg.method}-seed{cfg.seed}-{run_key(data, model, cfg, frozen)}"
     method, _ = build(data, split, model, cfg, frozen, log=log)
-    if (out / "results.json").exists():
-        results = json.loads((out / "results.json").read_text())
-        ckpt = torch.load(out / "checkpoint.pt", map_location=split.test_targets.device, weights_only=False)
-        method.load_state_dict(ckpt["best_weights"])
-        method.eval()
-        return Experiment(results, method, data, split, out, reused=True)
-    results = train(method, split, out_dir=out, resume=True, log=log)
+    with file_lock(out.parent / f".{out.name}.lock"):
+        reused = (out / "results.json").exists()
+        if reused:
+            results = json.loads((out / "results.json").read_text())
+            ckpt = torch.load(out / "checkpoint.pt", map_location=split.test_targets.device, weights_only=False)
+            method.load_state_dict(ckpt["best_weights"])
+        else:
+            results = train(method, split, out_dir=out, resume=True, log=log)
     method.eval()
-    return Experiment(results, method, data, split, out, reused=False)
+    return Experiment(results, method, data, split, out, reused=reused)
 
 
 def git_revision(cwd: str | Path | None = None) -> str:

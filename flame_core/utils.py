@@ -1,7 +1,8 @@
-"""Small shared helpers: the one seeding function, device resolution, atomic file writes."""
+"""Small shared helpers: the one seeding function, device resolution, atomic file writes, a file lock."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -61,3 +62,26 @@ def atomic_torch_save(path: str | os.PathLike, obj) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike):
+    """Hold an exclusive advisory lock on `path` (created if needed) while the block runs.
+
+    Processes that share a cache (the book's chapters, executed in parallel) wait for each other here
+    instead of training the same run or anchor twice into the same folder. Without fcntl (Windows) this
+    is a no-op.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on Linux or macOS
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -127,3 +127,31 @@ def test_released_toys_anchor_gives_the_published_figures():
     assert round(valid["NDCG@20"], 2) == 8.34
     assert round(test["NDCG@20"], 2) == 7.02
     assert round(test["HR@20"], 2) == 13.19
+
+
+def _run_in_child(root: str, cache: str, queue) -> None:
+    os.environ["FLAME_CACHE_DIR"] = cache
+    torch.set_num_threads(1)
+    from flame_core.experiments import run
+
+    cfg = TrainConfig(method="flame", epochs=1, batch_size=64, progress=False, device="cpu")
+    exp = run("synthetic", ModelConfig(hidden=16, layers=1, heads=2, max_len=12), cfg, root=root, log=lambda s: None)
+    queue.put((exp.reused, exp.results["test"]["NDCG@20"]))
+
+
+def test_two_processes_asking_for_one_run_train_it_once(tmp_path):
+    """The book runs chapters in parallel: the second asker waits for the lock and reuses the run."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_run_in_child, args=(str(tmp_path / "runs"), str(tmp_path / "cache"), queue))
+             for _ in range(2)]  # fmt: skip
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    assert sorted(reused for reused, _ in results) == [False, True]  # trained once, reused once
+    assert results[0][1] == results[1][1]
+    assert len(list((tmp_path / "cache" / "anchors").glob("*.pt"))) == 1  # the anchor was pretrained once
