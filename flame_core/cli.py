@@ -60,7 +60,7 @@ def _add_config_options(parser: argparse.ArgumentParser, cls, skip=()) -> None:
             continue
         flag, hint = "--" + f.name.replace("_", "-"), hints[f.name]
         text = f"{helps.get(f.name, '')} (default: {f.default})"
-        if hint is bool:
+        if hint in (bool, bool | None):
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         elif hint == int | None:
             group.add_argument(flag, type=_parse_optional_int, default=argparse.SUPPRESS, metavar="INT|none", help=text)

@@ -107,7 +107,7 @@ class TrainConfig(_Checked):
     tau: float = 1.0  # InfoNCE temperature
     pair_weighting: str = "similarity"  # softmax of negative mean similarity, or "uniform" (ablation)
     members: int = 2  # N, members of ensemble_scratch
-    packed: bool = True  # per-token work on real tokens only (False: the padded layout, for checks)
+    packed: bool | None = None  # per-token work on real tokens only; None: packed on CPU, padded on CUDA (faster there)
     eval_batch_size: int = 1024
     progress: bool = True  # tqdm progress bars
     emkd_members: int = 3  # N, SASRec members of emkd (seeds s..s+N-1)

@@ -54,7 +54,11 @@ class Method(nn.Module):
         self.lam = lambda_schedule(epoch, cfg.epochs, cfg.lambda_0, cfg.lambda_R) if cfg.anneal else cfg.lambda_0
 
     def layout(self, seq: Tensor):
-        return make_layout(seq, self.cfg.packed)
+        """Packed on the CPU, padded on a GPU unless `packed` says otherwise: on an H100 the padded FLAME step
+        took half the packed one's time (bench/results/speed-amazon-toys-cuda.json), whose bucketing waits
+        on the device for the batch's lengths."""
+        packed = self.cfg.packed if self.cfg.packed is not None else seq.device.type == "cpu"
+        return make_layout(seq, packed)
 
     @property
     def p(self) -> float:
