@@ -4,6 +4,7 @@
     python scripts/build_book.py full                 # the paper's settings (book/params/full.yml), for a GPU
     python scripts/build_book.py quick 06_efficiency  # only these chapters (the HTML then holds only them)
     python scripts/build_book.py full -p dataset amazon-beauty   # papermill parameters on top of the profile
+    python scripts/build_book.py quick --jobs 2       # two chapters at a time, one CPU thread each (what CI runs)
 
 Steps (DESIGN.md section 10), for each chapter book/NN_name.py named in _toc.yml, in its order:
 
@@ -19,6 +20,12 @@ and the executed notebooks are staged into _build/stage, plotly.js is served onc
 being inlined into every page (4.8 MB each), and ``jupyter-book clean`` + ``jupyter-book build -W
 --keep-going`` runs there; the HTML lands in _build/html (open _build/html/index.html).
 
+With ``--jobs N`` (N > 1) N chapters execute at a time, each in its own processes with
+OMP_NUM_THREADS = cores / N unless that variable is set: on a small CPU two single-threaded trainings get
+more done than one two-threaded one, whose 64-wide matrices scale poorly. Chapters that need the same
+experiment or anchor wait for each other (a file lock in flame_core.experiments and flame_core.anchor) and
+reuse it, so nothing is trained twice; each chapter's output then goes to _build/logs/.
+
 A failing chapter does not stop the others; the exit status is 1 if any step failed. _build/book.json
 records the profile, the chapters, each step's status and runtime; tests/test_book.py reads it, together
 with each chapter's _build/outputs/NN_name/metrics.json (chapters write there by default). The experiment
@@ -29,11 +36,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -41,6 +51,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "_build"
 NOTEBOOKS, EXECUTED, STAGE, HTML = BUILD / "notebooks", BUILD / "executed", BUILD / "stage", BUILD / "html"
+LOGS = BUILD / "logs"
 MANIFEST = BUILD / "book.json"
 SANITIZE = ROOT / "book" / "nbval_sanitize.cfg"
 PLOTLY_MARKER = "plotly.js v"  # the licence header of the bundle plotly's notebook renderer inlines once per notebook
@@ -71,15 +82,19 @@ def filter_toc(node, keep):
     return node
 
 
-def run(cmd: list[str], log: str | None = None) -> tuple[int, float]:
-    """Run a command from the repository root (output streamed, or sent to `log`); returns (status, seconds)."""
+def run(cmd: list[str], log: Path | str | None = None, env: dict | None = None) -> tuple[int, float]:
+    """Run a command from the repository root (output streamed, or appended to `log`); returns (status, seconds)."""
     t0 = time.perf_counter()
     if log:
-        with open(log, "w") as f:
-            status = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT).returncode
+        with open(log, "a") as f:
+            status = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
     else:
-        status = subprocess.run(cmd, cwd=ROOT).returncode
+        status = subprocess.run(cmd, cwd=ROOT, env=env).returncode
     return status, time.perf_counter() - t0
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
 
 def write_manifest(manifest: dict) -> None:
@@ -87,34 +102,40 @@ def write_manifest(manifest: dict) -> None:
     MANIFEST.write_text(json.dumps(manifest, indent=2) + "\n")
 
 
-def execute(chapter: str, params: Path, extra: list[str], timeout: int | None, manifest: dict) -> bool:
-    """Steps 1-3 for one chapter; records statuses and runtimes in the manifest."""
+def execute(chapter: str, params: Path, extra: list[str], timeout: int | None, manifest: dict,
+            env: dict | None = None, log: Path | None = None) -> bool:  # fmt: skip
+    """Steps 1-3 for one chapter; records statuses and runtimes in the manifest.
+
+    Output is streamed, or appended to `log` (parallel builds), whose tail is printed if a step fails.
+    """
     entry = manifest["chapters"][chapter]
     src, nb, done = ROOT / "book" / f"{chapter}.py", NOTEBOOKS / f"{chapter}.ipynb", EXECUTED / f"{chapter}.ipynb"
     shutil.rmtree(BUILD / "outputs" / chapter, ignore_errors=True)  # a failed run must not leave old results
     done.unlink(missing_ok=True)
-    status, _ = run([sys.executable, "-m", "jupytext", "--quiet", "--to", "ipynb", "-o", str(nb), str(src)])
-    if status:
-        entry["status"] = "jupytext failed"
-        return False
-    cmd = [sys.executable, "-m", "papermill", str(nb), str(done), "-f", str(params), "--cwd", str(ROOT),
-           "-k", "python3", "--no-progress-bar", *extra]  # fmt: skip
-    if timeout:
-        cmd += ["--execution-timeout", str(timeout)]
-    print(f"== {chapter}: papermill -f {params.relative_to(ROOT) if params.is_relative_to(ROOT) else params}", flush=True)
-    status, seconds = run(cmd)
-    entry["papermill_seconds"] = round(seconds, 1)
-    print(f"== {chapter}: papermill {'ok' if not status else 'FAILED'} in {seconds:.1f} s", flush=True)
-    if status:
-        entry["status"] = "papermill failed"
-        return False
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax", "--nbval-current-env",
-           "--nbval-sanitize-with", str(SANITIZE), str(done)]  # fmt: skip
-    status, seconds = run(cmd)
-    entry["nbval_seconds"] = round(seconds, 1)
-    print(f"== {chapter}: nbval {'ok' if not status else 'FAILED'} in {seconds:.1f} s", flush=True)
-    entry["status"] = "nbval failed" if status else "ok"
-    return not status
+    if log:
+        log.unlink(missing_ok=True)
+    steps = {
+        "jupytext": [sys.executable, "-m", "jupytext", "--quiet", "--to", "ipynb", "-o", str(nb), str(src)],
+        "papermill": [sys.executable, "-m", "papermill", str(nb), str(done), "-f", str(params), "--cwd", str(ROOT),
+                      "-k", "python3", "--no-progress-bar", *extra,
+                      *(["--execution-timeout", str(timeout)] if timeout else [])],
+        "nbval": [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax", "--nbval-current-env",
+                  "--nbval-sanitize-with", str(SANITIZE), str(done)],
+    }  # fmt: skip
+    print(f"== {chapter}: papermill -f {params.relative_to(ROOT) if params.is_relative_to(ROOT) else params}"
+          + (f" (output in {log.relative_to(ROOT)})" if log else ""), flush=True)  # fmt: skip
+    for step, cmd in steps.items():
+        status, seconds = run(cmd, log, env)
+        if step != "jupytext":
+            entry[f"{step}_seconds"] = round(seconds, 1)
+            print(f"== {chapter}: {step} {'ok' if not status else 'FAILED'} in {seconds:.1f} s", flush=True)
+        if status:
+            entry["status"] = f"{step} failed"
+            if log:
+                print(f"== {chapter}: the end of {log.relative_to(ROOT)}:\n{tail(log)}", flush=True)
+            return False
+    entry["status"] = "ok"
+    return True
 
 
 def strip_plotly_bundle(path: Path) -> int:
@@ -191,6 +212,7 @@ def main(argv=None) -> int:
     p.add_argument("--cell-timeout", type=int, default=None,
                    help="papermill per-cell timeout in seconds (default: 1200 for quick, none otherwise)")  # fmt: skip
     p.add_argument("--no-html", action="store_true", help="execute and validate only")
+    p.add_argument("--jobs", type=int, default=1, help="chapters executed at a time (default 1; CI uses 2)")
     args = p.parse_args(argv)
 
     params = ROOT / "book" / "params" / f"{args.profile}.yml"
@@ -208,16 +230,25 @@ def main(argv=None) -> int:
 
     for d in (NOTEBOOKS, EXECUTED):
         d.mkdir(parents=True, exist_ok=True)
-    manifest = {"profile": args.profile, "params": str(params), "parameters": dict(args.parameter),
+    manifest = {"profile": args.profile, "params": str(params), "parameters": dict(args.parameter), "jobs": args.jobs,
                 "started": time.strftime("%Y-%m-%d %H:%M:%S"), "chapters": {c: {"status": "pending"} for c in chapters},
                 "html": {"status": "skipped" if args.no_html else "pending"}}  # fmt: skip
     write_manifest(manifest)
     t0 = time.perf_counter()
-    ok = []
-    for chapter in chapters:
-        if execute(chapter, params, extra, timeout, manifest):
-            ok.append(chapter)
-        write_manifest(manifest)
+    env, jobs = dict(os.environ), max(1, args.jobs)
+    if jobs > 1:
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
+        LOGS.mkdir(parents=True, exist_ok=True)
+    lock = threading.Lock()
+
+    def one(chapter: str) -> bool:
+        done = execute(chapter, params, extra, timeout, manifest, env, LOGS / f"{chapter}.log" if jobs > 1 else None)
+        with lock:
+            write_manifest(manifest)
+        return done
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:  # in toc order: later chapters reuse earlier runs
+        ok = [c for c, done in zip(chapters, pool.map(one, chapters)) if done]
     html_ok = True
     if not args.no_html:
         html_ok = build_html(toc, [c for c in chapters if (EXECUTED / f"{c}.ipynb").exists()
