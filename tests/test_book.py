@@ -1,8 +1,9 @@
 """The FLAME Book as scripts/build_book.py built it: each chapter's metrics and its rendered HTML page.
 
-The build (``python scripts/build_book.py quick``; CI runs it before pytest) writes _build/book.json with
-the chapters it built. Without that file every test here that needs the build skips with the reason, so a
-unit-only run works on a fresh checkout. After a build, a chapter it lists that failed, lacks its
+The build (``python scripts/build_book.py quick --jobs 2``; CI runs it before pytest) writes _build/book.json
+with the chapters it built. Without that file every test here that needs the build skips with the reason,
+so a unit-only run works on a fresh checkout; under CI (the environment variable CI set) a missing build
+or a missing Chromium fails instead, so the book can never pass CI by being skipped. After a build, a chapter it lists that failed, lacks its
 metrics.json, fails a check, or whose page does not render its figures fails here.
 
 Each chapter writes _build/outputs/NN_name/metrics.json with a ``"checks"`` list of
@@ -28,7 +29,15 @@ BUILD = ROOT / "_build"
 MANIFEST = BUILD / "book.json"
 HTML = BUILD / "html"
 OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le, "==": operator.eq}
-BUILD_HINT = "the book has not been built: run `python scripts/build_book.py quick` (not yet part of CI)"
+BUILD_HINT = "the book has not been built: run `python scripts/build_book.py quick --jobs 2` first"
+IN_CI = bool(os.environ.get("CI"))
+
+
+def skip_or_fail(reason: str):
+    """Skip locally; under CI what would be skipped is a failure."""
+    if IN_CI:
+        pytest.fail(f"CI: {reason}")
+    pytest.skip(reason)
 
 EXTRA = {
     "06_efficiency": [
@@ -48,7 +57,7 @@ def toc_chapters() -> list[str]:
 
 def manifest() -> dict:
     if not MANIFEST.exists():
-        pytest.skip(BUILD_HINT)
+        skip_or_fail(BUILD_HINT)
     return json.loads(MANIFEST.read_text())
 
 
@@ -56,7 +65,7 @@ def built(chapter: str) -> dict:
     """The manifest entry of a chapter; skips if the last build did not include it."""
     entry = manifest()["chapters"].get(chapter)
     if entry is None:
-        pytest.skip(f"{chapter} was not part of the last book build ({MANIFEST})")
+        skip_or_fail(f"{chapter} was not part of the last book build ({MANIFEST})")
     return entry
 
 
@@ -111,7 +120,7 @@ def test_html_built():
     m = manifest()
     assert m["html"]["status"] in ("ok", "skipped"), f"jupyter-book build -W failed: {m['html']}"
     if m["html"]["status"] == "skipped":
-        pytest.skip("the last build ran with --no-html")
+        skip_or_fail("the last build ran with --no-html")
     for chapter in m["chapters"]:
         assert (HTML / "book" / f"{chapter}.html").exists(), f"no HTML page for {chapter}"
 
@@ -126,7 +135,7 @@ def plotly_figures(chapter: str) -> int:
 def chromium() -> str:
     exe = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
     if not exe:
-        pytest.skip("no headless Chromium (Debian: apt-get install chromium; .ci/run installs it)")
+        skip_or_fail("no headless Chromium (Debian: apt-get install chromium; .ci/run installs it)")
     return exe
 
 
@@ -148,10 +157,10 @@ def test_page_renders_in_chromium(name, tmp_path):
     if name != "intro":
         built(name)
     elif not MANIFEST.exists():
-        pytest.skip(BUILD_HINT)
+        skip_or_fail(BUILD_HINT)
     page = HTML / "book" / f"{name}.html"
     if not page.exists():
-        pytest.skip(f"no {page.relative_to(ROOT)} (see test_html_built)")
+        skip_or_fail(f"no {page.relative_to(ROOT)} (see test_html_built)")
     expected = plotly_figures(name) if name != "intro" else 0
 
     shot = BUILD / "screenshots" / f"{name}.png"
