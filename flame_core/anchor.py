@@ -60,11 +60,19 @@ def _pretrain_or_load(data: Interactions, split: Split, model: ModelConfig, cfg:
     single_cfg = cfg.replace(method="single")
     method = Single(data.num_items, model, single_cfg).to(device)
     results = train(method, split, out_dir=root / f"{data.name}-{key}-run", resume=True, log=log)
-    meta = {k: results[k] for k in ("best_epoch", "epochs_run", "valid", "test")}
+    meta = {k: results[k] for k in ("best_epoch", "epochs_run", "valid", "test", "train_seconds")}
     settings = {"model": model.to_dict(), "train": {k: getattr(cfg, k) for k in ANCHOR_SETTINGS}}
     atomic_torch_save(path, {"state": method.learn.state_dict(), "settings": settings, "dataset": data.stats(),
                              "fingerprint": data.fingerprint(), "results": meta})  # fmt: skip
     return method.learn, path
+
+
+def cached_anchor_results(data: Interactions, model: ModelConfig, cfg: TrainConfig, root: Path | None = None) -> dict | None:
+    """The pretraining results stored with the cached anchor for these settings (selected epoch, epochs run,
+    validation and test metrics, training seconds), or None if it is not cached."""
+    root = Path(root) if root is not None else cache_dir() / "anchors"
+    path = root / f"{data.name}-{anchor_key(data, model, cfg)}.pt"
+    return torch.load(path, map_location="cpu", weights_only=False)["results"] if path.exists() else None
 
 
 def load_anchor(path: str | Path, model: ModelConfig, num_items: int) -> SASRecStack:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from flame_core.anchor import anchor_key, load_anchor, pretrain_anchor
+from flame_core.anchor import anchor_key, cached_anchor_results, load_anchor, pretrain_anchor
 from flame_core.config import ModelConfig, TrainConfig
 from flame_core.data import build_split, load_dataset, synthetic
 from flame_core.engine import TrainingDiverged, evaluate, train
@@ -111,6 +111,9 @@ def test_anchor_is_pretrained_once_and_cached(tiny, tmp_path):
     probe = Single(data.num_items, MODEL, cfg.replace(method="single"))
     probe.learn.load_state_dict(load_anchor(path, MODEL, data.num_items).state_dict())
     assert evaluate(probe, split, "valid")["NDCG@20"] == torch.load(path, weights_only=False)["results"]["valid"]["NDCG@20"]
+    cached = cached_anchor_results(data, MODEL, cfg, root=tmp_path)
+    assert cached["epochs_run"] == 2 and cached["train_seconds"] > 0
+    assert cached_anchor_results(data, MODEL, cfg.replace(seed=1), root=tmp_path) is None
 
 
 @pytest.mark.skipif(not os.environ.get("FLAME_DATA_DIR"), reason="FLAME_DATA_DIR is not set")
