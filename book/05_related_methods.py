@@ -252,8 +252,9 @@ rows.round(2)
 # standard deviation is a rough indication only). Seconds per epoch are the median over a run's epochs
 # of its training time (evaluation excluded), averaged over seeds; the ratio divides by Single's. The
 # pretraining seconds are those of the cached anchor or teachers, summed, as the anchor cache stores
-# them (`flame_core.anchor.cached_anchor_results`). **Timings are wall-clock seconds on this machine and vary with its load**: read the
-# ratios, not the absolute values, and expect them to move by some tens of percent between builds.
+# them (`flame_core.anchor.cached_anchor_results`). **Timings are wall-clock seconds on this machine and
+# vary with its load**: read the ratios, not the absolute values, and expect them to move by some tens of
+# percent between builds.
 
 # %%
 def mean_sd(values: pd.Series) -> str:
