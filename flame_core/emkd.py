@@ -54,5 +54,6 @@ class EMKD(EnsembleScratch):
         logs = {"rec": rec.detach(), "distill": distill.detach(), "intra": intra.detach(), "cross": cross.detach()}
         return loss, logs
 
-    def scores(self, seq: Tensor) -> Tensor:
-        return self.member_scores(seq).sum(0)  # (B, I+1)
+    def combine(self, member_scores: Tensor) -> Tensor:
+        """The sum of the members' scores (N, B, I+1) -> (B, I+1), as EMKD serves them."""
+        return member_scores.sum(0)

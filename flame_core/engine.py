@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from flame_core.data import Split
 from flame_core.methods import EnsembleScratch, Method
-from flame_core.metrics import evaluate_scores
+from flame_core.metrics import evaluate_scores, evaluate_views
 from flame_core.utils import atomic_json, atomic_torch_save, atomic_write, seed_everything
 
 SELECT_KEY = "NDCG@20"
@@ -47,11 +47,16 @@ def evaluate(method: Method, split: Split, which: str, batch_size: int = 1024, m
     was_training = method.training
     method.eval()
     inputs, targets, history = split.inputs(which)
-    metrics, _ = evaluate_scores(method.scores, inputs, targets, history, batch_size)
-    if members and isinstance(method, EnsembleScratch):
-        for k in range(method.members.num_nets):
-            member, _ = evaluate_scores(lambda s: method.member_scores(s)[k], inputs, targets, history, batch_size)
-            metrics[f"member{k}/{SELECT_KEY}"] = member[SELECT_KEY]
+    if members and isinstance(method, EnsembleScratch):  # the served scores and each member's, from one pass
+
+        def served_and_members(seq):
+            member = method.member_scores(seq)  # (N, b, I+1)
+            return torch.cat([method.combine(member)[None], member])  # (1+N, b, I+1)
+
+        (metrics, *each), _ = evaluate_views(served_and_members, inputs, targets, history, batch_size)
+        metrics.update({f"member{k}/{SELECT_KEY}": m[SELECT_KEY] for k, m in enumerate(each)})
+    else:
+        metrics, _ = evaluate_scores(method.scores, inputs, targets, history, batch_size)
     method.train(was_training)
     return metrics
 

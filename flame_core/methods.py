@@ -141,8 +141,12 @@ class EnsembleScratch(Method):
     def member_scores(self, seq: Tensor) -> Tensor:
         return self.members.item_scores(self.members.encode(self.layout(seq), self.p))  # (N, B, I+1)
 
+    def combine(self, member_scores: Tensor) -> Tensor:
+        """The served scores (B, I+1) from the members' (N, B, I+1): their mean."""
+        return member_scores.mean(0)
+
     def scores(self, seq: Tensor) -> Tensor:
-        return self.member_scores(seq).mean(0)  # (B, I+1)
+        return self.combine(self.member_scores(seq))  # (B, I+1)
 
     def views(self, seq: Tensor) -> tuple[list[str], Tensor]:
         names = [f"member{k}" for k in range(self.members.num_nets)]

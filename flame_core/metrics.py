@@ -60,14 +60,29 @@ def evaluate_scores(
     score_fn maps inputs (b, L) to scores (b, I+1). inputs (U, L), targets (U,), history (U, W) live on
     any device (score_fn's); ranks (U,) int64 come back on the CPU. Scores may be masked in place.
     """
+    metrics, ranks = evaluate_views(lambda s: score_fn(s)[None], inputs, targets, history, batch_size)
+    return metrics[0], ranks[0]
+
+
+@torch.no_grad()
+def evaluate_views(
+    score_fn: Callable[[Tensor], Tensor],
+    inputs: Tensor,
+    targets: Tensor,
+    history: Tensor,
+    batch_size: int = 1024,
+) -> tuple[list[dict[str, float]], Tensor]:
+    """`evaluate_scores` for V score matrices from one call: score_fn maps inputs (b, L) to (V, b, I+1)
+    (for example an ensemble and each of its members); returns (metrics per view, ranks (V, U) on the CPU)."""
     ranks = []
     for start in range(0, inputs.shape[0], batch_size):
         sl = slice(start, start + batch_size)
-        scores = score_fn(inputs[sl])  # (b, I+1)
-        scores = mask_history(scores, history[sl].to(scores.device))  # (b, I+1)
-        ranks.append(target_ranks(scores, targets[sl].to(scores.device)).cpu())  # (b,)
-    ranks = torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)  # (U,)
-    return metrics_from_ranks(ranks), ranks
+        scores = score_fn(inputs[sl])  # (V, b, I+1)
+        V, b = scores.shape[:2]
+        flat = mask_history(scores.reshape(V * b, -1), history[sl].to(scores.device).repeat(V, 1))  # (V*b, I+1)
+        ranks.append(target_ranks(flat, targets[sl].to(scores.device).repeat(V)).view(V, b).cpu())  # (V, b)
+    ranks = torch.cat(ranks, dim=1) if ranks else torch.zeros(1, 0, dtype=torch.long)  # (V, U)
+    return [metrics_from_ranks(r) for r in ranks], ranks
 
 
 def format_table(rows: dict[str, dict[str, float]], keys=None) -> str:
