@@ -6,12 +6,13 @@ and a command line (``python -m flame_core --help``).
 
 Axis letters used in shape comments throughout the package:
 
-    N  networks stacked in one parameter tensor (ensemble members, or 1)
+    N  networks stacked in one parameter tensor (ensemble members, stacked replicas, or 1)
+    S  stacked replicas: independent copies of one method trained side by side, one per seed (1 unless stacked)
     R  rows that share one network's module call (path prefixes, or 1)
     P  paths (or path prefixes at one level)
     M  modules a network is cut into
     B  batch (training samples or users)
-    S  training samples of a dataset, U users
+    X  training samples of a dataset, U users
     L  sequence length (max_len); W_k the width of a packed bucket's attention grid
     T  tokens of a batch (all B*L grid cells when padded, the real ones when packed)
     C  attention streams side by side (2 in the released code's shared attention, else 1)

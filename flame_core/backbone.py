@@ -74,12 +74,71 @@ class Layout:
     def batch(self) -> int:
         return self.last.shape[0]
 
+    @property
+    def parts(self) -> list[Layout]:
+        """The batches side by side: this one alone (a `StackedLayout` holds one per replica)."""
+        return [self]
+
+    def embed_tokens(self, item_emb: Tensor, pos_emb: Tensor) -> Tensor:
+        """Item plus positional embedding of every token, per network: (N, I+1, D), (N, L, D) -> (N, T, D)."""
+        return item_emb[:, self.ids] + pos_emb[:, self.pos]
+
+    def last_tokens(self, x: Tensor) -> Tensor:
+        """Each sequence's last token (N, R, T, D) -> (N, R, B, D), in the layout's sorted order."""
+        return x[:, :, self.last]
+
+    def batch_order(self, x: Tensor) -> Tensor:
+        """Per-sequence rows (N, R, B, D) from the sorted order back to the batch's."""
+        return x if self.unsort is None else x[:, :, self.unsort]
+
+
+@dataclass
+class StackedLayout:
+    """S replicas' batches side by side, for S independent copies of a model in one stack (stacked seeds).
+
+    A stack of N = S*g networks is replica-major: networks s*g .. s*g+g-1 belong to replica s and compute on
+    part s. Token axes are padded to the longest part (T = max T_s, padding tokens are item 0 at slot 0 and
+    never read); attention runs part by part; everything else runs as one batched call for all N networks.
+    """
+
+    parts: list[Layout]
+    ids: Tensor  # (S, T) item id of each token of each part
+    pos: Tensor  # (S, T) absolute position
+    last: Tensor  # (S, B) token index of each sequence's last token, in its part's sorted order
+    unsort: Tensor | None  # (S, B) or None when no part is sorted
+
+    @property
+    def batch(self) -> int:
+        return self.last.shape[1]
+
+    def _per_net(self, t: Tensor, num_nets: int) -> Tensor:
+        """(S, ...) -> (N, ...): each part's row repeated for the g networks of its replica."""
+        return t.repeat_interleave(num_nets // len(self.parts), dim=0)
+
+    def embed_tokens(self, item_emb: Tensor, pos_emb: Tensor) -> Tensor:
+        N = item_emb.shape[0]
+        nets = torch.arange(N, device=item_emb.device)[:, None]  # (N, 1)
+        return item_emb[nets, self._per_net(self.ids, N)] + pos_emb[nets, self._per_net(self.pos, N)]  # (N, T, D)
+
+    def _gather_rows(self, x: Tensor, index: Tensor) -> Tensor:  # x (N, R, T, D), index (S, B) -> (N, R, B, D)
+        index = self._per_net(index, x.shape[0])[:, None, :, None].expand(-1, x.shape[1], -1, x.shape[-1])
+        return x.gather(2, index)
+
+    def last_tokens(self, x: Tensor) -> Tensor:
+        return self._gather_rows(x, self.last)
+
+    def batch_order(self, x: Tensor) -> Tensor:
+        return x if self.unsort is None else self._gather_rows(x, self.unsort)
+
 
 BUCKET_EDGES = (4, 8, 16, 32)  # grid widths of the packed layout's buckets (the last one is the longest sequence)
 
 
-def make_layout(seq: Tensor, packed: bool = True) -> Layout:
-    """Describe a batch of left-padded sequences (B, L); every row must hold at least one item."""
+def make_layout(seq: Tensor, packed: bool = True) -> Layout | StackedLayout:
+    """Describe a batch of left-padded sequences (B, L), or S replicas' batches (S, B, L) side by side;
+    every row must hold at least one item."""
+    if seq.dim() == 3:
+        return _stacked_layout([make_layout(part, packed) for part in seq])
     B, L = seq.shape
     if not packed:  # every cell of the (B, L) grid is a token, as in the released code
         cells = torch.arange(B * L, device=seq.device)  # (T,)
@@ -104,6 +163,19 @@ def make_layout(seq: Tensor, packed: bool = True) -> Layout:
         start = stop
     unsort = torch.empty_like(order).scatter_(0, order, torch.arange(B, device=seq.device))  # (B,)
     return Layout(ids=seq[row, col], pos=col, last=last, unsort=unsort, buckets=buckets)
+
+
+def _stacked_layout(parts: list[Layout]) -> StackedLayout:
+    """Side by side: token axes padded to the longest part with item 0 at slot 0 (never read)."""
+    T = max(part.ids.shape[0] for part in parts)
+    pad = lambda t: F.pad(t, (0, T - t.shape[0]))  # noqa: E731  (T_s,) -> (T,)
+    ids, pos = torch.stack([pad(p.ids) for p in parts]), torch.stack([pad(p.pos) for p in parts])  # (S, T) each
+    last = torch.stack([p.last for p in parts])  # (S, B)
+    sorted_ = [p.unsort is not None for p in parts]
+    unsort = torch.stack([p.unsort for p in parts]) if all(sorted_) else None  # (S, B)
+    if any(sorted_) and unsort is None:
+        raise ValueError("make_layout: parts must be all packed or all padded")
+    return StackedLayout(parts=parts, ids=ids, pos=pos, last=last, unsort=unsort)
 
 
 def _linear(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
@@ -164,13 +236,14 @@ class SASRecStack(nn.Module):
                     p[n].copy_(value.to(p.device))
             self.item_emb[n, 0].zero_()  # padding row
 
-    def embed(self, layout: Layout, p: float) -> Tensor:
+    def embed(self, layout: Layout | StackedLayout, p: float) -> Tensor:
         """Embedding module: (N, T, D) = dropout(LN(item_emb[ids] + pos_emb[pos]))."""
-        x = self.item_emb[:, layout.ids] + self.pos_emb[:, layout.pos]  # (N, T, D)
+        x = layout.embed_tokens(self.item_emb, self.pos_emb)  # (N, T, D)
         x = _layer_norm(x, self.emb_ln_w, self.emb_ln_b, self.cfg.ln_eps)
         return dropout(x, p, self.training and p > 0)
 
-    def block(self, i: int, x: Tensor, layout: Layout, p: float, last_only: bool, streams: int = 1) -> Tensor:
+    def block(self, i: int, x: Tensor, layout: Layout | StackedLayout, p: float, last_only: bool,
+              streams: int = 1) -> Tensor:  # fmt: skip
         """Transformer block i on x (N, R, T, D) -> (N, R, T, D), or (N, R, B, D) when last_only.
 
         Rows R are independent inputs for the same network (path prefixes); consecutive groups of
@@ -180,7 +253,7 @@ class SASRecStack(nn.Module):
         w, b = self.qkv_w[:, i], self.qkv_b[:, i]
         kv = _linear(x, w[..., D:], b[..., D:])  # (N, R, T, 2D)
         if last_only:
-            x = x[:, :, layout.last]  # (N, R, B, D), sequences in the layout's sorted order
+            x = layout.last_tokens(x)  # (N, R, B, D), sequences in the layout's sorted order
         q = _linear(x, w[..., :D], b[..., :D])  # (N, R, Tq, D), Tq = B or T
         h = _attention(q, kv, layout, self.cfg.heads, p if train else 0.0, streams, last_only)
         h = dropout(_linear(h, self.out_w[:, i], self.out_b[:, i]), p, train)
@@ -188,11 +261,9 @@ class SASRecStack(nn.Module):
         h = gelu(_linear(x, self.ff1_w[:, i], self.ff1_b[:, i]))  # (N, R, Tq, F)
         h = dropout(_linear(h, self.ff2_w[:, i], self.ff2_b[:, i]), p, train)
         x = _layer_norm(x + h, self.ln2_w[:, i], self.ln2_b[:, i], eps)
-        if last_only and layout.unsort is not None:
-            x = x[:, :, layout.unsort]  # (N, R, B, D) back in batch order
-        return x
+        return layout.batch_order(x) if last_only else x  # (N, R, B, D) back in batch order
 
-    def encode(self, layout: Layout, p: float) -> Tensor:
+    def encode(self, layout: Layout | StackedLayout, p: float) -> Tensor:
         """Whole networks: last-position representations (N, B, D)."""
         x = self.embed(layout, p)[:, None]  # (N, 1, T, D)
         for i in range(self.cfg.layers):
@@ -209,12 +280,26 @@ class SASRecStack(nn.Module):
         return scores.view(*z.shape[:-1], -1)  # (N, ..., I+1)
 
 
-def _attention(q: Tensor, kv: Tensor, layout: Layout, heads: int, p: float, streams: int, last_only: bool) -> Tensor:
+def _attention(q: Tensor, kv: Tensor, layout: Layout | StackedLayout, heads: int, p: float, streams: int,
+               last_only: bool) -> Tensor:  # fmt: skip
     """Causal multi-head attention of token queries over the real keys of their own sequence.
 
     q (N, R, Tq, D) with Tq = T, or B last-position queries in sorted order; kv (N, R, T, 2D).
-    Each bucket's tokens are placed in its (B_k, W_k) grid, `streams` consecutive rows side by side.
+    Each bucket's tokens are placed in its (B_k, W_k) grid, `streams` consecutive rows side by side. The
+    parts of a stacked layout run one after the other, each on its replica's networks.
     """
+    parts = layout.parts
+    if len(parts) == 1:
+        return _part_attention(q, kv, parts[0], heads, p, streams, last_only)
+    g, out = q.shape[0] // len(parts), []
+    for s, part in enumerate(parts):
+        o = _part_attention(q[s * g : (s + 1) * g], kv[s * g : (s + 1) * g], part, heads, p, streams, last_only)
+        out.append(o if last_only else F.pad(o, (0, 0, 0, q.shape[2] - o.shape[2])))  # (g, R, Tq, D)
+    return torch.cat(out)  # (N, R, Tq, D)
+
+
+def _part_attention(q: Tensor, kv: Tensor, layout: Layout, heads: int, p: float, streams: int,
+                    last_only: bool) -> Tensor:  # fmt: skip
     out = []
     for bucket in layout.buckets:
         q_k = q[:, :, bucket.rows if last_only else bucket.tokens]  # (N, R, B_k or T_k, D)

@@ -71,6 +71,8 @@ def router_macs(n: Tensor | int, options: int, d: int = ROUTER_HIDDEN) -> Tensor
 class CANet(Method):
     """A sliced SASRec supernet with early exits, routed per user by a light Gumbel-softmax router."""
 
+    graph_safe = False  # the batch is grouped by route: shapes depend on the data
+
     def __init__(self, num_items: int, model: ModelConfig, train: TrainConfig):
         super().__init__(num_items, model, train)
         sizes, D = train.canet_sizes, model.hidden

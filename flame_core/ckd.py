@@ -46,7 +46,7 @@ class CKD(Method):
             for _, spec_model, spec_cfg in self.pretrained_specs()
         )  # fmt: skip
         self.has_teachers = False
-        self.easy_order: Tensor | None = None  # (S,) training samples from easiest to hardest, set by prepare
+        self.easy_order: Tensor | None = None  # (X,) training samples from easiest to hardest, set by prepare
 
     def pretrained_specs(self) -> list[tuple[str, ModelConfig, TrainConfig]]:
         cfg, hidden = self.cfg, self.cfg.ckd_teacher_hidden
@@ -77,7 +77,7 @@ class CKD(Method):
             layout, target = self.layout(inputs[start : start + step]), targets[start : start + step]
             scores = [t.item_scores(t.encode(layout, 0.0))[0] for t in self.teachers]  # K x (b, I+1)
             difficulty.append(torch.stack([F.cross_entropy(s, target, reduction="none") for s in scores]).mean(0))
-        self.easy_order = torch.cat(difficulty).argsort(stable=True).cpu()  # (S,)
+        self.easy_order = torch.cat(difficulty).argsort(stable=True).cpu()  # (X,)
 
     def curriculum_share(self, epoch: int) -> float:
         """c(e) = min(1, c0 + (1 - c0) * e / E), the share of training samples epoch e trains on."""
@@ -85,11 +85,11 @@ class CKD(Method):
         return min(1.0, c0 + (1.0 - c0) * epoch / horizon)
 
     def epoch_indices(self, epoch: int, num_samples: int, gen: torch.Generator) -> Tensor:
-        """The easiest ceil(c(epoch) * S) samples, shuffled: (S',)."""
+        """The easiest ceil(c(epoch) * X) samples, shuffled: (X',)."""
         if self.easy_order is None or self.easy_order.shape[0] != num_samples:
             raise RuntimeError("CKD.epoch_indices: call prepare(split) first (engine.train does)")
         size = math.ceil(self.curriculum_share(epoch) * num_samples)
-        return self.easy_order[:size][torch.randperm(size, generator=gen)]  # (S',)
+        return self.easy_order[:size][torch.randperm(size, generator=gen)]  # (X',)
 
     def loss(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict]:
         self._check_teachers("loss")

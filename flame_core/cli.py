@@ -18,12 +18,11 @@ import time
 import typing
 from pathlib import Path
 
-import torch
 
 from flame_core.anchor import load_anchor, pretrain_anchor
 from flame_core.config import ConfigError, ModelConfig, TrainConfig
 from flame_core.data import DatasetError, available_datasets, build_split, load_dataset
-from flame_core.engine import TrainingDiverged, evaluate, train
+from flame_core.engine import TrainingDiverged, evaluate, selected_weights, train, train_stacked
 from flame_core.experiments import build, pretrained_metrics, record
 from flame_core.methods import Single, build_method
 from flame_core.metrics import format_table
@@ -91,7 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frozen", metavar="PATH", help="anchor weights for flame/ensemble_guide (released or cached); "
                    "default: pretrain a Single SASRec with the same settings, cached by settings (ckd's "
                    "teachers likewise)")  # fmt: skip
-    p.add_argument("--out", metavar="DIR", help="run directory (default runs/DATASET/METHOD-seedSEED)")
+    p.add_argument("--seeds", metavar="S,S,...", type=_parse_int_tuple,
+                   help="train these seeds as one stacked model in one process (single, ensemble_scratch, "
+                   "ensemble_guide, flame): each seed keeps its own early stopping and gets its own run "
+                   "directory, results and record; replaces --seed")  # fmt: skip
+    p.add_argument("--out", metavar="DIR", help="run directory (default runs/DATASET/METHOD-seedSEED; with --seeds "
+                   "runs/DATASET/METHOD-stack-SEEDS holding the stacked checkpoint and a folder seedSEED per seed)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out from its checkpoint")
     p.add_argument("--overwrite", action="store_true", help="start afresh even if --out already holds a run")
     p.add_argument("--record", metavar="DIR", help="also write a results record with provenance to DIR (e.g. results/)")
@@ -99,8 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(p, TrainConfig)
     p = sub.add_parser("pretrain", help="pretrain (or find in the cache) the frozen anchor for a dataset")
     _common(p)
-    method_only = ("method", "split", "path_attention", "num_paths", "rec_from", "frozen_dropout", "lambda_0",
-                   "lambda_R", "anneal", "tau", "pair_weighting", "members")  # fmt: skip
+    method_only = ("method", "seed", "split", "path_attention", "num_paths", "rec_from", "frozen_dropout", "lambda_0",
+                   "lambda_R", "anneal", "anneal_epochs", "tau", "pair_weighting", "members", "cuda_graph")  # fmt: skip
     related = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name.startswith(("emkd_", "canet_", "ckd_")))
     _add_config_options(p, TrainConfig, skip=method_only + related)
     p = sub.add_parser("evaluate", help="evaluate a run directory, or SASRec weights (released or cached anchor)")
@@ -128,35 +132,54 @@ def _load(args, model: ModelConfig, keep, device):
 
 def cmd_train(args) -> int:
     model, cfg = _configs(args)
+    seeds = list(args.seeds) if args.seeds else [cfg.seed]
+    cfg = cfg.replace(seed=seeds[0])
     device = resolve_device(cfg.device)
-    out = Path(args.out or Path("runs") / Path(args.dataset).stem / f"{cfg.method}-seed{cfg.seed}")
-    if (out / "checkpoint.pt").exists() and not (args.resume or args.overwrite):
-        raise ValueError(f"{out} already holds a run: pass --resume to continue it, --overwrite or another --out")
+    stem = Path("runs") / Path(args.dataset).stem
+    if len(seeds) == 1:
+        stack_dir = Path(args.out or stem / f"{cfg.method}-seed{cfg.seed}")
+        dirs = [stack_dir]
+    else:  # the stacked checkpoint in the folder, each seed's run directory inside it
+        stack_dir = Path(args.out or stem / f"{cfg.method}-stack-{'-'.join(map(str, seeds))}")
+        dirs = [stack_dir / f"seed{s}" for s in seeds]
+    if (stack_dir / "checkpoint.pt").exists() and not (args.resume or args.overwrite):
+        raise ValueError(f"{stack_dir} already holds a run: pass --resume to continue it, --overwrite or another --out")
     seed_everything(cfg.seed)
     data, split = _load(args, model, cfg.keep, device)
-    method, anchor = build(data, split, model, cfg, args.frozen)
+    method, anchor = build(data, split, model, cfg, args.frozen, seeds=seeds if len(seeds) > 1 else None)
     rows = {f"{name} test": metrics for name, metrics in pretrained_metrics(method, split).items()}
     if anchor:
         print(f"pretrained: {anchor}")
-    print(f"{cfg.method}: {method.num_parameters()} parameters; run directory {out}")
-    results = train(method, split, out_dir=out, resume=args.resume)
-    rows[f"{cfg.method} valid (epoch {results['best_epoch']})"] = results["valid"]
-    rows[f"{cfg.method} test"] = results["test"]
-    print(f"\nfull ranking over {data.num_items} items, leave-one-out, {data.name}, seed {cfg.seed}, "
-          f"{results['epochs_run']} epochs run, selected on valid NDCG@20; metrics in percent")  # fmt: skip
+    where = f"run directory {stack_dir}" if len(seeds) == 1 else f"{len(seeds)} seeds stacked in {stack_dir}"
+    print(f"{cfg.method}: {method.num_parameters()} parameters; {where}")
+    if len(seeds) == 1:
+        all_results = [train(method, split, out_dir=stack_dir, resume=args.resume)]
+    else:
+        all_results = train_stacked(method, split, stack_dir, dirs, resume=args.resume)
+    for seed, results in zip(seeds, all_results):
+        name = cfg.method if len(seeds) == 1 else f"{cfg.method} seed {seed}"
+        rows[f"{name} valid (epoch {results['best_epoch']})"] = results["valid"]
+        rows[f"{name} test"] = results["test"]
+    runs = ", ".join(str(r["epochs_run"]) for r in all_results)
+    print(f"\nfull ranking over {data.num_items} items, leave-one-out, {data.name}, seed {', '.join(map(str, seeds))}, "
+          f"{runs} epochs run, selected on valid NDCG@20; metrics in percent")  # fmt: skip
     print(format_table(rows))
-    print(f"train {results['train_seconds']:.1f}s, inference {results['inference_seconds_per_1000_users']:.3f}s per 1000 users; "
-          f"results in {out / 'results.json'}")  # fmt: skip
-    if results["report"]:
-        print(f"report (test): {json.dumps(results['report'])}")
-    if args.record:
-        print(f"record: {record(results, data, model, cfg, args.record, args.profile, args.command_line, args.frozen, anchor)}")
+    for seed, results, d in zip(seeds, all_results, dirs):
+        print(f"train {results['train_seconds']:.1f}s, inference {results['inference_seconds_per_1000_users']:.3f}s "
+              f"per 1000 users; results in {d / 'results.json'}")  # fmt: skip
+        if results["report"]:
+            print(f"report (test): {json.dumps(results['report'])}")
+        if args.record:
+            path = record(results, data, model, cfg.replace(seed=seed), args.record, args.profile, args.command_line,
+                          args.frozen, anchor)  # fmt: skip
+            print(f"record: {path}")
     return 0
 
 
 def cmd_pretrain(args) -> int:
     model, cfg = _configs(args)
     device = resolve_device(cfg.device)
+    cfg = cfg.replace(seed=cfg.anchor_seed)  # the anchor flame and ensemble_guide use
     seed_everything(cfg.seed)
     data, split = _load(args, model, cfg.keep, device)
     anchor, path = pretrain_anchor(data, split, model, cfg)
@@ -176,9 +199,9 @@ def cmd_evaluate(args) -> int:
         device = resolve_device(cfg.device)
         data, split = _load(args, model, cfg.keep, device)
         method = build_method(data.num_items, model, cfg).to(device)
-        ckpt = torch.load(weights / "checkpoint.pt", map_location=device, weights_only=False)
-        method.load_state_dict(ckpt["best_weights"])
-        name = f"{cfg.method} (epoch {ckpt['state']['best_epoch']})"
+        selected, epoch = selected_weights(weights, device)
+        method.load_state_dict(selected)
+        name = f"{cfg.method} (epoch {epoch})"
     else:
         model, _ = _configs(args)
         device = resolve_device(args.device)

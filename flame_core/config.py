@@ -88,11 +88,12 @@ class TrainConfig(_Checked):
     """
 
     method: str = "flame"  # one of METHODS
-    epochs: int = 200  # R, the maximum number of epochs (also the annealing horizon)
+    epochs: int = 200  # the maximum number of epochs (the budget; early stopping may end sooner)
     patience: int = 30  # epochs without a better validation NDCG@20 before stopping
     batch_size: int = 256
     lr: float = 1e-3  # Adam
-    seed: int = 42
+    seed: int = 42  # the learnable networks' initialisation, dropout and shuffling
+    anchor_seed: int = 0  # seed of the pretrained anchor (flame, ensemble_guide): one anchor shared by every seed
     device: str = "auto"  # "cpu", "cuda", "cuda:1", or "auto" (cuda when available)
     keep: int | None = -1  # items kept per user before splitting; -1 = max_len + 3 (official), None = all
     split: str = "emb|enc"  # module split: "net", "emb|enc", "emb|block|block" (one "block" per layer)
@@ -104,10 +105,12 @@ class TrainConfig(_Checked):
     lambda_0: float = 1.0  # alignment weight at epoch 0
     lambda_R: float = 1e-5  # alignment weight at epoch R
     anneal: bool = True  # False keeps lambda_0 constant (ablation)
+    anneal_epochs: int = 200  # R, the horizon of lambda's annealing (the release's num_epoch), apart from the budget
     tau: float = 1.0  # InfoNCE temperature
     pair_weighting: str = "similarity"  # softmax of negative mean similarity, or "uniform" (ablation)
     members: int = 2  # N, members of ensemble_scratch
     packed: bool | None = None  # per-token work on real tokens only; None: packed on CPU, padded on CUDA (faster there)
+    cuda_graph: bool = True  # on CUDA, capture the whole training step as one CUDA graph where the method allows
     eval_batch_size: int = 1024
     progress: bool = True  # tqdm progress bars
     emkd_members: int = 3  # N, SASRec members of emkd (seeds s..s+N-1)
@@ -146,8 +149,8 @@ class TrainConfig(_Checked):
             raise ConfigError(f"TrainConfig.num_paths: need at least 2 paths to align, got {self.num_paths}")
         if self.members < 2 and self.method == "ensemble_scratch":
             raise ConfigError(f"TrainConfig.members: an ensemble needs at least 2 members, got {self.members}")
-        if min(self.epochs, self.batch_size, self.eval_batch_size) < 1 or self.patience < 0:
-            raise ConfigError("TrainConfig: epochs, batch sizes must be positive and patience non-negative")
+        if min(self.epochs, self.anneal_epochs, self.batch_size, self.eval_batch_size) < 1 or self.patience < 0:
+            raise ConfigError("TrainConfig: epochs, anneal_epochs and batch sizes must be positive, patience non-negative")
         _check_related(self)
 
 

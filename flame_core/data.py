@@ -300,7 +300,7 @@ def load_dataset(name_or_path: str) -> Interactions:
 class Split:
     """All tensors of one dataset's leave-one-out protocol, built once (int64, left-padded with 0).
 
-    ``train_inputs`` (S, L) and ``train_targets`` (S,) hold every training prefix; the histories (U, W) hold
+    ``train_inputs`` (X, L) and ``train_targets`` (X,) hold every training prefix; the histories (U, W) hold
     each user's full validation/test input with W = max(max_len, longest test input), so the model input
     ``history[:, -L:]`` is always (U, L) and the whole history is available for excluding seen items.
     S counts training samples and U users (both are the B axis once batched).
@@ -308,8 +308,8 @@ class Split:
 
     max_len: int
     num_items: int
-    train_inputs: torch.Tensor  # (S, L)
-    train_targets: torch.Tensor  # (S,)
+    train_inputs: torch.Tensor  # (X, L)
+    train_targets: torch.Tensor  # (X,)
     valid_history: torch.Tensor  # (U, W) w[:-2]
     valid_targets: torch.Tensor  # (U,) w[-2]
     test_history: torch.Tensor  # (U, W) w[:-1]
@@ -359,15 +359,15 @@ def build_split(data: Interactions, max_len: int = 50, keep: int | None = -1) ->
     flat[1:] = np.fromiter(itertools.chain.from_iterable(windows), dtype=np.int64, count=flat.size - 1)
     starts = 1 + np.cumsum(lengths) - lengths  # (U,) index in flat of each window's first item
     counts = lengths - MIN_ITEMS  # (U,) training samples per user: prefixes t = 1..n-3
-    owner = np.repeat(np.arange(lengths.size), counts)  # (S,)
-    t = np.arange(owner.size) - np.repeat(np.cumsum(counts) - counts, counts) + 1  # (S,) prefix lengths
-    ends = starts[owner] + t  # (S,) the target's index in flat
+    owner = np.repeat(np.arange(lengths.size), counts)  # (X,)
+    t = np.arange(owner.size) - np.repeat(np.cumsum(counts) - counts, counts) + 1  # (X,) prefix lengths
+    ends = starts[owner] + t  # (X,) the target's index in flat
     width = max(max_len, int(lengths.max()) - 1)
     return Split(
         max_len=max_len,
         num_items=data.num_items,
-        train_inputs=_left_padded(flat, starts[owner], ends, max_len),  # (S, L)
-        train_targets=torch.from_numpy(flat[ends]),  # (S,)
+        train_inputs=_left_padded(flat, starts[owner], ends, max_len),  # (X, L)
+        train_targets=torch.from_numpy(flat[ends]),  # (X,)
         valid_history=_left_padded(flat, starts, starts + lengths - 2, width),  # (U, W)
         valid_targets=torch.from_numpy(flat[starts + lengths - 2]),  # (U,)
         test_history=_left_padded(flat, starts, starts + lengths - 1, width),  # (U, W)

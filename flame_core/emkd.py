@@ -36,6 +36,8 @@ from flame_core.methods import EnsembleScratch
 class EMKD(EnsembleScratch):
     """N SASRec members with next-item CE, logit distillation and intra-/cross-network contrast."""
 
+    stackable = False
+
     def __init__(self, num_items: int, model: ModelConfig, train: TrainConfig):
         super().__init__(num_items, model, train, members=train.emkd_members)
 
@@ -55,5 +57,5 @@ class EMKD(EnsembleScratch):
         return loss, logs
 
     def combine(self, member_scores: Tensor) -> Tensor:
-        """The sum of the members' scores (N, B, I+1) -> (B, I+1), as EMKD serves them."""
-        return member_scores.sum(0)
+        """The sum of the members' scores (..., N, B, I+1) -> (..., B, I+1), as EMKD serves them."""
+        return member_scores.sum(-3)

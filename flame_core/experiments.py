@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import subprocess
 import sys
 import time
@@ -23,15 +24,15 @@ from typing import Callable
 
 import torch
 
-from flame_core.anchor import load_anchor, pretrain_anchor
+from flame_core.anchor import cached_anchor_results, load_anchor, pretrain_anchor
 from flame_core.config import ModelConfig, TrainConfig
 from flame_core.data import Interactions, Split, build_split, load_dataset
-from flame_core.engine import evaluate, train
-from flame_core.methods import Method, Single, build_method
+from flame_core.engine import evaluate, selected_weights, train, train_stacked
+from flame_core.methods import Method, Single, build_method, method_class
 from flame_core.utils import atomic_json, file_lock, resolve_device
 
 # settings that do not change what a run computes
-IGNORED = ("device", "progress", "eval_batch_size", "packed")
+IGNORED = ("device", "progress", "eval_batch_size", "packed", "cuda_graph")
 
 
 @functools.lru_cache(maxsize=8)
@@ -42,14 +43,14 @@ def load(dataset: str, max_len: int = 50, keep: int | None = -1) -> tuple[Intera
 
 
 def build(data: Interactions, split: Split, model: ModelConfig, cfg: TrainConfig, frozen: str | None = None,
-          log: Callable[[str], None] = print) -> tuple[Method, str | None]:  # fmt: skip
+          log: Callable[[str], None] = print, seeds: list[int] | None = None) -> tuple[Method, str | None]:  # fmt: skip
     """The method of `cfg` on the split's device with its pretrained networks set; returns (method, their paths).
 
     `frozen` replaces the pretrained anchor of a method that needs exactly one (flame, ensemble_guide). The
-    paths come back joined by ", " (None when the method needs none).
+    paths come back joined by ", " (None when the method needs none). `seeds`: S stacked replicas.
     """
     device = split.train_targets.device
-    method = build_method(data.num_items, model, cfg).to(device)
+    method = build_method(data.num_items, model, cfg, tuple(seeds) if seeds else None).to(device)
     specs = method.pretrained_specs()
     if not specs:
         return method, None
@@ -74,17 +75,30 @@ def pretrained_metrics(method: Method, split: Split, which: str = "test") -> dic
     return out
 
 
+def pretraining_seconds(method: Method, data: Interactions) -> float:
+    """Training seconds of the method's pretrained networks (anchor, teachers) as the anchor cache stores them;
+    0 for a method without any, NaN when one is not in the cache."""
+    cached = [cached_anchor_results(data, model, cfg) for _, model, cfg in method.pretrained_specs()]
+    return sum(c["train_seconds"] if c else math.nan for c in cached)
+
+
 def anchor_metrics(method: Method, split: Split, which: str = "test") -> dict:
     """Metrics of a FLAME-type method's frozen network used alone (as a Single SASRec)."""
     return pretrained_metrics(method, split, which)["anchor"]
 
 
-def run_key(data: Interactions, model: ModelConfig, cfg: TrainConfig, frozen: str | None = None) -> str:
-    """12 hex digits of the data's content and every setting that changes the run's numbers."""
+def run_key(data: Interactions, model: ModelConfig, cfg: TrainConfig, frozen: str | None = None,
+            stacked_with: list[int] | None = None) -> str:  # fmt: skip
+    """12 hex digits of the data's content and every setting that changes the run's numbers.
+
+    A replica trained stacked (`stacked_with`, the seeds of its stack) draws its dropout from the stack's
+    random stream, so its key differs from the same seed trained alone.
+    """
     train = {k: v for k, v in cfg.to_dict().items() if k not in IGNORED}
-    blob = json.dumps({"data": data.fingerprint(), "model": model.to_dict(), "train": train, "frozen": frozen},
-                      sort_keys=True)  # fmt: skip
-    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+    blob = {"data": data.fingerprint(), "model": model.to_dict(), "train": train, "frozen": frozen}
+    if stacked_with:
+        blob["stacked_with"] = list(stacked_with)
+    return hashlib.sha1(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:12]
 
 
 @dataclass
@@ -101,24 +115,42 @@ class Experiment:
 
 def run(dataset: str, model: ModelConfig, cfg: TrainConfig, root: str | Path = "runs", frozen: str | None = None,
         log: Callable[[str], None] = print) -> Experiment:  # fmt: skip
-    """Train `cfg.method` on `dataset`, or reuse the finished run with the same key under `root`.
+    """Train `cfg.method` on `dataset` with `cfg.seed`, or reuse the finished run with the same key under `root`."""
+    return run_seeds(dataset, model, cfg, [cfg.seed], root, frozen, log)[0]
 
-    A lock beside the run folder makes a second process that asks for the same run wait and reuse it.
+
+def run_seeds(dataset: str, model: ModelConfig, cfg: TrainConfig, seeds: list[int], root: str | Path = "runs",
+              frozen: str | None = None, log: Callable[[str], None] = print) -> list[Experiment]:  # fmt: skip
+    """One experiment per seed: several seeds of a stackable method train as one stacked model, the others one
+    after another; finished runs with the same key under `root` are reused, interrupted ones resume.
+
+    Run directories: root/DATASET/METHOD-seedSEED-KEY; a stack's checkpoint: root/DATASET/METHOD-stack-SEEDS-KEY.
+    A lock beside them makes a second process that asks for the same runs wait and reuse them.
     """
+    seeds = list(seeds)
+    if len(seeds) > 1 and not method_class(cfg.method).stackable:
+        return [exp for s in seeds for exp in run_seeds(dataset, model, cfg.replace(seed=s), [s], root, frozen, log)]
     data, split = load(dataset, model.max_len, cfg.keep)
     split = split.to(resolve_device(cfg.device))
-    out = Path(root) / data.name / f"{cfg.method}-seed{cfg.seed}-{run_key(data, model, cfg, frozen)}"
-    method, _ = build(data, split, model, cfg, frozen, log=log)
-    with file_lock(out.parent / f".{out.name}.lock"):
-        reused = (out / "results.json").exists()
-        if reused:
-            results = json.loads((out / "results.json").read_text())
-            ckpt = torch.load(out / "checkpoint.pt", map_location=split.test_targets.device, weights_only=False)
-            method.load_state_dict(ckpt["best_weights"])
-        else:
-            results = train(method, split, out_dir=out, resume=True, log=log)
-    method.eval()
-    return Experiment(results, method, data, split, out, reused=reused)
+    stack = seeds if len(seeds) > 1 else None
+    folder = Path(root) / data.name
+    dirs = [folder / f"{cfg.method}-seed{s}-{run_key(data, model, cfg.replace(seed=s), frozen, stack)}" for s in seeds]
+    stack_dir = folder / f"{cfg.method}-stack-{'-'.join(map(str, seeds))}-{run_key(data, model, cfg, frozen, stack)}"
+    with file_lock(folder / f".{(stack_dir if stack else dirs[0]).name}.lock"):
+        reused = all((d / "results.json").exists() for d in dirs)
+        if not reused:
+            method, _ = build(data, split, model, cfg, frozen, log=log, seeds=stack)
+            if stack:
+                train_stacked(method, split, stack_dir, dirs, resume=True, log=log)
+            else:
+                train(method, split, out_dir=dirs[0], resume=True, log=log)
+    experiments = []
+    for s, d in zip(seeds, dirs):
+        method, _ = build(data, split, model, cfg.replace(seed=s), frozen, log=log)
+        method.load_state_dict(selected_weights(d, split.test_targets.device)[0])
+        method.eval()
+        experiments.append(Experiment(json.loads((d / "results.json").read_text()), method, data, split, d, reused))
+    return experiments
 
 
 def git_revision(cwd: str | Path | None = None) -> str:
@@ -139,10 +171,13 @@ def record(results: dict, data: Interactions, model: ModelConfig, cfg: TrainConf
     """Write the provenance record of a finished run to root/DATASET/METHOD-seedSEED-KEY.json (atomically).
 
     `frozen` is the anchor file the run was given (part of the key); `anchor` the one it used (for reading).
+    A replica trained stacked records the seeds of its stack (`stacked_with`).
     """
-    key = run_key(data, model, cfg, frozen)
+    stacked_with = results.get("stacked_with") or None
+    key = run_key(data, model, cfg, frozen, stacked_with)
     rec = {
         "dataset": data.name, "method": cfg.method, "profile": profile, "seed": cfg.seed,
+        "stacked_with": stacked_with or [], "anchor_seed": cfg.anchor_seed if anchor and not frozen else None,
         "epoch_budget": cfg.epochs, "epochs_run": results["epochs_run"], "best_epoch": results["best_epoch"],
         "converged": results["stopped_early"], "valid": results["valid"], "test": results["test"],
         "history": results["history"], "parameters": results["parameters"],

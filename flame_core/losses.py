@@ -5,7 +5,9 @@
   their concatenation with the diagonal excluded and each row's positive its twin in the other view
   (plain dot products / tau, as released), weighted by a softmax over pairs of the negative mean
   similarity (not detached: less similar pairs weigh more).
-- `lambda_schedule`: lambda_e = lambda_0 * (lambda_R / lambda_0) ** (e / R).
+- `lambda_schedule`: lambda_e = lambda_0 * (lambda_R / lambda_0) ** (min(e, R) / R), R the annealing horizon
+  (`anneal_epochs`, 200 as released), which is not the epoch budget: a short run follows the first epochs of
+  the paper's schedule.
 
 The related methods' losses (DESIGN.md section 6), each documented where it is defined:
 - EMKD: `symmetric_kl` (logit distillation between members), `twin_infonce` and `emkd_contrast` (intra- and
@@ -26,9 +28,10 @@ def rec_loss(scores: Tensor, targets: Tensor) -> Tensor:
     return F.cross_entropy(scores, targets)
 
 
-def lambda_schedule(epoch: int, epochs: int, lambda_0: float = 1.0, lambda_R: float = 1e-5) -> float:
-    """Alignment weight of epoch `epoch` (counted from 1) of `epochs`: geometric from lambda_0 to lambda_R."""
-    return lambda_0 * (lambda_R / lambda_0) ** (epoch / epochs)
+def lambda_schedule(epoch: int, horizon: int = 200, lambda_0: float = 1.0, lambda_R: float = 1e-5) -> float:
+    """Alignment weight of epoch `epoch` (counted from 1): geometric from lambda_0 to lambda_R at epoch `horizon`
+    (R), constant after it."""
+    return lambda_0 * (lambda_R / lambda_0) ** (min(epoch, horizon) / horizon)
 
 
 def pair_indices(num_views: int, device=None) -> tuple[Tensor, Tensor]:
@@ -105,13 +108,13 @@ def emkd_contrast(original: Tensor, augmented: Tensor, tau: float = 1.0) -> tupl
     the augmented sequences.
 
     Intra: member n's original against its own augmented representation, mean over members. Cross: member
-    x's original against member y's augmented representation, mean over ordered pairs x != y.
+    x's original against member y's augmented representation, mean over ordered pairs x != y. Both come from
+    one (N, N) table of pair losses (no data-dependent indexing, so a CUDA graph can capture it).
     """
     N = original.shape[0]
-    intra = twin_infonce(original, augmented, tau).mean()
-    x, y = (~torch.eye(N, dtype=torch.bool, device=original.device)).nonzero(as_tuple=True)  # (N(N-1),) each
-    cross = twin_infonce(original[x], augmented[y], tau).mean()
-    return intra, cross
+    table = twin_infonce(original[:, None], augmented[None], tau)  # (N, N): [x, y] original x vs augmented y
+    own = torch.diagonal(table)  # (N,)
+    return own.mean(), (table.sum() - own.sum()) / max(N * (N - 1), 1)
 
 
 def routing_uniform_loss(logits: list[Tensor]) -> Tensor:

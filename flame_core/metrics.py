@@ -40,11 +40,17 @@ def metrics_from_ranks(ranks: Tensor) -> dict[str, float]:
 
     HR@k = [rank < k]; NDCG@k = 1 / log2(rank + 2) if rank < k else 0 (one relevant item).
     """
-    ranks = ranks.double()  # (B,)
-    gain = 1.0 / torch.log2(ranks + 2.0)  # (B,)
-    out = {f"HR@{k}": 100.0 * (ranks < k).double().mean().item() for k in KS_HR}
-    out.update({f"NDCG@{k}": 100.0 * torch.where(ranks < k, gain, 0.0).mean().item() for k in KS_NDCG})
-    return out
+    return _metric_table(ranks[None])[0]
+
+
+def _metric_table(ranks: Tensor) -> list[dict[str, float]]:
+    """`metrics_from_ranks` of each row of ranks (V, U), computed where the ranks are, read with one copy."""
+    ranks = ranks.double()  # (V, U)
+    gain = 1.0 / torch.log2(ranks + 2.0)  # (V, U)
+    columns = [(ranks < k).double().mean(1) for k in KS_HR]  # (V,) each
+    columns += [torch.where(ranks < k, gain, 0.0).mean(1) for k in KS_NDCG]
+    table = (100.0 * torch.stack(columns, dim=1)).tolist()  # (V, 7)
+    return [dict(zip(METRIC_KEYS, row)) for row in table]
 
 
 @torch.no_grad()
@@ -73,16 +79,17 @@ def evaluate_views(
     batch_size: int = 1024,
 ) -> tuple[list[dict[str, float]], Tensor]:
     """`evaluate_scores` for V score matrices from one call: score_fn maps inputs (b, L) to (V, b, I+1)
-    (for example an ensemble and each of its members); returns (metrics per view, ranks (V, U) on the CPU)."""
+    (for example an ensemble and each of its members); returns (metrics per view, ranks (V, U) on the CPU).
+    Ranks stay on the scores' device until the end: one copy back, not one per batch."""
     ranks = []
     for start in range(0, inputs.shape[0], batch_size):
         sl = slice(start, start + batch_size)
         scores = score_fn(inputs[sl])  # (V, b, I+1)
         V, b = scores.shape[:2]
         flat = mask_history(scores.reshape(V * b, -1), history[sl].to(scores.device).repeat(V, 1))  # (V*b, I+1)
-        ranks.append(target_ranks(flat, targets[sl].to(scores.device).repeat(V)).view(V, b).cpu())  # (V, b)
+        ranks.append(target_ranks(flat, targets[sl].to(scores.device).repeat(V)).view(V, b))  # (V, b)
     ranks = torch.cat(ranks, dim=1) if ranks else torch.zeros(1, 0, dtype=torch.long)  # (V, U)
-    return [metrics_from_ranks(r) for r in ranks], ranks
+    return _metric_table(ranks), ranks.cpu()
 
 
 def format_table(rows: dict[str, dict[str, float]], keys=None) -> str:

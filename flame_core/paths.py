@@ -14,7 +14,7 @@ import itertools
 import torch
 from torch import Tensor
 
-from flame_core.backbone import Layout, SASRecStack
+from flame_core.backbone import Layout, SASRecStack, StackedLayout
 
 Path = tuple[int, ...]
 LETTERS = "LF"
@@ -51,32 +51,43 @@ def sample_paths(num_modules: int, k: int, generator: torch.Generator | None = N
     return [paths[0]] + [paths[i] for i in sorted(others.tolist())]
 
 
-def run_module(net: SASRecStack, stages: list[str], x: Tensor | None, layout: Layout, p: float,
+def run_module(net: SASRecStack, stages: list[str], x: Tensor | None, layout: Layout | StackedLayout, p: float,
                final: bool, streams: int = 1) -> Tensor:  # fmt: skip
-    """Apply one module (its stages) of a 1-network stack to rows x (R, T, D); "emb" takes no input.
+    """Apply one module (its stages) of a stack to rows x (N, R, T, D); "emb" takes no input.
 
-    Returns (R, T, D), or (R, B, D) when `final` (the last block computes the last position only).
+    Returns (N, R, T, D), or (N, R, B, D) when `final` (the last block computes the last position only).
     """
     for stage in stages:
         if stage == "emb":
-            x = net.embed(layout, p)  # (1, T, D)
+            x = net.embed(layout, p)[:, None]  # (N, 1, T, D)
         else:
             i = int(stage[1:])
-            last = final and i == net.cfg.layers - 1
-            x = net.block(i, x[None], layout, p, last_only=last, streams=streams)[0]  # (R, T or B, D)
+            x = net.block(i, x, layout, p, last_only=final and i == net.cfg.layers - 1, streams=streams)
     return x
 
 
-def evaluate_paths(learn: SASRecStack, frozen: SASRecStack, plan: list[list[str]], layout: Layout,
-                   paths: list[Path], p_learn: float, p_frozen: float, shared: bool = False) -> Tensor:  # fmt: skip
-    """Last-position representations (P, B, D) of `paths`, computing each needed prefix once.
+def take_rows(x: Tensor, rows: list[int]) -> Tensor:
+    """x[:, rows] for a list of row indices (N, R, ...) -> (N, len(rows), ...), by slicing and concatenation:
+    no index tensor is copied to the device, so a captured CUDA graph may contain it."""
+    runs, start = [], 0
+    for k in range(1, len(rows) + 1):
+        if k == len(rows) or rows[k] != rows[k - 1] + 1:
+            runs.append(x[:, rows[start] : rows[k - 1] + 1])
+            start = k
+    return runs[0] if len(runs) == 1 else torch.cat(runs, dim=1)
 
-    `shared` is the released code's attention for split emb|enc: both embedding streams are concatenated
-    and attend to each other in the encoder (streams=2), so the encoder level runs on both prefixes.
+
+def evaluate_paths(learn: SASRecStack, frozen: SASRecStack, plan: list[list[str]], layout: Layout | StackedLayout,
+                   paths: list[Path], p_learn: float, p_frozen: float, shared: bool = False) -> Tensor:  # fmt: skip
+    """Last-position representations (N, P, B, D) of `paths`, computing each needed prefix once.
+
+    Network n of `learn` pairs with network n of `frozen` (N = 1, or S stacked replicas). `shared` is the
+    released code's attention for split emb|enc: both embedding streams are concatenated and attend to each
+    other in the encoder (streams=2), so the encoder level runs on both prefixes.
     """
     nets, drops = (learn, frozen), (p_learn, p_frozen)
     prefixes: list[Path] = [()]
-    states: Tensor | None = None  # (rows, T, D) for the prefixes
+    states: Tensor | None = None  # (N, rows, T, D) for the prefixes
     for m, stages in enumerate(plan):
         needed = {path[: m + 1] for path in (all_paths(len(plan)) if shared else paths)}
         outs, new_prefixes = [], []
@@ -88,12 +99,11 @@ def evaluate_paths(learn: SASRecStack, frozen: SASRecStack, plan: list[list[str]
             for group in groups:
                 if not group:
                     continue
-                rows = [prefixes.index(pre) for pre in group]
-                x = None if m == 0 else states[rows]  # (R, T, D)
+                x = None if m == 0 else take_rows(states, [prefixes.index(pre) for pre in group])  # (N, R, T, D)
                 frozen_only = c == 1 and all(0 not in pre for pre in group)
                 with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen_only):
                     out = run_module(nets[c], stages, x, layout, drops[c], m == len(plan) - 1, 2 if shared else 1)
                 outs.append(out)
                 new_prefixes += [pre + (c,) for pre in group]
-        states, prefixes = torch.cat(outs), new_prefixes
-    return states[[prefixes.index(path) for path in paths]]  # (P, B, D)
+        states, prefixes = torch.cat(outs, dim=1), new_prefixes
+    return take_rows(states, [prefixes.index(path) for path in paths])  # (N, P, B, D)

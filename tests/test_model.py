@@ -27,6 +27,7 @@ def batch(seed=0, B=6, L=8, longest=6):
 
 
 def stacks(cfg=CFG, seeds=(1, 2)):
+    """A learnable and a frozen 1-network stack (evaluate_paths gives (N, P, B, D): [0] is their one pair)."""
     learn = SASRecStack(1, ITEMS, cfg, seeds=[seeds[0]])
     frozen = SASRecStack(1, ITEMS, cfg, seeds=[seeds[1]]).requires_grad_(False)
     return learn, frozen
@@ -51,10 +52,11 @@ def test_packed_buckets_cover_every_length():
     layout = make_layout(seq)
     assert [b.real.shape[1] for b in layout.buckets] == [4, 8, 16, 31, 40]
     plan = module_plan("emb|block|block", cfg.layers)
-    z = evaluate_paths(learn, frozen, plan, layout, all_paths(3), 0.0, 0.0)
+    z = evaluate_paths(learn, frozen, plan, layout, all_paths(3), 0.0, 0.0)[0]
     nets = [ref.weights(learn, 0), ref.weights(frozen, 0)]
     for p, path in enumerate(all_paths(3)):
-        torch.testing.assert_close(z[p], ref.path_forward(nets, path, plan, seq, cfg.heads, cfg.ln_eps), atol=ATOL, rtol=0)
+        expected = ref.path_forward(nets, path, plan, seq, cfg.heads, cfg.ln_eps)
+        torch.testing.assert_close(z[p], expected, atol=ATOL, rtol=0)
 
 
 def test_tensorized_ensemble_equals_separate_networks():
@@ -80,7 +82,7 @@ def test_prefix_shared_paths_equal_naive_paths(split, modules, packed):
     assert len(plan) == modules and len(paths) == 2**modules
     assert path_name(paths[0]) == "L" * modules and path_name(paths[-1]) == "F" * modules
     seq = batch(2)
-    z = evaluate_paths(learn, frozen, plan, make_layout(seq, packed), paths, 0.0, 0.0)
+    z = evaluate_paths(learn, frozen, plan, make_layout(seq, packed), paths, 0.0, 0.0)[0]
     nets = [ref.weights(learn, 0), ref.weights(frozen, 0)]
     for p, path in enumerate(paths):
         expected = ref.path_forward(nets, path, plan, seq, CFG.heads, CFG.ln_eps)
@@ -91,11 +93,11 @@ def test_sampled_paths_compute_only_what_they_need():
     learn, frozen = stacks()
     plan = module_plan("emb|block|block", CFG.layers)
     seq = batch(3)
-    full = evaluate_paths(learn, frozen, plan, make_layout(seq), all_paths(3), 0.0, 0.0)
+    full = evaluate_paths(learn, frozen, plan, make_layout(seq), all_paths(3), 0.0, 0.0)[0]
     gen = torch.Generator().manual_seed(0)
     chosen = sample_paths(3, 3, gen)
     assert len(chosen) == 3 and chosen[0] == (0, 0, 0) and len(set(chosen)) == 3
-    part = evaluate_paths(learn, frozen, plan, make_layout(seq), chosen, 0.0, 0.0)
+    part = evaluate_paths(learn, frozen, plan, make_layout(seq), chosen, 0.0, 0.0)[0]
     for k, path in enumerate(chosen):
         torch.testing.assert_close(part[k], full[all_paths(3).index(path)], atol=ATOL, rtol=0)
 
@@ -104,9 +106,9 @@ def test_pure_frozen_path_is_the_frozen_network_only_with_independent_attention(
     learn, frozen = stacks()
     plan, seq = module_plan("emb|enc", CFG.layers), batch(4)
     plain = frozen.encode(make_layout(seq), 0.0)[0]
-    independent = evaluate_paths(learn, frozen, plan, make_layout(seq), all_paths(2), 0.0, 0.0)
+    independent = evaluate_paths(learn, frozen, plan, make_layout(seq), all_paths(2), 0.0, 0.0)[0]
     assert torch.equal(independent[-1], plain)  # exactly: the same calls on the same tokens
-    shared = evaluate_paths(learn, frozen, plan, make_layout(seq), all_paths(2), 0.0, 0.0, shared=True)
+    shared = evaluate_paths(learn, frozen, plan, make_layout(seq), all_paths(2), 0.0, 0.0, shared=True)[0]
     assert (shared[-1] - plain).abs().max() > 1e-3  # FF also attends to the learnable embedding stream
 
 
@@ -114,7 +116,8 @@ def test_pure_frozen_path_is_the_frozen_network_only_with_independent_attention(
 def test_shared_attention_matches_the_released_concatenation(packed):
     learn, frozen = stacks()
     seq = batch(5)
-    z = evaluate_paths(learn, frozen, module_plan("emb|enc", 2), make_layout(seq, packed), all_paths(2), 0.0, 0.0, True)
+    layout = make_layout(seq, packed)
+    z = evaluate_paths(learn, frozen, module_plan("emb|enc", 2), layout, all_paths(2), 0.0, 0.0, True)[0]
     expected = ref.shared_paths([ref.weights(learn, 0), ref.weights(frozen, 0)], seq, CFG.layers, CFG.heads, CFG.ln_eps)
     for p, path in enumerate(all_paths(2)):
         torch.testing.assert_close(z[p], expected[path_name(path)], atol=ATOL, rtol=0)
@@ -124,7 +127,7 @@ def test_shared_attention_matches_the_released_concatenation(packed):
 def test_gradients_skip_frozen_weights_but_flow_through_them(split):
     learn, frozen = stacks()
     plan, seq = module_plan(split, CFG.layers), batch(6)
-    z = evaluate_paths(learn, frozen, plan, make_layout(seq), all_paths(len(plan)), 0.0, 0.0)
+    z = evaluate_paths(learn, frozen, plan, make_layout(seq), all_paths(len(plan)), 0.0, 0.0)[0]
     lf = all_paths(len(plan)).index((0,) + (1,) * (len(plan) - 1))  # learnable embedding, frozen rest
     z[lf].square().sum().backward()
     assert all(p.grad is None for p in frozen.parameters())
@@ -135,9 +138,9 @@ def test_gradients_skip_frozen_weights_but_flow_through_them(split):
 
 def test_pure_frozen_path_builds_no_graph():
     learn, frozen = stacks()
-    z = evaluate_paths(learn, frozen, module_plan("emb|enc", 2), make_layout(batch()), [(0, 0), (1, 1)], 0.0, 0.0)
+    z = evaluate_paths(learn, frozen, module_plan("emb|enc", 2), make_layout(batch()), [(0, 0), (1, 1)], 0.0, 0.0)[0]
     assert z.requires_grad  # the stack does, through LL
-    alone = evaluate_paths(learn, frozen, module_plan("emb|enc", 2), make_layout(batch()), [(1, 1)], 0.0, 0.0)
+    alone = evaluate_paths(learn, frozen, module_plan("emb|enc", 2), make_layout(batch()), [(1, 1)], 0.0, 0.0)[0]
     assert not alone.requires_grad
 
 

@@ -277,8 +277,8 @@ def test_resume_reproduces_the_uninterrupted_run(tiny, tmp_path, method):
     data, split = tiny
     full = train(make(method, data), split, tmp_path / "full", **QUIET)
 
-    def stop_after_two(row):
-        if row["epoch"] == 2:
+    def stop_after_two(rows):
+        if rows[0]["epoch"] == 2:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
