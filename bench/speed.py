@@ -1,10 +1,17 @@
-"""Speed benchmark: step times of Single and FLAME, packed vs padded, a full epoch, evaluation, memory.
+"""Speed benchmark: step times of Single and FLAME (packed, padded, CUDA graph), stacked seeds, a naive
+reference SASRec, a full epoch with validation, evaluation, memory.
 
 Everything is measured on one machine in one run, so the ratios compare like with like:
 
     python bench/speed.py                                 # amazon-toys from $FLAME_DATA_DIR, CPU
     python bench/speed.py --dataset ml-100k --steps 10
-    python bench/speed.py --device cuda --amp --compile   # on a GPU
+    python bench/speed.py --device cuda                   # on a GPU: adds the captured (CUDA graph) step
+
+Steps are timed through the engine's own `EpochRunner` (the batch gathered on the device, the logged values
+summed there, one synchronisation at the end), eagerly with the packed and the padded layout and, on CUDA,
+as a replayed CUDA graph. Stacked seeds: S = 3 replicas of a method in one stacked model against S = 1, in
+the layout the engine uses by default (packed on CPU, graph on CUDA). The naive reference (`bench/naive.py`)
+is SASRec written with `torch.nn` blocks, the way a user would, timed on the same batches.
 
 It prints a table and writes the same figures as JSON (``--json``, default bench/results/speed-DATASET-DEVICE.json)
 for the efficiency chapter. FLOP counts are those of the real tokens (padding excluded): forward FLOPs of each
@@ -28,9 +35,14 @@ import torch
 from flame_core.backbone import SASRecStack
 from flame_core.config import ModelConfig, TrainConfig
 from flame_core.data import build_split, load_dataset
-from flame_core.engine import _run_epoch, evaluate
+from flame_core.engine import EpochRunner, evaluate_replicas, make_optimizer
 from flame_core.methods import build_method, needs_anchor
 from flame_core.utils import atomic_json, resolve_device, seed_everything
+
+try:
+    from bench.naive import NaiveSASRec
+except ImportError:  # run as a script: bench/ is on sys.path
+    from naive import NaiveSASRec
 
 
 def matmul_peak_gflops(device: torch.device, dtype=torch.float32, n: int = 2048, reps: int = 10) -> float:
@@ -108,35 +120,98 @@ def time_steps(method, split, steps: int, batch_size: int, amp: bool, device) ->
     return 1000 * (time.perf_counter() - t0) / steps
 
 
-def make(method: str, data, model: ModelConfig, device, compile_: bool, **changes):
+def make(method: str, data, model: ModelConfig, device, compile_: bool = False, seeds=None, **changes):
     cfg = TrainConfig(method=method, progress=False, **changes)
-    m = build_method(data.num_items, model, cfg).to(device)
+    m = build_method(data.num_items, model, cfg, seeds).to(device)
     if needs_anchor(method):
         m.set_frozen(SASRecStack(1, data.num_items, model, seeds=[7]).to(device))  # speed does not need a trained one
     if compile_ and not m.cfg.packed:  # packed batches have data-dependent shapes: compiling them recompiles
-        m.loss = torch.compile(m.loss)  # at nearly every step (measured: no end within 15 minutes on CPU)
+        mode = "reduce-overhead" if torch.device(device).type == "cuda" else "default"  # CUDA graphs of fwd and bwd
+        m.loss = torch.compile(m.loss, mode=mode)  # at nearly every step (measured: no end within 15 minutes on CPU)
     return m
 
 
-def epoch_child(args: argparse.Namespace, queue) -> None:
-    """One full FLAME epoch in a fresh process, so its peak RSS is the epoch's own."""
+def random_order(split, replicas: int, samples: int, seed: int = 0) -> torch.Tensor:
+    """(S, samples) random training-sample indices on the split's device, one row per replica."""
+    gen = torch.Generator().manual_seed(seed)
+    X = split.train_inputs.shape[0]
+    order = torch.stack([torch.randint(0, X, (samples,), generator=gen) for _ in range(replicas)])  # (S, samples)
+    return order.to(split.train_inputs.device)
+
+
+def time_runner(method, split, steps: int, batch_size: int, graph: bool, device) -> float:
+    """Mean milliseconds of a training step as the engine runs it (`EpochRunner`), after 4 warm-up steps
+    (which capture the CUDA graph when `graph`)."""
+    runner = EpochRunner(method, make_optimizer(method, device), split, batch_size, graph=graph)
+    runner.run(random_order(split, method.replicas, 4 * batch_size, seed=1))
+    if graph and device.type == "cuda" and runner.graph is None:
+        raise RuntimeError("the CUDA graph was not captured")
+    order = random_order(split, method.replicas, steps * batch_size)
+    _sync(device)
+    t0 = time.perf_counter()
+    runner.run(order)  # ends with the epoch's one synchronisation
+    return 1000 * (time.perf_counter() - t0) / steps
+
+
+def time_naive(data, split, steps: int, batch_size: int, device) -> float:
+    """Mean milliseconds of a step of the naive SASRec (bench/naive.py) on random batches."""
+    torch.manual_seed(0)
+    net = NaiveSASRec(data.num_items).to(device).train()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    order = random_order(split, 1, (steps + 3) * batch_size)[0]
+    for k in range(steps + 3):
+        if k == 3:
+            _sync(device)
+            t0 = time.perf_counter()
+        idx = order[k * batch_size : (k + 1) * batch_size]
+        loss = net.loss(split.train_inputs[idx], split.train_targets[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    _sync(device)
+    return 1000 * (time.perf_counter() - t0) / steps
+
+
+def epoch_child(args: argparse.Namespace, replicas: int, queue) -> None:
+    """Full FLAME epochs of `replicas` stacked seeds in a fresh process (its peak RSS is the epochs' own):
+    on CUDA a first epoch (with the graph's capture) and a second one, then the validation pass."""
     torch.set_num_threads(args.threads) if args.threads else None
     device = resolve_device(args.device)
     seed_everything(0)
     data = load_dataset(args.dataset)
     split = build_split(data, 50).to(device)
-    model = ModelConfig()
-    method = make("flame", data, model, device, False)
-    opt = torch.optim.Adam([p for p in method.parameters() if p.requires_grad], lr=1e-3)
+    seeds = tuple(range(42, 42 + replicas)) if replicas > 1 else None
+    method = make("flame", data, ModelConfig(), device, seeds=seeds)
+    runner = EpochRunner(method, make_optimizer(method, device), split, args.batch_size)
+    gens = [torch.Generator().manual_seed(s) for s in method.seeds]
+    seconds = []
+    for epoch in range(1, 3 if device.type == "cuda" else 2):
+        t0 = time.perf_counter()
+        method.start_epoch(epoch)
+        order = torch.stack([torch.randperm(split.train_inputs.shape[0], generator=g) for g in gens]).to(device)
+        runner.run(order)
+        seconds.append(time.perf_counter() - t0)
     t0 = time.perf_counter()
-    _run_epoch(method, opt, split, torch.Generator().manual_seed(0), 256, "bench epoch", False)
-    _sync(device)
-    seconds = time.perf_counter() - t0
-    queue.put({"epoch_seconds": seconds, "epoch_peak_rss_mb": peak_rss_mb()})
+    evaluate_replicas(method, split, "valid")
+    valid = time.perf_counter() - t0
+    queue.put({"epoch_seconds": seconds[-1], "first_epoch_seconds": seconds[0], "valid_seconds": valid,
+               "epoch_with_valid_seconds": seconds[-1] + valid, "graph": runner.graph is not None,
+               "peak_rss_mb": peak_rss_mb()})  # fmt: skip
+
+
+def run_epoch_child(args, replicas: int) -> dict:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    child = ctx.Process(target=epoch_child, args=(args, replicas, queue))
+    child.start()
+    result = queue.get()
+    child.join()
+    return result
 
 
 def run(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
+    cuda = device.type == "cuda"
     seed_everything(0)
     data = load_dataset(args.dataset)
     split = build_split(data, 50).to(device)
@@ -144,56 +219,89 @@ def run(args: argparse.Namespace) -> dict:
     lengths = (split.train_inputs[:4096] > 0).sum(1).cpu()  # a sample of lengths for the FLOP count per batch
     lengths = lengths[torch.randperm(len(lengths), generator=torch.Generator().manual_seed(0))[: args.batch_size]]
     out = {"dataset": data.name, "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
-           "machine": platform.processor() or platform.machine(), "batch_size": args.batch_size, "steps": args.steps,
-           "amp": args.amp, "compile": args.compile, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-           "training_samples": split.train_inputs.shape[0]}  # fmt: skip
-    out["matmul_peak_gflops"] = matmul_peak_gflops(device, torch.bfloat16 if args.amp else torch.float32)
+           "machine": torch.cuda.get_device_name(device) if cuda else platform.processor() or platform.machine(),
+           "batch_size": args.batch_size, "steps": args.steps, "amp": False, "compile": args.compile,
+           "date": time.strftime("%Y-%m-%d %H:%M:%S"), "training_samples": split.train_inputs.shape[0]}  # fmt: skip
+    out["matmul_peak_gflops"] = matmul_peak_gflops(device)
     variants = {"single": ("single", {}), "flame": ("flame", {}), "flame_rec_path": ("flame", {"rec_from": "path"})}
     rows = {}
     for name, (method, changes) in variants.items():
         row = {}
-        for packed in (True, False):
-            m = make(method, data, model, device, args.compile, packed=packed, **changes)
-            row["packed_ms" if packed else "padded_ms"] = time_steps(m, split, args.steps, args.batch_size, args.amp, device)
+        for key, packed, graph in (("packed_ms", True, False), ("padded_ms", False, False), ("graph_ms", False, True)):
+            if graph and not cuda:
+                continue
+            m = make(method, data, model, device, packed=packed, **changes)
+            row[key] = time_runner(m, split, args.steps, args.batch_size, graph, device)
+        if args.compile:
+            m = make(method, data, model, device, True, packed=False, **changes)
+            row["compiled_padded_ms"] = time_runner(m, split, args.steps, args.batch_size, False, device)
+        row["best_ms"] = min(row.values())
         flops = step_flops(method, m.cfg, lengths, model, data.num_items)
         row["gflops_per_step"] = flops / 1e9
-        row["achieved_gflops"] = flops / 1e9 / (row["packed_ms"] / 1000)
+        row["achieved_gflops"] = flops / 1e9 / (row["best_ms"] / 1000)
         rows[name] = row
     for row in rows.values():
-        row["ratio_to_single"] = row["packed_ms"] / rows["single"]["packed_ms"]
+        row["ratio_to_single"] = row["best_ms"] / rows["single"]["best_ms"]
         row["packed_speedup"] = row["padded_ms"] / row["packed_ms"]
+        if "graph_ms" in row:
+            row["graph_speedup"] = row["padded_ms"] / row["graph_ms"]
     out["steps_ms"] = rows
-    m = make("single", data, model, device, False)
-    evaluate(m, split, "test")  # warm-up
+    out["naive_sasrec_ms"] = time_naive(data, split, args.steps, args.batch_size, device)
+    out["naive_over_single"] = out["naive_sasrec_ms"] / rows["single"]["best_ms"]
+    out["stacked"] = {"layout": "graph" if cuda else "packed", "replicas": 3}
+    for method in ("single", "flame"):
+        one, three = (time_runner(make(method, data, model, device, seeds=seeds), split, args.steps, args.batch_size,
+                                  cuda, device) for seeds in (None, (42, 43, 44)))  # fmt: skip
+        out["stacked"][method] = {"x1_ms": one, "x3_ms": three, "x3_over_x1": three / one,
+                                  "x3_over_3_x1": three / (3 * one)}  # fmt: skip
+    m = make("single", data, model, device)
+    evaluate_replicas(m, split, "test")  # warm-up
     t0 = time.perf_counter()
-    evaluate(m, split, "test")
+    evaluate_replicas(m, split, "test")
     _sync(device)
     out["eval_seconds_all_users"] = time.perf_counter() - t0
     out["eval_users"] = split.test_targets.shape[0]
     if not args.no_epoch:
-        ctx = mp.get_context("spawn")
-        queue = ctx.Queue()
-        child = ctx.Process(target=epoch_child, args=(args, queue))
-        child.start()
-        out.update(queue.get())
-        child.join()
+        one = run_epoch_child(args, 1)
+        keys = ("epoch_seconds", "first_epoch_seconds", "valid_seconds", "epoch_with_valid_seconds")
+        out.update({k: one[k] for k in keys})
+        out["epoch_peak_rss_mb"], out["epoch_graph"] = one["peak_rss_mb"], one["graph"]
+        three = run_epoch_child(args, 3)
+        out["stacked_epoch"] = {"replicas": 3, **three, "x3_over_x1": three["epoch_seconds"] / one["epoch_seconds"],
+                                "x3_over_3_x1": three["epoch_seconds"] / (3 * one["epoch_seconds"])}  # fmt: skip
     out["peak_rss_mb"] = peak_rss_mb()
     return out
 
 
 def table(r: dict) -> str:
-    lines = [f"speed benchmark: {r['dataset']} ({r['training_samples']:,} training samples), device {r['device']}, "
-             f"torch {r['torch']}, {r['threads']} threads, batch {r['batch_size']}, {r['steps']} timed steps, "
-             f"amp={r['amp']} compile={r['compile']}, {r['date']}",
-             f"{'step':16s} {'packed ms':>10s} {'padded ms':>10s} {'packed x':>9s} {'vs single':>9s} {'GFLOP/s':>8s}"]  # fmt: skip
+    cols = [c for c in ("packed_ms", "padded_ms", "graph_ms", "compiled_padded_ms") if c in r["steps_ms"]["single"]]
+    lines = [f"speed benchmark: {r['dataset']} ({r['training_samples']:,} training samples), device {r['device']} "
+             f"({r['machine']}), torch {r['torch']}, {r['threads']} threads, batch {r['batch_size']}, "
+             f"{r['steps']} timed steps, {r['date']}",
+             f"{'step (ms)':16s} " + " ".join(f"{c[:-3]:>9s}" for c in cols)
+             + f" {'vs single':>9s} {'GFLOP/s':>8s}"]  # fmt: skip
     for name, row in r["steps_ms"].items():
-        lines.append(f"{name:16s} {row['packed_ms']:10.1f} {row['padded_ms']:10.1f} {row['packed_speedup']:9.2f} "
-                     f"{row['ratio_to_single']:9.2f} {row['achieved_gflops']:8.1f}")  # fmt: skip
+        lines.append(f"{name:16s} " + " ".join(f"{row[c]:9.2f}" for c in cols)
+                     + f" {row['ratio_to_single']:9.2f} {row['achieved_gflops']:8.1f}")  # fmt: skip
+    lines.append(f"{'naive SASRec':16s} {r['naive_sasrec_ms']:9.2f}  (torch.nn, padded, eager): "
+                 f"{r['naive_over_single']:.2f}x our fastest Single step")  # fmt: skip
     lines.append(f"matmul peak {r['matmul_peak_gflops']:.1f} GFLOP/s; FLAME step reaches "
-                 f"{100 * r['steps_ms']['flame']['achieved_gflops'] / r['matmul_peak_gflops']:.1f}% of it")  # fmt: skip
+                 f"{100 * r['steps_ms']['flame']['achieved_gflops'] / r['matmul_peak_gflops']:.2f}% of it")  # fmt: skip
+    st = r["stacked"]
+    for method in ("single", "flame"):
+        row = st[method]
+        lines.append(f"stacked seeds, {method} ({st['layout']}): 1 seed {row['x1_ms']:.2f} ms, "
+                     f"3 seeds {row['x3_ms']:.2f} ms per step = {row['x3_over_x1']:.2f}x one seed, "
+                     f"{row['x3_over_3_x1']:.2f}x three separate")  # fmt: skip
     lines.append(f"evaluation of all {r['eval_users']:,} users (test split): {r['eval_seconds_all_users']:.2f} s")
     if "epoch_seconds" in r:
-        lines.append(f"one full FLAME epoch: {r['epoch_seconds']:.1f} s, peak RSS {r['epoch_peak_rss_mb']:.0f} MB")
+        lines.append(f"one full FLAME epoch: {r['epoch_seconds']:.2f} s + validation {r['valid_seconds']:.2f} s = "
+                     f"{r['epoch_with_valid_seconds']:.2f} s (first epoch {r['first_epoch_seconds']:.2f} s), "
+                     f"peak RSS {r['epoch_peak_rss_mb']:.0f} MB")  # fmt: skip
+        se = r["stacked_epoch"]
+        lines.append(f"three stacked FLAME seeds: epoch {se['epoch_seconds']:.2f} s = {se['x3_over_x1']:.2f}x "
+                     "one seed's, "
+                     f"{se['x3_over_3_x1']:.2f}x three separate; peak RSS {se['peak_rss_mb']:.0f} MB")  # fmt: skip
     lines.append(f"peak RSS of the benchmark process: {r['peak_rss_mb']:.0f} MB")
     return "\n".join(lines)
 
@@ -204,9 +312,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--steps", type=int, default=20, help="timed steps per variant (after 3 warm-up steps)")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--amp", action="store_true", help="bf16 autocast (meant for cuda)")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the training loss of the padded variants (static shapes; packed ones stay eager)")
+                   help="also time torch.compile of the padded variants' loss (static shapes), eager steps around it")
     p.add_argument("--no-epoch", action="store_true", help="skip the full-epoch measurement")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--json", default=None, help="where to write the JSON result")

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The GPU checks, in one call on a machine with a CUDA GPU, from the repository root:
+#
+#   FLAME_DATA_DIR=../shared/data bash scripts/device_check.sh [OUT_DIR]
+#
+# 1. tests/test_cuda.py: the captured (CUDA graph) step equals the eager step, dropout under replay, NaN
+#    detection, every method trains on the GPU;
+# 2. bench/speed.py --device cuda on amazon-toys: eager, packed and graph steps, stacked seeds, the naive
+#    reference, a FLAME epoch with validation (one seed and three stacked), written as JSON;
+# 3. a stacked training run through the CLI (FLAME, three seeds, three epochs, with its anchor);
+# 4. the library's tests on the GPU machine;
+# 5. torch.compile(mode="reduce-overhead") of the loss beside the hand-captured graph, for comparison.
+# Each step has its own time limit and log (OUT_DIR, default $OUT or gpu-out); a failing step does not stop
+# the others. The summary lines and each log's tail are printed.
+set -u
+out="${1:-${OUT:-gpu-out}}"
+mkdir -p "$out"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+export FLAME_CACHE_DIR="${FLAME_CACHE_DIR:-/tmp/flame-cache}"
+py="$(command -v python3 || command -v python)"
+
+step() {  # step NAME SECONDS COMMAND...
+    local name=$1 limit=$2 start=$SECONDS
+    shift 2
+    echo "== $name (limit ${limit} s): $*"
+    timeout "$limit" "$@" >"$out/$name.log" 2>&1
+    local rc=$?
+    echo "== $name: exit $rc after $((SECONDS - start)) s"
+    tail -n "${TAIL:-25}" "$out/$name.log"
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -3
+"$py" -c 'import sys, torch; print(f"python {sys.version.split()[0]}, torch {torch.__version__}, cuda {torch.cuda.is_available()}")'
+
+step cuda-tests 120 "$py" -m pytest -q -p no:cacheprovider tests/test_cuda.py
+step bench 180 "$py" bench/speed.py --device cuda --steps 50 --json "$out/speed-amazon-toys-cuda.json"
+TAIL=12 step cli-stacked 80 "$py" -m flame_core train --method flame --dataset amazon-toys --seeds 42,43,44 \
+    --epochs 3 --device cuda --no-progress --out /tmp/flame-runs/flame-stack
+TAIL=6 step library-tests 100 "$py" -m pytest -q -p no:cacheprovider --ignore=tests/test_book.py tests
+TAIL=8 step compile 90 "$py" bench/speed.py --device cuda --steps 30 --compile --no-epoch \
+    --json "$out/speed-amazon-toys-cuda-compile.json"
+echo "== done"
