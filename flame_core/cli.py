@@ -12,7 +12,6 @@ import dataclasses
 import inspect
 import json
 import re
-import shlex
 import sys
 import time
 import typing
@@ -26,7 +25,7 @@ from flame_core.engine import TrainingDiverged, evaluate, selected_weights, trai
 from flame_core.experiments import build, pretrained_metrics, record
 from flame_core.methods import Single, build_method
 from flame_core.metrics import format_table
-from flame_core.utils import resolve_device, seed_everything
+from flame_core.utils import portable_command, resolve_device, seed_everything
 
 EXAMPLES = """examples:
   python -m flame_core datasets
@@ -146,10 +145,10 @@ def cmd_train(args) -> int:
         raise ValueError(f"{stack_dir} already holds a run: pass --resume to continue it, --overwrite or another --out")
     seed_everything(cfg.seed)
     data, split = _load(args, model, cfg.keep, device)
-    method, anchor = build(data, split, model, cfg, args.frozen, seeds=seeds if len(seeds) > 1 else None)
+    method, pretrained = build(data, split, model, cfg, args.frozen, seeds=seeds if len(seeds) > 1 else None)
     rows = {f"{name} test": metrics for name, metrics in pretrained_metrics(method, split).items()}
-    if anchor:
-        print(f"pretrained: {anchor}")
+    for p in pretrained:
+        print(f"pretrained {p['name']}: {p['file']}" + (f" (seed {p['seed']})" if "seed" in p else ""))
     where = f"run directory {stack_dir}" if len(seeds) == 1 else f"{len(seeds)} seeds stacked in {stack_dir}"
     print(f"{cfg.method}: {method.num_parameters()} parameters; {where}")
     if len(seeds) == 1:
@@ -171,7 +170,7 @@ def cmd_train(args) -> int:
             print(f"report (test): {json.dumps(results['report'])}")
         if args.record:
             path = record(results, data, model, cfg.replace(seed=seed), args.record, args.profile, args.command_line,
-                          args.frozen, anchor)  # fmt: skip
+                          args.frozen, pretrained)  # fmt: skip
             print(f"record: {path}")
     return 0
 
@@ -231,7 +230,7 @@ def cmd_datasets(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    args.command_line = "python -m flame_core " + shlex.join(sys.argv[1:] if argv is None else argv)
+    args.command_line = portable_command(["python", "-m", "flame_core", *(sys.argv[1:] if argv is None else argv)])
     commands = {"train": cmd_train, "pretrain": cmd_pretrain, "evaluate": cmd_evaluate, "datasets": cmd_datasets}
     try:
         return commands[args.command](args)

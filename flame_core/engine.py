@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 from flame_core.data import Split
 from flame_core.methods import Method
-from flame_core.metrics import evaluate_views
+from flame_core.metrics import encode_ranks, evaluate_views
 from flame_core.utils import atomic_json, atomic_torch_save, atomic_write, seed_everything
 
 SELECT_KEY = "NDCG@20"
@@ -62,19 +62,24 @@ def evaluate_replicas(method: Method, split: Split, which: str, batch_size: int 
                       members: bool = True) -> list[dict]:  # fmt: skip
     """Full-ranking metrics of each replica of `method` on split "valid" or "test", from one pass over the
     users; with `members`, each member's NDCG@20 too (key ``member{k}/NDCG@20``)."""
+    return _evaluate(method, split, which, batch_size, members)[0]
+
+
+def _evaluate(method: Method, split: Split, which: str, batch_size: int, members: bool) -> tuple[list[dict], Tensor]:
+    """`evaluate_replicas`, and the served scores' per-user ranks of each replica (S, U) on the CPU."""
     was_training = method.training
     method.eval()
     inputs, targets, history = split.inputs(which)
     names = method.eval_view_names(members)
-    each, _ = evaluate_views(lambda seq: method.eval_views(seq, members).flatten(0, 1), inputs, targets, history,
-                             batch_size)  # fmt: skip
+    each, ranks = evaluate_views(lambda seq: method.eval_views(seq, members).flatten(0, 1), inputs, targets,
+                                 history, batch_size)  # fmt: skip
     method.train(was_training)
     V, out = len(names), []
     for s in range(method.replicas):
         metrics = dict(each[s * V])
         metrics.update({f"{name}/{SELECT_KEY}": each[s * V + v][SELECT_KEY] for v, name in enumerate(names) if v})
         out.append(metrics)
-    return out
+    return out, ranks[::V]  # (S, U): each replica's served view
 
 
 def evaluate(method: Method, split: Split, which: str, batch_size: int = 1024, members: bool = True) -> dict:
@@ -321,7 +326,7 @@ def _finish(method: Method, split: Split, best: list[dict], reps: list[dict], di
     for s in range(S):
         method.load_replica_state(s, best[s])
     t0 = time.perf_counter()
-    tests = evaluate_replicas(method, split, "test", cfg.eval_batch_size, members=False)
+    tests, ranks = _evaluate(method, split, "test", cfg.eval_batch_size, members=False)
     infer = (time.perf_counter() - t0) / S
     if len(method.eval_view_names()) > 1:  # an ensemble: each member's test metrics too
         tests = evaluate_replicas(method, split, "test", cfg.eval_batch_size)
@@ -338,6 +343,7 @@ def _finish(method: Method, split: Split, best: list[dict], reps: list[dict], di
             "stopped_early": len(rep["history"]) < cfg.epochs,
             "valid": {k[len("valid/") :]: v for k, v in selected.items() if k.startswith("valid/")},
             "test": test,
+            "test_ranks": encode_ranks(ranks[s]),  # per user, for paired tests between methods
             "parameters": method.num_parameters(),
             "train_seconds": rep["seconds"],
             "inference_seconds_per_1000_users": 1000.0 * infer / max(users, 1),

@@ -24,12 +24,12 @@ from typing import Callable
 
 import torch
 
-from flame_core.anchor import cached_anchor_results, load_anchor, pretrain_anchor
+from flame_core.anchor import anchor_key, cached_anchor_results, load_anchor, pretrain_anchor
 from flame_core.config import ModelConfig, TrainConfig
 from flame_core.data import Interactions, Split, build_split, load_dataset
 from flame_core.engine import evaluate, selected_weights, train, train_stacked
 from flame_core.methods import Method, Single, build_method, method_class
-from flame_core.utils import atomic_json, file_lock, resolve_device
+from flame_core.utils import atomic_json, file_lock, portable_command, resolve_device, sha256_file
 
 # settings that do not change what a run computes
 IGNORED = ("device", "progress", "eval_batch_size", "packed", "cuda_graph")
@@ -43,26 +43,37 @@ def load(dataset: str, max_len: int = 50, keep: int | None = -1) -> tuple[Intera
 
 
 def build(data: Interactions, split: Split, model: ModelConfig, cfg: TrainConfig, frozen: str | None = None,
-          log: Callable[[str], None] = print, seeds: list[int] | None = None) -> tuple[Method, str | None]:  # fmt: skip
-    """The method of `cfg` on the split's device with its pretrained networks set; returns (method, their paths).
+          log: Callable[[str], None] = print, seeds: list[int] | None = None) -> tuple[Method, list[dict]]:  # fmt: skip
+    """The method of `cfg` on the split's device with its pretrained networks set; returns (method, provenance).
 
-    `frozen` replaces the pretrained anchor of a method that needs exactly one (flame, ensemble_guide). The
-    paths come back joined by ", " (None when the method needs none). `seeds`: S stacked replicas.
+    `frozen` replaces the pretrained anchor of a method that needs exactly one (flame, ensemble_guide).
+    The provenance names each pretrained network without machine paths (`pretrained_provenance`); empty when
+    the method needs none. `seeds`: S stacked replicas.
     """
     device = split.train_targets.device
     method = build_method(data.num_items, model, cfg, tuple(seeds) if seeds else None).to(device)
     specs = method.pretrained_specs()
     if not specs:
-        return method, None
+        return method, []
     if frozen:
         if len(specs) != 1:
             raise ValueError(f"--frozen gives one anchor; {cfg.method} needs {len(specs)} pretrained networks")
-        nets, sources = [load_anchor(frozen, specs[0][1], data.num_items)], [str(frozen)]
+        nets, paths = [load_anchor(frozen, specs[0][1], data.num_items)], [Path(frozen)]
     else:
         pairs = [pretrain_anchor(data, split, spec_model, spec_cfg, log=log) for _, spec_model, spec_cfg in specs]
-        nets, sources = [net for net, _ in pairs], [str(path) for _, path in pairs]
+        nets, paths = [net for net, _ in pairs], [path for _, path in pairs]
     method.set_pretrained([net.to(device) for net in nets])
-    return method, ", ".join(sources)
+    return method, pretrained_provenance(specs, paths, data, frozen)
+
+
+def pretrained_provenance(specs: list, paths: list[Path], data: Interactions, frozen: str | None) -> list[dict]:
+    """Where each pretrained network comes from, with no machine path: a given file by name and content
+    digest, or an anchor pretrained here by its seed, budget and cache key."""
+    if frozen:
+        return [{"name": specs[0][0], "origin": "file", "file": Path(frozen).name, "sha256": sha256_file(frozen)}]
+    return [{"name": name, "origin": "pretrained", "seed": cfg.seed, "epoch_budget": cfg.epochs,
+             "key": anchor_key(data, model, cfg), "file": path.name}
+            for (name, model, cfg), path in zip(specs, paths)]  # fmt: skip
 
 
 def pretrained_metrics(method: Method, split: Split, which: str = "test") -> dict[str, dict]:
@@ -89,13 +100,15 @@ def anchor_metrics(method: Method, split: Split, which: str = "test") -> dict:
 
 def run_key(data: Interactions, model: ModelConfig, cfg: TrainConfig, frozen: str | None = None,
             stacked_with: list[int] | None = None) -> str:  # fmt: skip
-    """12 hex digits of the data's content and every setting that changes the run's numbers.
+    """12 hex digits of the data's content and every setting that changes the run's numbers (a `frozen`
+    anchor file counts by its content).
 
     A replica trained stacked (`stacked_with`, the seeds of its stack) draws its dropout from the stack's
     random stream, so its key differs from the same seed trained alone.
     """
     train = {k: v for k, v in cfg.to_dict().items() if k not in IGNORED}
-    blob = {"data": data.fingerprint(), "model": model.to_dict(), "train": train, "frozen": frozen}
+    anchor = sha256_file(frozen)[:16] if frozen else None  # the given anchor by content, wherever it lies
+    blob = {"data": data.fingerprint(), "model": model.to_dict(), "train": train, "frozen": anchor}
     if stacked_with:
         blob["stacked_with"] = list(stacked_with)
     return hashlib.sha1(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:12]
@@ -111,6 +124,7 @@ class Experiment:
     split: Split
     out_dir: Path
     reused: bool
+    pretrained: list[dict]  # provenance of the pretrained networks (`build`), for `record`
 
 
 def run(dataset: str, model: ModelConfig, cfg: TrainConfig, root: str | Path = "runs", frozen: str | None = None,
@@ -146,10 +160,11 @@ def run_seeds(dataset: str, model: ModelConfig, cfg: TrainConfig, seeds: list[in
                 train(method, split, out_dir=dirs[0], resume=True, log=log)
     experiments = []
     for s, d in zip(seeds, dirs):
-        method, _ = build(data, split, model, cfg.replace(seed=s), frozen, log=log)
+        method, pretrained = build(data, split, model, cfg.replace(seed=s), frozen, log=log)
         method.load_state_dict(selected_weights(d, split.test_targets.device)[0])
         method.eval()
-        experiments.append(Experiment(json.loads((d / "results.json").read_text()), method, data, split, d, reused))
+        results = json.loads((d / "results.json").read_text())
+        experiments.append(Experiment(results, method, data, split, d, reused, pretrained))
     return experiments
 
 
@@ -167,25 +182,29 @@ def git_revision(cwd: str | Path | None = None) -> str:
 
 def record(results: dict, data: Interactions, model: ModelConfig, cfg: TrainConfig, root: str | Path,
            profile: str = "cli", command: str | None = None, frozen: str | None = None,
-           anchor: str | None = None) -> Path:  # fmt: skip
+           pretrained: list[dict] | None = None, git: str | None = None) -> Path:  # fmt: skip
     """Write the provenance record of a finished run to root/DATASET/METHOD-seedSEED-KEY.json (atomically).
 
-    `frozen` is the anchor file the run was given (part of the key); `anchor` the one it used (for reading).
-    A replica trained stacked records the seeds of its stack (`stacked_with`).
+    `frozen` is the anchor file the run was given (part of the key); `pretrained` the provenance of its
+    pretrained networks (`build`'s). A replica trained stacked records the seeds of its stack
+    (`stacked_with`). The record holds no absolute path: `command` defaults to this process's command line
+    with its paths made relative (`portable_command`); `git` the revision of the code that ran (default:
+    the working tree's now).
     """
     stacked_with = results.get("stacked_with") or None
     key = run_key(data, model, cfg, frozen, stacked_with)
     rec = {
         "dataset": data.name, "method": cfg.method, "profile": profile, "seed": cfg.seed,
-        "stacked_with": stacked_with or [], "anchor_seed": cfg.anchor_seed if anchor and not frozen else None,
+        "stacked_with": stacked_with or [], "pretrained": pretrained or [],
         "epoch_budget": cfg.epochs, "epochs_run": results["epochs_run"], "best_epoch": results["best_epoch"],
         "converged": results["stopped_early"], "valid": results["valid"], "test": results["test"],
-        "history": results["history"], "parameters": results["parameters"],
+        "test_ranks": results.get("test_ranks"), "history": results["history"], "parameters": results["parameters"],
         "train_seconds": results["train_seconds"],
         "inference_seconds_per_1000_users": results["inference_seconds_per_1000_users"],
         "report": results.get("report", {}),
-        "model": model.to_dict(), "train": cfg.to_dict(), "anchor": anchor,
-        "command": command or " ".join(sys.argv), "git": git_revision(Path(__file__).parent),
+        "model": model.to_dict(), "train": cfg.to_dict(),
+        "command": command or portable_command(["python", "-m", "flame_core", *sys.argv[1:]]),
+        "git": git or git_revision(Path(__file__).parent),
         "dataset_stats": data.stats(), "device": str(resolve_device(cfg.device)),
         "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "key": key,
     }  # fmt: skip

@@ -6,11 +6,15 @@ from one comparison pass over each batch's score matrix: no sorting, and the ful
 never held at once.
 """
 
+import base64
+import zlib
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
+RANK_CAP = 255  # stored per-user ranks are capped here (one byte each): every metric reads ranks below 20
 KS_HR = (1, 5, 10, 20)  # cut-offs of hit rate
 KS_NDCG = (5, 10, 20)  # cut-offs of NDCG
 METRIC_KEYS = tuple(f"HR@{k}" for k in KS_HR) + tuple(f"NDCG@{k}" for k in KS_NDCG)
@@ -102,3 +106,19 @@ def format_table(rows: dict[str, dict[str, float]], keys=None) -> str:
     for name, c in zip(rows, cells):
         lines.append("  ".join([name.ljust(name_w)] + [v.rjust(w) for v, w in zip(c, widths)]))
     return "\n".join(lines)
+
+
+def encode_ranks(ranks: Tensor | np.ndarray) -> dict:
+    """Per-user ranks (U,) stored compactly for a results record: min(rank, RANK_CAP) as one byte per user,
+    zlib-compressed and base64-encoded (a few KB for twenty thousand users). `decode_ranks` reverses it."""
+    capped = np.minimum(np.asarray(ranks, dtype=np.int64), RANK_CAP).astype(np.uint8)  # (U,)
+    data = base64.b64encode(zlib.compress(capped.tobytes(), 9)).decode("ascii")
+    return {"encoding": f"uint8 min(rank, {RANK_CAP}), zlib, base64", "users": int(capped.size), "data": data}
+
+
+def decode_ranks(blob: dict) -> np.ndarray:
+    """The capped per-user ranks (U,) int64 of `encode_ranks`' output."""
+    ranks = np.frombuffer(zlib.decompress(base64.b64decode(blob["data"])), dtype=np.uint8).astype(np.int64)
+    if ranks.size != blob["users"]:
+        raise ValueError(f"stored ranks hold {ranks.size} users, the record says {blob['users']}")
+    return ranks

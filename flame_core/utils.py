@@ -1,11 +1,14 @@
-"""Small shared helpers: the one seeding function, device resolution, atomic file writes, a file lock."""
+"""Small shared helpers: the one seeding function, device resolution, atomic file writes, a file lock, file
+digests and machine-independent command lines for provenance."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import random
+import shlex
 import tempfile
 from pathlib import Path
 
@@ -85,3 +88,26 @@ def file_lock(path: str | os.PathLike):
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's content."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def portable_command(argv: list[str], cwd: str | os.PathLike | None = None) -> str:
+    """A command line for a record: every absolute path (also in ``--opt=/path``) made relative to `cwd`
+    (default: the working directory), so a record names no folder of the machine that ran it."""
+    cwd = Path(cwd or os.getcwd())
+
+    def relative(token: str) -> str:
+        head, sep, tail = token.partition("=") if token.startswith("--") else ("", "", token)
+        if os.path.isabs(tail):
+            tail = os.path.relpath(tail, cwd)
+        return head + sep + tail
+
+    return shlex.join(relative(t) for t in argv)

@@ -123,7 +123,7 @@ def test_cli_trains_stacked_seeds_with_a_folder_and_a_record_each(tmp_path, caps
     records = sorted((tmp_path / "rec" / "synthetic").glob("*.json"))
     assert [json.loads(p.read_text())["seed"] for p in records] == [42, 43]
     assert all(json.loads(p.read_text())["stacked_with"] == [42, 43] for p in records)
-    assert all(json.loads(p.read_text())["anchor_seed"] == 0 for p in records)
+    assert all(json.loads(p.read_text())["pretrained"][0]["seed"] == 0 for p in records)  # one anchor, seed 0
     for s in (42, 43):
         assert (tmp_path / "run" / f"seed{s}" / "results.json").exists()
         assert main(["evaluate", "--weights", str(tmp_path / "run" / f"seed{s}"), "--dataset", "synthetic",

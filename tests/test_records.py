@@ -1,0 +1,62 @@
+"""The committed records and benchmark results: provenance without machine paths, readable fields, and the
+compact per-user ranks that paired tests between methods read."""
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from flame_core.metrics import RANK_CAP, decode_ranks, encode_ranks, metrics_from_ranks
+from flame_core.utils import portable_command
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMITTED = sorted((ROOT / "results").glob("*/*.json")) + sorted((ROOT / "bench" / "results").glob("*.json"))
+ABSOLUTE = re.compile(r"(?:^|[\s='\"])/[A-Za-z_.]")  # a path from the root, as a value or inside a command
+
+
+def strings(value):
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from strings(v)
+    elif isinstance(value, str):
+        yield value
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: str(p.relative_to(ROOT)))
+def test_committed_files_hold_no_absolute_path(path):
+    found = [s for s in strings(json.loads(path.read_text())) if ABSOLUTE.search(s)]
+    assert not found, f"{path.relative_to(ROOT)} holds absolute paths: {found[:3]}"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "results").glob("*/*.json")), ids=lambda p: p.name)
+def test_records_name_their_pretrained_networks_and_decode_their_ranks(path):
+    rec = json.loads(path.read_text())
+    for p in rec["pretrained"]:
+        assert p["origin"] in ("pretrained", "file") and p["file"].endswith(".pt") and "/" not in p["file"]
+    if rec.get("test_ranks"):  # records made before ranks were stored have none
+        ranks = torch.from_numpy(decode_ranks(rec["test_ranks"]))
+        assert len(ranks) == rec["dataset_stats"]["users"]
+        assert metrics_from_ranks(ranks)["NDCG@20"] == pytest.approx(rec["test"]["NDCG@20"], abs=1e-9)
+
+
+def test_ranks_round_trip_capped_at_one_byte():
+    ranks = np.array([0, 1, 19, 20, 254, 255, 256, 11923])
+    blob = encode_ranks(ranks)
+    assert blob["users"] == 8 and json.loads(json.dumps(blob)) == blob
+    assert decode_ranks(blob).tolist() == [0, 1, 19, 20, 254, 255, RANK_CAP, RANK_CAP]
+    many = np.full(20000, 300)
+    many[::50] = 3
+    assert len(encode_ranks(many)["data"]) < 2000  # 20,000 users in a few hundred bytes when misses dominate
+
+
+def test_commands_are_recorded_with_relative_paths(tmp_path):
+    argv = ["python", "-m", "flame_core", "train", "--out", str(tmp_path / "run"), f"--record={tmp_path}/rec", "-x"]
+    command = portable_command(argv, cwd=tmp_path)
+    assert command == "python -m flame_core train --out run --record=rec -x"
+    assert not ABSOLUTE.search(portable_command(["--frozen", "/opt/w.pt"], cwd="/work/main"))
