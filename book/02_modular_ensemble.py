@@ -48,7 +48,7 @@ from flame_core.paths import all_paths, evaluate_paths, module_plan, path_name, 
 # %% tags=["parameters"]
 dataset = "ml-100k"  # "ml-100k" (embedded), a name in $FLAME_DATA_DIR (e.g. "amazon-toys") or a file path
 device = "cpu"  # "cpu", "cuda" or "auto"
-epochs = 3  # epoch budget R of every run in this chapter; the protocol's is 200
+epochs = 3  # epoch budget of every run in this chapter; the protocol's is 200
 seeds = [42, 43]  # this chapter trains with the first seed
 max_len = 10  # input window L; the protocol's is 50
 profile = "quick"  # the name of the parameter profile, shown in captions
@@ -117,6 +117,8 @@ for m in range(1, M3 + 1):
 # and the frozen one (their weights do not matter here). A small context manager counts the module
 # applications inside `evaluate_paths` (one per prefix state a module is applied to), without changing
 # what it computes. For each split we evaluate all paths at once, then each path on its own, and compare.
+# (`evaluate_paths` returns $(N, P, B, D)$: one set of paths per pair of networks, $N = 1$ here; the engine
+# uses $N > 1$ to train several seeds side by side, and `[0]` takes our one pair.)
 
 # %%
 @contextlib.contextmanager
@@ -126,7 +128,7 @@ def count_module_applications():
     original = paths.run_module
 
     def counted(net, stages, x, *args, **kwargs):
-        counter["applications"] += 1 if x is None else x.shape[0]  # x: (R, T, D) states of R prefixes
+        counter["applications"] += 1 if x is None else x.shape[1]  # x: (N, R, T, D) states of R prefixes
         return original(net, stages, x, *args, **kwargs)
 
     with mock.patch.object(paths, "run_module", counted):
@@ -144,9 +146,9 @@ with torch.no_grad():
     for s, plan in plans.items():
         M, every = len(plan), all_paths(len(plan))
         with count_module_applications() as shared_count:
-            z = evaluate_paths(learn, frozen, plan, layout, every, 0.0, 0.0)  # (2^M, B, D)
+            z = evaluate_paths(learn, frozen, plan, layout, every, 0.0, 0.0)[0]  # (2^M, B, D) of the one pair
         with count_module_applications() as naive_count:
-            z_each = torch.cat([evaluate_paths(learn, frozen, plan, layout, [p], 0.0, 0.0) for p in every])
+            z_each = torch.cat([evaluate_paths(learn, frozen, plan, layout, [p], 0.0, 0.0)[0] for p in every])
         toy_z[s] = z
         rows.append({"split": s, "M": M, "paths": z.shape[0], "prefix-shared (measured)": shared_count["applications"],
                      "2^(M+1) - 2": 2 ** (M + 1) - 2, "per path (measured)": naive_count["applications"],
@@ -174,7 +176,8 @@ with torch.no_grad():
     alone = {"L": learn.encode(layout, 0.0)[0], "F": frozen.encode(layout, 0.0)[0]}  # (B, D) each
     pure = {}
     for mode in ("independent", "shared"):
-        z = evaluate_paths(learn, frozen, plans["emb|enc"], layout, all_paths(2), 0.0, 0.0, shared=mode == "shared")
+        shared = mode == "shared"
+        z = evaluate_paths(learn, frozen, plans["emb|enc"], layout, all_paths(2), 0.0, 0.0, shared=shared)[0]
         pure[mode] = {"max |LL - learnable network|": (z[0] - alone["L"]).abs().max().item(),
                       "max |FF - frozen network|": (z[-1] - alone["F"]).abs().max().item()}
 attention = pd.DataFrame(pure).T

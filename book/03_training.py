@@ -35,13 +35,13 @@ from matplotlib import pyplot as plt
 
 from flame_core import booktools
 from flame_core.analysis import convergence
-from flame_core.experiments import anchor_metrics, load, load_records
+from flame_core.experiments import anchor_metrics, load, load_records, pretraining_seconds
 from flame_core.metrics import mask_history, metrics_from_ranks, target_ranks
 
 # %% tags=["parameters"]
 dataset = "ml-100k"  # a name (ml-100k, or a file in $FLAME_DATA_DIR) or a path
 device = "cpu"  # "cpu", "cuda" or "auto"
-epochs = 3  # epoch budget R (also the horizon of the lambda annealing)
+epochs = 3  # epoch budget (lambda anneals over the paper's 200 epochs whatever the budget)
 seeds = [42, 43]  # one run per method and seed
 max_len = 10  # L, the input window (the official default is 50)
 profile = "quick"  # the label of this parameter set, printed with every table
@@ -106,9 +106,11 @@ truncation
 # official module split `emb|enc` with independent path attention for FLAME; the related systems with the
 # settings chapter 5 lists: three EMKD members, CANet's routing space scaled to $d = 64$, three CKD
 # teachers). Ensemble-Guide and FLAME
-# first need the frozen anchor: a Single SASRec trained with the same settings and seed, selected on
-# validation and cached, so the anchor of each seed *is* the Single run of that seed; CKD's teachers are
-# pretrained and cached the same way, with other seeds and sizes. `booktools.experiment`
+# first need the frozen anchor: a Single SASRec trained with the same settings and its own seed
+# (`anchor_seed`), selected on validation and cached. One anchor per dataset and settings serves every
+# seed, as the release ships one anchor per dataset, and no learnable network starts from the anchor's
+# initial weights; CKD's teachers are pretrained and cached the same way, with other seeds and sizes.
+# `booktools.experiment`
 # reuses a finished run with the same data and settings from `runs_dir`, so the other chapters and a
 # second execution of this one do not train again.
 
@@ -119,11 +121,13 @@ print({f"{m}/{s}": ("reused" if e.reused else "trained") for (m, s), e in runs.i
 
 # %% [markdown]
 # A check of that claim: the frozen network inside each FLAME run, evaluated alone on the test split,
-# against the Single run of the same seed.
+# is the same anchor for every seed, and it is one more Single run (seed `anchor_seed`) beside the
+# Single runs of the table.
 
 # %%
 anchor_check = pd.DataFrame([{"seed": s, "Single test NDCG@20": runs[("single", s)].results["test"]["NDCG@20"],
-                              "anchor test NDCG@20": anchor_metrics(flame.method, flame.split)["NDCG@20"]}
+                              "anchor test NDCG@20": anchor_metrics(flame.method, flame.split)["NDCG@20"],
+                              "anchor seed": flame.method.cfg.anchor_seed}
                              for s in seeds for flame in [runs[("flame", s)]]])
 anchor_check
 
@@ -153,9 +157,9 @@ main
 # %% [markdown]
 # The ranking of the methods after a handful of epochs says little about the ranking after convergence:
 # under the quick profile every method is still improving when its budget ends (see the convergence
-# section), and the alignment weight $\lambda_e$ is annealed over the budget $R$, so with a budget of a
-# few epochs FLAME's guidance fades within those epochs (each run's history logs its $\lambda_e$;
-# chapter 4 shows them). The paper's comparison needs the full profile.
+# section), and the alignment weight $\lambda_e$ follows the paper's schedule over $R = 200$ epochs, so a
+# budget of a few epochs trains FLAME with the alignment at nearly full weight (each run's history logs
+# its $\lambda_e$; chapter 4 shows them). The paper's comparison needs the full profile.
 #
 # ### The cost of the official history convention
 #
@@ -242,9 +246,9 @@ else:
 #
 # How fast does each method learn? We plot validation NDCG@20 after every epoch, against the epoch and
 # against the cumulative training seconds (evaluation time excluded). The seconds of Ensemble-Guide and
-# FLAME do not include pretraining their anchor; that cost is one Single run with the same settings and
-# seed, which we add in the last column of the convergence table. CKD's seconds likewise exclude its
-# teachers' pretraining (chapter 5 counts it).
+# FLAME do not include pretraining their anchor, nor CKD's its teachers'; the last columns of the
+# convergence table add that cost, the pretrained networks' own training seconds as the anchor cache
+# stores them.
 
 # %%
 curves = pd.DataFrame([{"method": NAMES[m], "seed": s, "epoch": row["epoch"], "valid NDCG@20": row["valid/NDCG@20"],
@@ -269,14 +273,13 @@ fig.savefig(out / "convergence.png", dpi=120)
 
 # %%
 conv = pd.DataFrame([{"method": NAMES[m], "seed": s, **convergence(e.results["history"], fraction=fraction),
-                      "anchor seconds": (sum(r["train_seconds"] for r in runs[("single", s)].results["history"])
-                                         if m in ("ensemble_guide", "flame") else 0.0)}
+                      "pretraining seconds": pretraining_seconds(e.method, e.data)}
                      for (m, s), e in runs.items()])
-conv["seconds incl. anchor"] = conv["seconds"] + conv["anchor seconds"]
-conv_table = conv.groupby("method", sort=False)[["best", "epochs", "seconds", "seconds incl. anchor"]].mean()
+conv["seconds incl. pretraining"] = conv["seconds"] + conv["pretraining seconds"]
+conv_table = conv.groupby("method", sort=False)[["best", "epochs", "seconds", "seconds incl. pretraining"]].mean()
 conv_table["FLAME speed-up"] = conv_table["seconds"] / conv_table.loc["FLAME", "seconds"]
-conv_table["FLAME speed-up incl. anchor"] = (conv_table["seconds incl. anchor"]
-                                             / conv_table.loc["FLAME", "seconds incl. anchor"])
+conv_table["FLAME speed-up incl. pretraining"] = (conv_table["seconds incl. pretraining"]
+                                                  / conv_table.loc["FLAME", "seconds incl. pretraining"])
 display(Markdown(f"**Table 4.** Epochs and training seconds to reach {fraction:.0%} of each run's best "
                  f"validation NDCG@20 (means over seeds {seeds}); FLAME speed-up = the method's seconds / FLAME's "
                  "seconds (above 1: FLAME gets there faster). "
@@ -340,8 +343,9 @@ fig.show()
 #
 # 1. Run the chapter with `-p epochs 20` (or the full profile on a GPU). Does the order of the methods in
 #    Table 1 change, and does FLAME's curve overtake Single's? At which epoch?
-# 2. The alignment weight is annealed over the epoch budget $R$. Explain why a 3-epoch run and the first
-#    3 epochs of a 200-epoch run train FLAME differently, and predict which one is closer to Single.
+# 2. The alignment weight is annealed over $R = 200$ epochs whatever the budget. Train FLAME with
+#    `anneal_epochs=epochs` (the schedule compressed into the budget) and explain why its first 3 epochs
+#    differ from those of the default; predict which one is closer to Single.
 # 3. Table 2 uses Single's scores. Compute the same comparison for FLAME. Is the gap between the two
 #    history conventions larger or smaller, and why could it depend on the method?
 # 4. Change `fraction` to 0.8 and 0.99. Which speed-up ratios are stable, and which are artefacts of a
@@ -373,9 +377,11 @@ metrics = {
         {"name": "history excluded never lowers HR@20",
          "value": float(history_effect.loc["history score -inf (ours)", "HR@20"]
                         - history_effect.loc["history score 0 (official)", "HR@20"]), "op": ">=", "bound": 0.0},
-        {"name": "anchor = Single of the same seed (max abs test NDCG@20 difference)",
-         "value": float((anchor_check["anchor test NDCG@20"] - anchor_check["Single test NDCG@20"]).abs().max()),
-         "op": "<=", "bound": 1e-6 if device == "cpu" else 0.5},
+        {"name": "one anchor for every seed (spread of its test NDCG@20 over the FLAME runs)",
+         "value": float(anchor_check["anchor test NDCG@20"].max() - anchor_check["anchor test NDCG@20"].min()),
+         "op": "<=", "bound": 1e-6 if device == "cpu" else 0.05},
+        {"name": "anchor seed differs from every learnable seed",
+         "value": int(anchor_check["anchor seed"].isin(seeds).sum()), "op": "==", "bound": 0},
         {"name": "records carry provenance",
          "value": sum(all(r.get(k) for k in ("command", "git", "date", "dataset_stats")) for r in records),
          "op": "==", "bound": len(records)},

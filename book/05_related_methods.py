@@ -38,16 +38,15 @@ from IPython.display import Markdown, display
 from matplotlib import pyplot as plt
 
 from flame_core import booktools
-from flame_core.anchor import cached_anchor_results
 from flame_core.canet import ROUTER_HIDDEN
 from flame_core.config import TrainConfig
-from flame_core.experiments import load, load_records, pretrained_metrics
+from flame_core.experiments import load, load_records, pretrained_metrics, pretraining_seconds
 from flame_core.methods import build_method
 
 # %% tags=["parameters"]
 dataset = "ml-100k"  # a name (ml-100k, or a file in $FLAME_DATA_DIR) or a path
 device = "cpu"  # "cpu", "cuda" or "auto"
-epochs = 3  # epoch budget R of every method (and of the pretrained anchor and teachers)
+epochs = 3  # epoch budget of every method (and of the pretrained anchor and teachers)
 seeds = [42, 43]  # one run per method and seed
 max_len = 10  # L, the input window (the official default is 50)
 profile = "quick"  # the label of this parameter set, printed with every table
@@ -219,15 +218,6 @@ print({f"{m}/{s}": ("reused" if e.reused else "trained") for (m, s), e in runs.i
 
 
 # %%
-def pretraining_seconds(run) -> float:
-    """Training seconds of the method's pretrained networks, as stored in the anchor cache (NaN if unknown)."""
-    total = 0.0
-    for _, spec_model, spec_cfg in run.method.pretrained_specs():
-        cached = cached_anchor_results(run.data, spec_model, spec_cfg) or {}
-        total += cached.get("train_seconds", math.nan)
-    return total
-
-
 def networks_at_inference(m: str, run) -> int:
     return run.method.members.num_nets if m == "emkd" else 1
 
@@ -239,7 +229,7 @@ rows = pd.DataFrame([{
     "s / epoch": float(np.median([h["train_seconds"] for h in e.results["history"]])),
     "infer s / 1k users": e.results["inference_seconds_per_1000_users"],
     "trainable params": e.results["parameters"]["trainable"], "networks at inference": networks_at_inference(m, e),
-    "pretrained networks": len(e.method.pretrained_specs()), "pretraining s": pretraining_seconds(e),
+    "pretrained networks": len(e.method.pretrained_specs()), "pretraining s": pretraining_seconds(e.method, e.data),
     "sample share / epoch": float(np.mean([e.method.curriculum_share(h["epoch"]) for h in e.results["history"]]))
     if m == "ckd" else 1.0,
 } for (m, s), e in runs.items()])
