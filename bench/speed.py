@@ -14,9 +14,8 @@ the layout the engine uses by default (packed on CPU, graph on CUDA). The naive 
 is SASRec written with `torch.nn` blocks, the way a user would, timed on the same batches.
 
 It prints a table and writes the same figures as JSON (``--json``, default bench/results/speed-DATASET-DEVICE.json)
-for the efficiency chapter. FLOP counts are those of the real tokens (padding excluded): forward FLOPs of each
-network pass, times 3 where weights are trained (forward, input and weight gradients), times 2 for frozen
-modules that only pass gradients through, times 1 for passes without autograd.
+for the efficiency chapter. The measuring functions (timed steps, FLOPs of real tokens, peak memory, the matmul
+peak) are the library's (`flame_core.measure`), shared with that chapter.
 """
 
 from __future__ import annotations
@@ -24,133 +23,22 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import platform
-import resource
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
-from flame_core.backbone import SASRecStack
-from flame_core.config import ModelConfig, TrainConfig
+from flame_core.config import ModelConfig
 from flame_core.data import build_split, load_dataset
 from flame_core.engine import EpochRunner, evaluate_replicas, make_optimizer
-from flame_core.methods import build_method, needs_anchor
+from flame_core.measure import matmul_peak_gflops, peak_rss_mb, random_order, step_flops, step_ms, sync, untrained
 from flame_core.utils import atomic_json, resolve_device, seed_everything
 
 try:
     from bench.naive import NaiveSASRec
 except ImportError:  # run as a script: bench/ is on sys.path
     from naive import NaiveSASRec
-
-
-def matmul_peak_gflops(device: torch.device, dtype=torch.float32, n: int = 2048, reps: int = 10) -> float:
-    """Measured throughput of a large square matrix product: the machine's practical peak."""
-    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    for _ in range(3):
-        a @ b
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    _sync(device)
-    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory: VmHWM (not inherited through fork/exec, unlike ru_maxrss)."""
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def pass_flops(lengths: torch.Tensor, cfg: ModelConfig, num_items: int, scores: bool) -> float:
-    """Forward FLOPs of one network pass over sequences of `lengths` (real tokens only, last-query final block)."""
-    D, K = cfg.hidden, cfg.layers
-    n = lengths.double()
-    tokens, pairs = n.sum().item(), (n * (n + 1) / 2).sum().item()
-    full = (K - 1) * (24 * D * D * tokens + 4 * D * pairs)  # QKV, output, FFN per token; QK^T and AV per pair
-    last = 4 * D * D * tokens + 20 * D * D * len(n) + 4 * D * tokens  # K, V of all tokens; the rest for the last
-    return full + last + (2 * D * (num_items + 1) * len(n) if scores else 0.0)
-
-
-def step_flops(method: str, cfg: TrainConfig, lengths, model: ModelConfig, num_items: int) -> float:
-    """FLOPs of one training step (see the module docstring for the multipliers)."""
-    one = pass_flops(lengths, model, num_items, scores=False)
-    head = 2 * model.hidden * (num_items + 1) * len(lengths)
-    if method == "single":
-        return 3 * (one + head)
-    paths = 4 if cfg.split == "emb|enc" else 2  # LL, FL trained; LF passes gradients through F; FF without
-    rec = 3 * one if cfg.rec_from == "separate" else 0.0
-    if paths == 2:  # ensemble_guide: L trained, F without autograd
-        return 3 * (one + head) + one + rec
-    return 3 * (2 * one + head) + 2 * one + one + rec
-
-
-def time_steps(method, split, steps: int, batch_size: int, amp: bool, device) -> float:
-    """Mean milliseconds of a training step (forward, backward, Adam) over `steps` random batches."""
-    opt = torch.optim.Adam([p for p in method.parameters() if p.requires_grad], lr=1e-3)
-    gen = torch.Generator().manual_seed(0)
-    loss_fn = method.loss
-    method.train()
-
-    def step():
-        idx = torch.randint(0, split.train_inputs.shape[0], (batch_size,), generator=gen).to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16) if amp else nullcontext():
-            loss, _ = loss_fn((split.train_inputs[idx], split.train_targets[idx]))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    for _ in range(3):
-        step()
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    _sync(device)
-    return 1000 * (time.perf_counter() - t0) / steps
-
-
-def make(method: str, data, model: ModelConfig, device, compile_: bool = False, seeds=None, **changes):
-    cfg = TrainConfig(method=method, progress=False, **changes)
-    m = build_method(data.num_items, model, cfg, seeds).to(device)
-    if needs_anchor(method):
-        m.set_frozen(SASRecStack(1, data.num_items, model, seeds=[7]).to(device))  # speed does not need a trained one
-    if compile_ and not m.cfg.packed:  # packed batches have data-dependent shapes: compiling them recompiles
-        mode = "reduce-overhead" if torch.device(device).type == "cuda" else "default"  # CUDA graphs of fwd and bwd
-        m.loss = torch.compile(m.loss, mode=mode)  # at nearly every step (measured: no end within 15 minutes on CPU)
-    return m
-
-
-def random_order(split, replicas: int, samples: int, seed: int = 0) -> torch.Tensor:
-    """(S, samples) random training-sample indices on the split's device, one row per replica."""
-    gen = torch.Generator().manual_seed(seed)
-    X = split.train_inputs.shape[0]
-    order = torch.stack([torch.randint(0, X, (samples,), generator=gen) for _ in range(replicas)])  # (S, samples)
-    return order.to(split.train_inputs.device)
-
-
-def time_runner(method, split, steps: int, batch_size: int, graph: bool, device) -> float:
-    """Mean milliseconds of a training step as the engine runs it (`EpochRunner`), after 4 warm-up steps
-    (which capture the CUDA graph when `graph`)."""
-    runner = EpochRunner(method, make_optimizer(method, device), split, batch_size, graph=graph)
-    runner.run(random_order(split, method.replicas, 4 * batch_size, seed=1))
-    if graph and device.type == "cuda" and runner.graph is None:
-        raise RuntimeError("the CUDA graph was not captured")
-    order = random_order(split, method.replicas, steps * batch_size)
-    _sync(device)
-    t0 = time.perf_counter()
-    runner.run(order)  # ends with the epoch's one synchronisation
-    return 1000 * (time.perf_counter() - t0) / steps
 
 
 def time_naive(data, split, steps: int, batch_size: int, device) -> float:
@@ -161,14 +49,14 @@ def time_naive(data, split, steps: int, batch_size: int, device) -> float:
     order = random_order(split, 1, (steps + 3) * batch_size)[0]
     for k in range(steps + 3):
         if k == 3:
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
         idx = order[k * batch_size : (k + 1) * batch_size]
         loss = net.loss(split.train_inputs[idx], split.train_targets[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    _sync(device)
+    sync(device)
     return 1000 * (time.perf_counter() - t0) / steps
 
 
@@ -181,7 +69,7 @@ def epoch_child(args: argparse.Namespace, replicas: int, queue) -> None:
     data = load_dataset(args.dataset)
     split = build_split(data, 50).to(device)
     seeds = tuple(range(42, 42 + replicas)) if replicas > 1 else None
-    method = make("flame", data, ModelConfig(), device, seeds=seeds)
+    method = untrained("flame", data, ModelConfig(), device, seeds=seeds)
     runner = EpochRunner(method, make_optimizer(method, device), split, args.batch_size)
     gens = [torch.Generator().manual_seed(s) for s in method.seeds]
     seconds = []
@@ -230,13 +118,14 @@ def run(args: argparse.Namespace) -> dict:
         for key, packed, graph in (("packed_ms", True, False), ("padded_ms", False, False), ("graph_ms", False, True)):
             if graph and not cuda:
                 continue
-            m = make(method, data, model, device, packed=packed, **changes)
-            row[key] = time_runner(m, split, args.steps, args.batch_size, graph, device)
-        if args.compile:
-            m = make(method, data, model, device, True, packed=False, **changes)
-            row["compiled_padded_ms"] = time_runner(m, split, args.steps, args.batch_size, False, device)
+            m = untrained(method, data, model, device, packed=packed, **changes)
+            row[key] = step_ms(m, split, args.steps, args.batch_size, graph)
+        if args.compile:  # torch.compile of the loss (reduce-overhead on CUDA: graphs of forward and backward)
+            m = untrained(method, data, model, device, packed=False, **changes)
+            m.loss = torch.compile(m.loss, mode="reduce-overhead" if cuda else "default")
+            row["compiled_padded_ms"] = step_ms(m, split, args.steps, args.batch_size, False)
         row["best_ms"] = min(row.values())
-        flops = step_flops(method, m.cfg, lengths, model, data.num_items)
+        flops = step_flops(m, lengths)
         row["gflops_per_step"] = flops / 1e9
         row["achieved_gflops"] = flops / 1e9 / (row["best_ms"] / 1000)
         rows[name] = row
@@ -250,15 +139,15 @@ def run(args: argparse.Namespace) -> dict:
     out["naive_over_single"] = out["naive_sasrec_ms"] / rows["single"]["best_ms"]
     out["stacked"] = {"layout": "graph" if cuda else "packed", "replicas": 3}
     for method in ("single", "flame"):
-        one, three = (time_runner(make(method, data, model, device, seeds=seeds), split, args.steps, args.batch_size,
-                                  cuda, device) for seeds in (None, (42, 43, 44)))  # fmt: skip
+        one, three = (step_ms(untrained(method, data, model, device, seeds=seeds), split, args.steps, args.batch_size)
+                      for seeds in (None, (42, 43, 44)))  # fmt: skip
         out["stacked"][method] = {"x1_ms": one, "x3_ms": three, "x3_over_x1": three / one,
                                   "x3_over_3_x1": three / (3 * one)}  # fmt: skip
-    m = make("single", data, model, device)
+    m = untrained("single", data, model, device)
     evaluate_replicas(m, split, "test")  # warm-up
     t0 = time.perf_counter()
     evaluate_replicas(m, split, "test")
-    _sync(device)
+    sync(device)
     out["eval_seconds_all_users"] = time.perf_counter() - t0
     out["eval_users"] = split.test_targets.shape[0]
     if not args.no_epoch:

@@ -33,7 +33,7 @@ import plotly.express as px
 import seaborn as sns
 from IPython.display import Markdown, display
 
-from flame_core import booktools
+import flamebook
 from flame_core.experiments import anchor_metrics
 from flame_core.losses import lambda_schedule
 
@@ -50,11 +50,9 @@ results_dir = "results"  # provenance records (read by chapter 3; unused here)
 members = 2  # members of Ensemble-Scratch
 
 # %%
-out = booktools.setup(output_dir, seed=seeds[0])
+out = flamebook.setup(output_dir, seed=seeds[0])
 seed = seeds[0]
-protocol = (f"full ranking over all items, leave-one-out, history excluded, selected on validation NDCG@20; "
-            f"dataset {dataset}, seed {seed}, epoch budget {epochs}, max_len {max_len}, profile '{profile}', "
-            f"device {device}; metrics in percent")
+protocol = flamebook.protocol(dataset, max_len, epochs, profile, device, [seed])
 print(protocol)
 
 # %% [markdown]
@@ -85,7 +83,7 @@ print(protocol)
 # %%
 METHODS = {"Single": ("single", {}), "Ensemble-Scratch": ("ensemble_scratch", {"members": members}),
            "Ensemble-Guide": ("ensemble_guide", {})}
-runs = {name: booktools.experiment(dataset, method, epochs, runs_dir, max_len=max_len, device=device, seed=seed,
+runs = {name: flamebook.experiment(dataset, method, epochs, runs_dir, max_len=max_len, device=device, seed=seed,
                                    **changes) for name, (method, changes) in METHODS.items()}
 data, split = runs["Single"].data, runs["Single"].split
 colors = sns.color_palette(n_colors=3 + members)
@@ -111,7 +109,7 @@ def curves(runs: dict) -> pd.DataFrame:
         seconds = 0.0
         for row in run.results["history"]:
             seconds += row["train_seconds"]
-            label = f"{name} (mean of members)" if name == "Ensemble-Scratch" else name
+            label = f"{name} (mean of members)" if run.method.served_networks > 1 else name
             rows.append({"method": name, "curve": label, "kind": "inference model", "epoch": row["epoch"],
                          "seconds": seconds, "NDCG@20": row["valid/NDCG@20"]})
             for key in sorted(k for k in row if k.startswith("valid/member")):
@@ -208,7 +206,7 @@ print(f"anchor alone, valid NDCG@20 {anchor['valid']['NDCG@20']:.2f} vs the Sing
 # %%
 loss_rows = []
 for name, run in runs.items():
-    per_net = members if name == "Ensemble-Scratch" else 1
+    per_net = run.method.served_networks  # rec sums over an ensemble's members
     for row in run.results["history"]:
         loss_rows.append({"method": name, "epoch": row["epoch"], "term": "rec (per network)", "value": row["rec"] / per_net})
         if "align" in row:
@@ -217,7 +215,7 @@ loss_df = pd.DataFrame(loss_rows)
 
 # %%
 # the paper's schedule over its horizon R, and the lambda each epoch of these runs logged
-horizon = runs["Ensemble-Guide"].method.cfg.anneal_epochs
+horizon = runs["Ensemble-Guide"].method.cfg.align.anneal_epochs
 epochs_R = np.arange(1, horizon + 1)
 schedule = pd.DataFrame({"epoch": epochs_R, "lambda": [lambda_schedule(e, horizon) for e in epochs_R]})
 logged = pd.DataFrame([{"epoch": r["epoch"], "lambda": r["lambda"], "method": name}
@@ -254,7 +252,7 @@ def results_table(runs: dict) -> pd.DataFrame:
     rows = {}
     for name, run in runs.items():
         res = run.results
-        nets = members if name == "Ensemble-Scratch" else 1
+        nets = run.method.served_networks
         rows[name] = {**{f"test {k}": res["test"][k] for k in ("HR@10", "HR@20", "NDCG@10", "NDCG@20")},
                       "valid NDCG@20": res["valid"]["NDCG@20"], "selected epoch": res["best_epoch"],
                       "train s": res["train_seconds"],
@@ -308,7 +306,7 @@ print(f"Ensemble-Guide's validation NDCG@20 is {guide_valid:.2f} against Single'
 # 2. Train Ensemble-Scratch with `members = 4`. How do the members' accuracies, the ensemble's and the
 #    training seconds change? Does the average of members gain more than Ensemble-Guide?
 # 3. Compress the schedule into the budget, as the released code does when its epoch count is small:
-#    train Ensemble-Guide with `booktools.experiment(..., anneal_epochs=epochs)`. Plot `align` against
+#    train Ensemble-Guide with `flamebook.experiment(..., anneal_epochs=epochs)`. Plot `align` against
 #    `lambda` for both versions: when does the alignment stop mattering?
 # 4. The anchor is a Single run with the same settings and its own seed. Load a weaker guide instead, for
 #    example one trained for a single epoch (`python -m flame_core pretrain --dataset ml-100k --epochs 1
@@ -340,5 +338,5 @@ metrics = {
     "train_seconds": {name: run.results["train_seconds"] for name, run in runs.items()},
     "checks": checks,
 }
-booktools.write_metrics(output_dir, metrics)
+flamebook.write_metrics(output_dir, metrics)
 pd.DataFrame(checks)

@@ -38,7 +38,8 @@ import seaborn as sns
 import torch
 from IPython.display import Markdown, display
 
-from flame_core import booktools, paths
+import flamebook
+from flame_core import paths
 from flame_core.analysis import representations, tsne
 from flame_core.backbone import SASRecStack, make_layout
 from flame_core.config import ModelConfig
@@ -62,11 +63,9 @@ num_paths = 4  # K sampled paths per step, out of the 2^M of the per-block split
 scratch_members = [2, 4]  # Ensemble-Scratch sizes compared with the same numbers of paths
 
 # %%
-out = booktools.setup(output_dir, seed=seeds[0])
+out = flamebook.setup(output_dir, seed=seeds[0])
 seed = seeds[0]
-protocol = (f"full ranking over all items, leave-one-out, history excluded, selected on validation NDCG@20; "
-            f"dataset {dataset}, seed {seed}, epoch budget {epochs}, max_len {max_len}, profile '{profile}', "
-            f"device {device}; metrics in percent")
+protocol = flamebook.protocol(dataset, max_len, epochs, profile, device, [seed])
 
 # %% [markdown]
 # ## Modules, paths and their names
@@ -85,13 +84,13 @@ protocol = (f"full ranking over all items, leave-one-out, history excluded, sele
 toy_model = ModelConfig(hidden=toy_hidden, max_len=10)
 toy = synthetic(num_users=toy_users, num_items=40, seed=0)
 toy_split = build_split(toy, toy_model.max_len)
-blocks_split = "emb|" + "|".join(["block"] * toy_model.layers)
+blocks_split = paths.block_split(toy_model.layers)
 SPLITS = ["net", "emb|enc", blocks_split]
 plans = {s: module_plan(s, toy_model.layers) for s in SPLITS}
 print(f"synthetic: {toy.stats()}; model: {toy_model}")
-pd.DataFrame([{"split": s, "M": len(plan), "modules": " | ".join("+".join(stages) for stages in plan),
+pd.DataFrame([{"module split": s, "M": len(plan), "modules": " | ".join("+".join(stages) for stages in plan),
                "paths": len(all_paths(len(plan))), "names": " ".join(path_name(p) for p in all_paths(len(plan)))}
-              for s, plan in plans.items()]).set_index("split")
+              for s, plan in plans.items()]).set_index("module split")
 
 # %% [markdown]
 # ## Prefix sharing
@@ -150,10 +149,10 @@ with torch.no_grad():
         with count_module_applications() as naive_count:
             z_each = torch.cat([evaluate_paths(learn, frozen, plan, layout, [p], 0.0, 0.0)[0] for p in every])
         toy_z[s] = z
-        rows.append({"split": s, "M": M, "paths": z.shape[0], "prefix-shared (measured)": shared_count["applications"],
+        rows.append({"module split": s, "M": M, "paths": z.shape[0], "prefix-shared (measured)": shared_count["applications"],
                      "2^(M+1) - 2": 2 ** (M + 1) - 2, "per path (measured)": naive_count["applications"],
                      "M * 2^M": M * 2**M, "max |shared - per path|": (z - z_each).abs().max().item()})
-sharing = pd.DataFrame(rows).set_index("split")
+sharing = pd.DataFrame(rows).set_index("module split")
 sharing
 
 # %% [markdown]
@@ -230,7 +229,7 @@ plt.show()
 
 # %%
 def experiment(method: str, **changes):
-    return booktools.experiment(dataset, method, epochs, runs_dir, max_len=max_len, device=device, seed=seed,
+    return flamebook.experiment(dataset, method, epochs, runs_dir, max_len=max_len, device=device, seed=seed,
                                 **changes)
 
 
@@ -288,29 +287,22 @@ fig.show()
 # network for inference whatever its number of paths; the ensemble serves all its members.
 
 # %%
-blocks = "emb|" + "|".join(["block"] * flame.method.model_cfg.layers)
+blocks = paths.block_split(flame.method.model_cfg.layers)
 VARIANTS = {
     "FLAME net (Ensemble-Guide)": ("FLAME", "ensemble_guide", {}),
     "FLAME emb|enc": ("FLAME", "flame", {}),
-    f"FLAME {blocks}": ("FLAME", "flame", {"split": blocks}),
-    f"FLAME {blocks}, K={num_paths} sampled": ("FLAME", "flame", {"split": blocks, "num_paths": num_paths}),
+    f"FLAME {blocks}": ("FLAME", "flame", {"module_split": blocks}),
+    f"FLAME {blocks}, K={num_paths} sampled": ("FLAME", "flame", {"module_split": blocks, "num_paths": num_paths}),
     **{f"Ensemble-Scratch N={n}": ("Ensemble-Scratch", "ensemble_scratch", {"members": n}) for n in scratch_members},
 }
 variant_runs = {name: experiment(method, **changes) for name, (_, method, changes) in VARIANTS.items()}
 
 
-def num_representations(run) -> int:
-    """Views aligned per training step: the members, or the (sampled) paths."""
-    if run.results["method"] == "ensemble_scratch":
-        return run.method.cfg.members
-    return run.method.cfg.num_paths or 2 ** len(run.method.plan)
-
-
 rows = []
 for name, run in variant_runs.items():
     res = run.results
-    rows.append({"variant": name, "family": VARIANTS[name][0], "representations": num_representations(run),
-                 "networks at inference": run.method.cfg.members if VARIANTS[name][0] == "Ensemble-Scratch" else 1,
+    rows.append({"variant": name, "family": VARIANTS[name][0], "representations": run.method.aligned_views,
+                 "networks at inference": run.method.served_networks,
                  "valid NDCG@20": res["valid"]["NDCG@20"], "test NDCG@20": res["test"]["NDCG@20"],
                  "test HR@20": res["test"]["HR@20"],
                  "s / epoch": float(np.median([row["train_seconds"] for row in res["history"]])),
@@ -420,5 +412,5 @@ metrics = {
     "representations": reps_df.reset_index().to_dict(orient="records"),
     "checks": checks,
 }
-booktools.write_metrics(output_dir, metrics)
+flamebook.write_metrics(output_dir, metrics)
 pd.DataFrame(checks)

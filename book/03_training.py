@@ -33,10 +33,11 @@ import torch
 from IPython.display import Markdown, display
 from matplotlib import pyplot as plt
 
-from flame_core import booktools
+import flamebook
 from flame_core.analysis import convergence
 from flame_core.experiments import anchor_metrics, load, load_records, pretraining_seconds
 from flame_core.metrics import mask_history, metrics_from_ranks, target_ranks
+from flame_core.registry import display_name
 
 # %% tags=["parameters"]
 dataset = "ml-100k"  # a name (ml-100k, or a file in $FLAME_DATA_DIR) or a path
@@ -53,12 +54,9 @@ margin = 1.0  # check: mean valid NDCG@20 of FLAME is at least that of Single mi
 related = ["emkd", "canet", "ckd"]  # related systems (chapter 5) trained for the main table; [] leaves them out
 
 # %%
-out = booktools.setup(output_dir, seed=seeds[0])
+out = flamebook.setup(output_dir, seed=seeds[0])
 methods = ["single", "ensemble_scratch", "ensemble_guide", "flame", *related]
-NAMES = {"single": "Single", "ensemble_scratch": "Ensemble-Scratch", "ensemble_guide": "Ensemble-Guide",
-         "flame": "FLAME", "emkd": "EMKD", "canet": "CANet", "ckd": "CKD"}
-PROTOCOL = (f"leave-one-out, full ranking, history excluded, selected on valid NDCG@20; {dataset}, "
-            f"max_len {max_len}, seeds {seeds}, epoch budget {epochs}, profile '{profile}', device {device}")
+PROTOCOL = flamebook.protocol(dataset, max_len, epochs, profile, device, seeds)
 print(PROTOCOL)
 
 # %% [markdown]
@@ -110,12 +108,12 @@ truncation
 # (`anchor_seed`), selected on validation and cached. One anchor per dataset and settings serves every
 # seed, as the release ships one anchor per dataset, and no learnable network starts from the anchor's
 # initial weights; CKD's teachers are pretrained and cached the same way, with other seeds and sizes.
-# `booktools.experiment`
+# `flamebook.experiment`
 # reuses a finished run with the same data and settings from `runs_dir`, so the other chapters and a
 # second execution of this one do not train again.
 
 # %%
-runs = {(m, s): booktools.experiment(dataset, m, epochs, runs_dir, max_len=max_len, device=device, seed=s)
+runs = {(m, s): flamebook.experiment(dataset, m, epochs, runs_dir, max_len=max_len, device=device, seed=s)
         for m in methods for s in seeds}
 print({f"{m}/{s}": ("reused" if e.reused else "trained") for (m, s), e in runs.items()})
 
@@ -127,7 +125,7 @@ print({f"{m}/{s}": ("reused" if e.reused else "trained") for (m, s), e in runs.i
 # %%
 anchor_check = pd.DataFrame([{"seed": s, "Single test NDCG@20": runs[("single", s)].results["test"]["NDCG@20"],
                               "anchor test NDCG@20": anchor_metrics(flame.method, flame.split)["NDCG@20"],
-                              "anchor seed": flame.method.cfg.anchor_seed}
+                              "anchor seed": flame.method.cfg.flame.anchor_seed}
                              for s in seeds for flame in [runs[("flame", s)]]])
 anchor_check
 
@@ -138,17 +136,13 @@ anchor_check
 # is over as many runs as there are seeds, so with two seeds it is a rough indication only).
 
 # %%
-KEYS = ["HR@10", "HR@20", "NDCG@10", "NDCG@20"]
-rows = pd.DataFrame([{"method": NAMES[m], "seed": s, "selected epoch": e.results["best_epoch"],
+KEYS = list(flamebook.METRIC_KEYS)
+rows = pd.DataFrame([{"method": display_name(m), "seed": s, "selected epoch": e.results["best_epoch"],
                       **{k: e.results["test"][k] for k in KEYS}, "valid NDCG@20": e.results["valid"]["NDCG@20"]}
                      for (m, s), e in runs.items()])
 
 
-def mean_sd(values: pd.Series) -> str:
-    return f"{values.mean():.2f} ± {values.std(ddof=1):.2f}" if len(values) > 1 else f"{values.mean():.2f}"
-
-
-main = rows.groupby("method", sort=False)[KEYS + ["valid NDCG@20"]].agg(mean_sd)
+main = rows.groupby("method", sort=False)[KEYS + ["valid NDCG@20"]].agg(flamebook.mean_sd)
 main.insert(0, "selected epochs", rows.groupby("method", sort=False)["selected epoch"].agg(lambda v: list(v)))
 display(Markdown(f"**Table 1.** Test metrics (percent), mean ± sd over seeds {seeds}: the four methods of the "
                  f"book, then the related systems of chapter 5. Protocol: {PROTOCOL}."))
@@ -220,17 +214,10 @@ gap.rename("ours minus official (points)").round(2)
 # The table groups the records by dataset, method and profile; each number carries its label.
 
 # %%
-records = load_records(booktools.resolve(results_dir))
+records = load_records(flamebook.resolve(results_dir))
 if records:
-    recs = pd.DataFrame([{"dataset": r["dataset"], "method": NAMES.get(r["method"], r["method"]),
-                          "profile": r["profile"], "seed": r["seed"], "epoch budget": r["epoch_budget"],
-                          "epochs run": r["epochs_run"], "converged": r["converged"],
-                          "max_len": r["model"]["max_len"], "device": r["device"], "git": r["git"],
-                          **{k: r["test"][k] for k in KEYS}} for r in records])
-    grouped = recs.groupby(["dataset", "method", "profile"], sort=False).agg(
-        seeds=("seed", lambda v: list(v)), epoch_budget=("epoch budget", "max"),
-        epochs_run=("epochs run", lambda v: list(v)), converged=("converged", "all"),
-        max_len=("max_len", "max"), **{k: (k, mean_sd) for k in KEYS})
+    recs = flamebook.records_frame(records)
+    grouped = flamebook.records_summary(recs)
     display(Markdown(f"**Table 3.** Test metrics (percent) from the {len(records)} committed records in "
                      f"`{results_dir}/` (same protocol, max_len as listed; mean ± sd where a group "
                      "has several seeds). `converged` is true only if every run stopped early on validation; "
@@ -251,7 +238,7 @@ else:
 # stores them.
 
 # %%
-curves = pd.DataFrame([{"method": NAMES[m], "seed": s, "epoch": row["epoch"], "valid NDCG@20": row["valid/NDCG@20"],
+curves = pd.DataFrame([{"method": display_name(m), "seed": s, "epoch": row["epoch"], "valid NDCG@20": row["valid/NDCG@20"],
                         "seconds": row["train_seconds"]} for (m, s), e in runs.items() for row in e.results["history"]])
 curves["training seconds"] = curves.groupby(["method", "seed"])["seconds"].cumsum()
 fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
@@ -272,7 +259,7 @@ fig.savefig(out / "convergence.png", dpi=120)
 # seconds per epoch.
 
 # %%
-conv = pd.DataFrame([{"method": NAMES[m], "seed": s, **convergence(e.results["history"], fraction=fraction),
+conv = pd.DataFrame([{"method": display_name(m), "seed": s, **convergence(e.results["history"], fraction=fraction),
                       "pretraining seconds": pretraining_seconds(e.method, e.data)}
                      for (m, s), e in runs.items()])
 conv["seconds incl. pretraining"] = conv["seconds"] + conv["pretraining seconds"]
@@ -294,7 +281,7 @@ conv_table.round(2)
 
 # %%
 if records:
-    rec_conv = pd.DataFrame([{"method": NAMES.get(r["method"], r["method"]), "dataset": r["dataset"],
+    rec_conv = pd.DataFrame([{"method": display_name(r["method"]), "dataset": r["dataset"],
                               "profile": r["profile"], "seed": r["seed"], "converged": r["converged"],
                               **convergence(r["history"], fraction=fraction)} for r in records])
     display(Markdown(f"**Table 5.** Convergence of the committed records in `{results_dir}/` ({fraction:.0%} "
@@ -311,7 +298,7 @@ else:
 # %%
 inter = curves.assign(source=f"this chapter ({profile})")
 if records:
-    rec_curves = pd.DataFrame([{"method": NAMES.get(r["method"], r["method"]), "seed": r["seed"],
+    rec_curves = pd.DataFrame([{"method": display_name(r["method"]), "seed": r["seed"],
                                 "epoch": row["epoch"], "valid NDCG@20": row["valid/NDCG@20"],
                                 "seconds": row["train_seconds"], "source": f"record ({r['profile']})"}
                                for r in records if r["dataset"] == dataset for row in r["history"]])
@@ -360,8 +347,8 @@ all_metrics = rows[KEYS + ["valid NDCG@20"]].to_numpy()
 metrics = {
     "chapter": "03_training", "dataset": dataset, "profile": profile, "epochs": epochs, "seeds": seeds,
     "max_len": max_len,
-    "test": {NAMES[m]: {k: float(rows.loc[rows["method"] == NAMES[m], k].mean()) for k in KEYS} for m in methods},
-    "valid_NDCG@20": {NAMES[m]: float(rows.loc[rows["method"] == NAMES[m], "valid NDCG@20"].mean()) for m in methods},
+    "test": {display_name(m): {k: float(rows.loc[rows["method"] == display_name(m), k].mean()) for k in KEYS} for m in methods},
+    "valid_NDCG@20": {display_name(m): float(rows.loc[rows["method"] == display_name(m), "valid NDCG@20"].mean()) for m in methods},
     "convergence": conv_table.reset_index().to_dict(orient="records"),
     "history_convention": history_effect.to_dict(orient="index"), "negative_target_share": negative_share,
     "records": len(records),
@@ -387,5 +374,5 @@ metrics = {
          "op": "==", "bound": len(records)},
     ],
 }
-print(booktools.write_metrics(output_dir, metrics))
+print(flamebook.write_metrics(output_dir, metrics))
 pd.DataFrame(metrics["checks"])

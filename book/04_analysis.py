@@ -32,7 +32,7 @@ import seaborn as sns
 from IPython.display import Markdown, display
 from matplotlib import pyplot as plt
 
-from flame_core import booktools
+import flamebook
 from flame_core.analysis import per_map, view_ranks
 from flame_core.metrics import metrics_from_ranks
 
@@ -51,16 +51,15 @@ sensitivity_param = "lambda_0"  # a float field of TrainConfig, e.g. "lambda_0" 
 sensitivity_values = [0.1, 1.0]  # the default value reuses the default FLAME run
 
 # %%
-out = booktools.setup(output_dir, seed=seeds[0])
+out = flamebook.setup(output_dir, seed=seeds[0])
 seed = seeds[0]
-PROTOCOL = (f"leave-one-out, full ranking, history excluded, selected on valid NDCG@20; {dataset}, "
-            f"max_len {max_len}, seed {seed}, epoch budget {epochs}, profile '{profile}', device {device}")
+PROTOCOL = flamebook.protocol(dataset, max_len, epochs, profile, device, [seed])
 print(PROTOCOL)
 
 
 def experiment(method: str, **changes):
     """One run of this chapter's settings (reused from runs_dir when it exists)."""
-    return booktools.experiment(dataset, method, epochs, runs_dir, max_len=max_len, device=device, seed=seed,
+    return flamebook.experiment(dataset, method, epochs, runs_dir, max_len=max_len, device=device, seed=seed,
                                 **changes)
 
 
@@ -211,9 +210,9 @@ sensitivity = pd.DataFrame([{sensitivity_param: v, **row(f"{sensitivity_param} =
 display(Markdown(f"**Table 4.** FLAME's sensitivity to `{sensitivity_param}` (percent). Protocol: {PROTOCOL}."))
 display(sensitivity.round(2))
 long = sensitivity.melt(id_vars=[sensitivity_param], value_vars=["valid NDCG@20", "test NDCG@20"],
-                        var_name="split", value_name="NDCG@20")
+                        var_name="evaluated on", value_name="NDCG@20")
 fig, ax = plt.subplots(figsize=(5.5, 3.6))
-sns.lineplot(long, x=sensitivity_param, y="NDCG@20", hue="split", marker="o", ax=ax)
+sns.lineplot(long, x=sensitivity_param, y="NDCG@20", hue="evaluated on", marker="o", ax=ax)
 ax.set_xscale("log")
 ax.set_title(f"NDCG@20 (%) against {sensitivity_param}; {dataset}, seed {seed}, {epochs} epochs, '{profile}'",
              fontsize=9)
@@ -281,5 +280,5 @@ metrics = {
     "sensitivity": {"param": sensitivity_param, "rows": sensitivity.reset_index().to_dict(orient="records")},
     "checks": checks,
 }
-print(booktools.write_metrics(output_dir, metrics))
+print(flamebook.write_metrics(output_dir, metrics))
 pd.DataFrame(checks)

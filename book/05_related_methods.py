@@ -27,7 +27,6 @@
 # CANet's routing and its average cost per user get their own figures.
 
 # %%
-import dataclasses
 import math
 
 import numpy as np
@@ -37,11 +36,11 @@ import seaborn as sns
 from IPython.display import Markdown, display
 from matplotlib import pyplot as plt
 
-from flame_core import booktools
+import flamebook
 from flame_core.canet import ROUTER_HIDDEN
-from flame_core.config import TrainConfig
 from flame_core.experiments import load, load_records, pretrained_metrics, pretraining_seconds
 from flame_core.methods import build_method
+from flame_core.registry import display_name
 
 # %% tags=["parameters"]
 dataset = "ml-100k"  # a name (ml-100k, or a file in $FLAME_DATA_DIR) or a path
@@ -56,29 +55,27 @@ results_dir = "results"  # committed provenance records (python -m flame_core tr
 ndcg_floor = 0.5  # check: every related method's valid NDCG@20 (percent) is above this floor
 
 # %%
-out = booktools.setup(output_dir, seed=seeds[0])
+out = flamebook.setup(output_dir, seed=seeds[0])
 methods = ["single", "flame", "emkd", "canet", "ckd"]
-NAMES = {"single": "Single", "flame": "FLAME", "emkd": "EMKD", "canet": "CANet", "ckd": "CKD"}
-PROTOCOL = (f"leave-one-out, full ranking, history excluded, selected on valid NDCG@20; {dataset}, "
-            f"max_len {max_len}, seeds {seeds}, epoch budget {epochs}, profile '{profile}', device {device}")
+PROTOCOL = flamebook.protocol(dataset, max_len, epochs, profile, device, seeds)
 print(PROTOCOL)
 
 # %% [markdown]
 # ## The settings of the three systems
 #
-# Every setting of a related method is a field of `TrainConfig` with the method's prefix (`emkd_`,
-# `canet_`, `ckd_`). The runs of this chapter use the defaults; the table lists them as the configuration
-# of the first seed holds them. The shared settings (`tau`, the InfoNCE temperature that EMKD's contrast
-# reuses, `batch_size`, `lr`) are the official FLAME release's, as for every other method in the book.
+# Each related method reads its own settings object of `TrainConfig` (`cfg.emkd`, `cfg.canet`, `cfg.ckd`),
+# whose names carry the method's prefix (`emkd_`, `canet_`, `ckd_`) on the command line and in records.
+# The runs of this chapter use the defaults; the table lists them as the configuration of the first seed
+# holds them. The protocol's settings (`batch_size`, `lr`) are the official FLAME release's, as for every
+# other method in the book.
 
 # %%
 # NBVAL_CHECK_OUTPUT
-cfgs = {m: booktools.configs(m, epochs, max_len, device=device, seed=seeds[0])[1] for m in methods}
-settings = pd.DataFrame([{"method": NAMES[m], "setting": f.name, "value": str(getattr(cfgs[m], f.name))}
-                         for m in ("emkd", "canet", "ckd") for f in dataclasses.fields(TrainConfig)
-                         if f.name.startswith(f"{m}_")])
-shared = {k: getattr(cfgs["emkd"], k) for k in ("tau", "batch_size", "lr")}
-print(f"shared: {shared}")
+cfgs = {m: flamebook.configs(m, epochs, max_len, device=device, seed=seeds[0])[1] for m in methods}
+settings = pd.DataFrame([{"method": display_name(m), "setting": name, "value": str(value)}
+                         for m in ("emkd", "canet", "ckd") for name, value in cfgs[m].settings().items()])
+shared = {k: getattr(cfgs["emkd"], k) for k in ("batch_size", "lr")}
+print(f"protocol: {shared}")
 settings.set_index(["method", "setting"])
 
 # %% [markdown]
@@ -87,7 +84,7 @@ settings.set_index(["method", "setting"])
 
 # %%
 data, split = load(dataset, max_len)
-model = booktools.configs("single", epochs, max_len)[0]
+model = flamebook.configs("single", epochs, max_len)[0]
 built = {m: build_method(data.num_items, model, cfgs[m]) for m in ("emkd", "canet", "ckd")}
 print(data.stats())
 
@@ -118,12 +115,12 @@ def md_table(rows: dict) -> Markdown:
 
 # %%
 # NBVAL_CHECK_OUTPUT
-c = cfgs["emkd"]
+c = cfgs["emkd"].emkd
 md_table({
     "what trains": f"{c.emkd_members} SASRec members (seeds s..s+{c.emkd_members - 1}), "
                    f"{built['emkd'].num_parameters()['trainable']:,} parameters in all",
     "losses": f"sum of members' L_rec + {c.emkd_distill_weight:g} × symmetric KL (temperature "
-              f"{c.emkd_temperature:g}) + {c.emkd_contrast_weight:g} × (intra + cross InfoNCE, tau {c.tau:g})",
+              f"{c.emkd_temperature:g}) + {c.emkd_contrast_weight:g} × (intra + cross InfoNCE, tau {c.emkd_tau:g})",
     "augmentation": f"per sequence, with probability 1/2 each: a crop keeping {c.emkd_crop:.0%} of its items, "
                     f"or deletion of {c.emkd_mask:.0%} of them",
     "at inference": f"sum of the {c.emkd_members} members' scores ({c.emkd_members} networks)",
@@ -150,7 +147,7 @@ md_table({
 
 # %%
 # NBVAL_CHECK_OUTPUT
-c, canet_model = cfgs["canet"], built["canet"]
+c, canet_model = cfgs["canet"].canet, built["canet"]
 md_table({
     "what trains": f"a SASRec supernet (D = {model.hidden}, {model.layers} blocks, plus input and output "
                    f"transformations and residual scales) and a router (a 1-block SASRec with d = {ROUTER_HIDDEN}); "
@@ -182,7 +179,7 @@ md_table({
 
 # %%
 # NBVAL_CHECK_OUTPUT
-c, ckd_model = cfgs["ckd"], built["ckd"]
+c, ckd_model = cfgs["ckd"].ckd, built["ckd"]
 teachers = pd.DataFrame([{"teacher": name, "hidden": m.hidden, "seed": t.seed, "epoch budget": t.epochs}
                          for name, m, t in ckd_model.pretrained_specs()]).set_index("teacher")
 display(md_table({
@@ -198,7 +195,7 @@ display(md_table({
 print(f"teachers of seed {seeds[0]}:")
 display(teachers)
 print("share of the training samples per epoch c(e):",
-      {e: round(ckd_model.curriculum_share(e), 3) for e in range(1, epochs + 1)})
+      {e: round(ckd_model.sample_share(e), 3) for e in range(1, epochs + 1)})
 
 # %% [markdown]
 # Note what the last line means for this chapter's budget: with a horizon $E$ longer than the epoch
@@ -206,32 +203,27 @@ print("share of the training samples per epoch c(e):",
 #
 # ## All methods under one budget
 #
-# Each method is trained once per seed with the default settings, by `booktools.experiment`, which reuses
+# Each method is trained once per seed with the default settings, by `flamebook.experiment`, which reuses
 # a finished run with the same data and settings from `runs_dir` (chapter 3 trains the same runs when the
 # book is built in order). FLAME first pretrains its anchor and CKD its teachers, or finds them in the
 # anchor cache.
 
 # %%
-runs = {(m, s): booktools.experiment(dataset, m, epochs, runs_dir, max_len=max_len, device=device, seed=s)
+runs = {(m, s): flamebook.experiment(dataset, m, epochs, runs_dir, max_len=max_len, device=device, seed=s)
         for m in methods for s in seeds}
 print({f"{m}/{s}": ("reused" if e.reused else "trained") for (m, s), e in runs.items()})
 
 
 # %%
-def networks_at_inference(m: str, run) -> int:
-    return run.method.members.num_nets if m == "emkd" else 1
-
-
 KEYS = ["HR@20", "NDCG@10", "NDCG@20"]
 rows = pd.DataFrame([{
-    "method": NAMES[m], "seed": s, **{k: e.results["test"][k] for k in KEYS},
+    "method": display_name(m), "seed": s, **{k: e.results["test"][k] for k in KEYS},
     "valid NDCG@20": e.results["valid"]["NDCG@20"],
     "s / epoch": float(np.median([h["train_seconds"] for h in e.results["history"]])),
     "infer s / 1k users": e.results["inference_seconds_per_1000_users"],
-    "trainable params": e.results["parameters"]["trainable"], "networks at inference": networks_at_inference(m, e),
+    "trainable params": e.results["parameters"]["trainable"], "networks at inference": e.method.served_networks,
     "pretrained networks": len(e.method.pretrained_specs()), "pretraining s": pretraining_seconds(e.method, e.data),
-    "sample share / epoch": float(np.mean([e.method.curriculum_share(h["epoch"]) for h in e.results["history"]]))
-    if m == "ckd" else 1.0,
+    "sample share / epoch": float(np.mean([e.method.sample_share(h["epoch"]) for h in e.results["history"]])),
 } for (m, s), e in runs.items()])
 rows.round(2)
 
@@ -247,12 +239,8 @@ rows.round(2)
 # percent between builds.
 
 # %%
-def mean_sd(values: pd.Series) -> str:
-    return f"{values.mean():.2f} ± {values.std(ddof=1):.2f}" if len(values) > 1 else f"{values.mean():.2f}"
-
-
 by_method = rows.groupby("method", sort=False)
-table = by_method[KEYS + ["valid NDCG@20"]].agg(mean_sd)
+table = by_method[KEYS + ["valid NDCG@20"]].agg(flamebook.mean_sd)
 cost = by_method[["s / epoch", "infer s / 1k users", "pretraining s", "sample share / epoch"]].mean()
 table["s / epoch"] = cost["s / epoch"].map("{:.2f}".format)
 table["× Single"] = (cost["s / epoch"] / cost.loc["Single", "s / epoch"]).map("{:.2f}".format)
@@ -394,17 +382,11 @@ fig.show()
 # The table groups the records of this chapter's five methods by dataset, method and profile.
 
 # %%
-records = [r for r in load_records(booktools.resolve(results_dir)) if r["method"] in methods]
+records = [r for r in load_records(flamebook.resolve(results_dir)) if r["method"] in methods]
 if records:
-    recs = pd.DataFrame([{"dataset": r["dataset"], "method": NAMES[r["method"]], "profile": r["profile"],
-                          "seed": r["seed"], "epoch budget": r["epoch_budget"], "epochs run": r["epochs_run"],
-                          "converged": r["converged"], "max_len": r["model"]["max_len"], "device": r["device"],
-                          **{k: r["test"][k] for k in KEYS}} for r in records])
-    grouped = recs.groupby(["dataset", "method", "profile"], sort=True).agg(
-        seeds=("seed", lambda v: list(v)), epoch_budget=("epoch budget", "max"),
-        epochs_run=("epochs run", lambda v: list(v)), converged=("converged", "all"),
-        max_len=("max_len", "max"), device=("device", "first"), **{k: (k, mean_sd) for k in KEYS})
-    missing = sorted(set(NAMES[m] for m in ("emkd", "canet", "ckd")) - set(recs["method"]))
+    recs = flamebook.records_frame(records, KEYS)
+    grouped = flamebook.records_summary(recs, KEYS)
+    missing = sorted(set(display_name(m) for m in ("emkd", "canet", "ckd")) - set(recs["method"]))
     display(Markdown(f"**Table 4.** Test metrics (percent) of the {len(records)} committed records of these methods "
                      f"in `{results_dir}/`, each group labelled with its profile, epoch budget and max_len "
                      "(mean ± sd where a group has several seeds). `converged` is true only if every run "
@@ -412,7 +394,7 @@ if records:
                      + (f"No records yet for {', '.join(missing)}." if missing else "")))
     display(grouped)
 else:
-    missing = [NAMES[m] for m in ("emkd", "canet", "ckd")]
+    missing = [display_name(m) for m in ("emkd", "canet", "ckd")]
     display(Markdown(f"No records of these methods in `{results_dir}/` yet: the table stays empty until a "
                      "command such as the one above has been run with `--record`."))
 
@@ -438,7 +420,7 @@ else:
 # 1. Rerun the chapter with `-p epochs 30` (and, for CKD, think about `ckd_curriculum_epochs`). Which
 #    method gains most from the longer budget, and does the order of Table 1 change?
 # 2. EMKD with `emkd_members = 2` has the same number of networks as Ensemble-Scratch in chapter 1. Train
-#    it (`booktools.experiment(..., emkd_members=2)`) and compare its accuracy and its seconds per epoch
+#    it (`flamebook.experiment(..., emkd_members=2)`) and compare its accuracy and its seconds per epoch
 #    with Ensemble-Scratch's: what do the distillation and the contrastive views add?
 # 3. Set `canet_uniform_weight = 0` and then `1.0`. How do the routing distribution and the average cost
 #    per user move? Is there a setting that keeps the accuracy and halves the cost?
@@ -460,8 +442,8 @@ checks = [
     {"name": "non-finite test metrics", "value": int((~np.isfinite(test_values)).sum()), "op": "==", "bound": 0},
     {"name": "test metrics >= 0", "value": float(test_values.min()), "op": ">=", "bound": 0.0},
     {"name": "test metrics <= 100", "value": float(test_values.max()), "op": "<=", "bound": 100.0},
-    *[{"name": f"{NAMES[m]} valid NDCG@20, lowest seed (random ranking: {random_ndcg20:.2f})",
-       "value": float(rows.loc[rows["method"] == NAMES[m], "valid NDCG@20"].min()), "op": ">", "bound": ndcg_floor}
+    *[{"name": f"{display_name(m)} valid NDCG@20, lowest seed (random ranking: {random_ndcg20:.2f})",
+       "value": float(rows.loc[rows["method"] == display_name(m), "valid NDCG@20"].min()), "op": ">", "bound": ndcg_floor}
       for m in ("emkd", "canet", "ckd")],
     {"name": "CANet macs per user / largest submodel's (highest seed)",
      "value": float(canet_rows["relative_cost"].max()), "op": "<", "bound": 1.0},
@@ -472,7 +454,7 @@ checks = [
     {"name": "FLAME pretrained networks", "value": int(table.loc["FLAME", "pretrained networks"]), "op": "==",
      "bound": 1},
     {"name": "CKD pretrained networks", "value": int(table.loc["CKD", "pretrained networks"]), "op": "==",
-     "bound": cfgs["ckd"].ckd_teachers},
+     "bound": cfgs["ckd"].ckd.ckd_teachers},
     {"name": "seconds per epoch positive", "value": float(seconds.min()), "op": ">", "bound": 0.0},
     {"name": "pretraining seconds of FLAME and CKD known (from the anchor cache)",
      "value": float(rows.loc[rows["method"].isin(["FLAME", "CKD"]), "pretraining s"].min()), "op": ">", "bound": 0.0},
@@ -494,5 +476,5 @@ metrics = {
     "records": len(records),
     "checks": checks,
 }
-print(booktools.write_metrics(output_dir, metrics))
+print(flamebook.write_metrics(output_dir, metrics))
 pd.DataFrame(checks)

@@ -38,14 +38,13 @@ import plotly.express as px
 import seaborn as sns
 import torch
 
-from flame_core import booktools
+import flamebook
+from flame_core import measure
 from flame_core.config import ModelConfig
 from flame_core.engine import evaluate
 from flame_core.experiments import load
+from flame_core.paths import block_split
 from flame_core.utils import resolve_device
-
-sys.path.insert(0, str(booktools.repo_root()))  # bench/ lies beside the package, in the repository root
-from bench import speed  # noqa: E402  (make, time_steps: the benchmark's own measuring functions)
 
 # %% tags=["parameters"]
 dataset = "ml-100k"  # dataset of the live measurements
@@ -58,12 +57,12 @@ runs_dir = "_build/runs"
 output_dir = "_build/outputs/06_efficiency"
 results_dir = "results"
 bench_dir = "bench/results"  # committed benchmark results: every *.json file there is read
-speed_steps = 5  # timed training steps per variant, after 3 warm-up steps
+speed_steps = 5  # timed training steps per variant, after 4 warm-up steps
 speed_threads = 1  # CPU threads of the live measurements (0: torch's default); see below
 batch_size = 256
 
 # %%
-out = booktools.setup(output_dir, seed=seeds[0])
+out = flamebook.setup(output_dir, seed=seeds[0])
 dev = resolve_device(device)
 if speed_threads:
     torch.set_num_threads(speed_threads)
@@ -82,7 +81,7 @@ print(f"profile {profile}: dataset {dataset}, device {dev}, max_len {max_len}, "
 # the recommendation loss also takes its own learnable forward pass with fresh dropout
 # (`rec_from="separate"`, as the released code does); `rec_from="path"` reuses the `LL` path instead.
 #
-# Counting FLOPs (`bench.speed.step_flops`; a trained pass costs three forward passes, a frozen pass that
+# Counting FLOPs (`flame_core.measure.step_flops`; a trained pass costs three forward passes, a frozen pass that
 # only carries gradients two, a pass without autograd one), a FLAME step costs 12 forward passes of the
 # encoder plus one scoring of all items for $L_\text{rec}$, where Single costs 3 and the same scoring.
 # So a FLAME step costs at most four Single steps: close to four when scoring the catalogue is cheap
@@ -97,14 +96,17 @@ print(f"profile {profile}: dataset {dataset}, device {dev}, max_len {max_len}, "
 #
 # ## The committed benchmark
 #
-# `python bench/speed.py` measures, in one process on one machine, the mean time of a training step
-# (forward, backward and Adam, after three warm-up steps) for Single, FLAME and FLAME with
-# `rec_from="path"`, each with the packed and the padded layout; the FLOP/s those steps achieve against a
-# large matrix product on the same machine; the evaluation of every user; one full FLAME epoch in a fresh
-# process and the peak resident memory. Each file under `bench/results/` is one such run.
+# `python bench/speed.py` measures, in one process on one machine, the mean time of a training step as
+# the engine runs it (forward, backward and Adam, after four warm-up steps) for Single, FLAME and FLAME
+# with `rec_from="path"`, each with the packed and the padded layout and, on a GPU, as a captured CUDA
+# graph; the FLOP/s those steps achieve against a large matrix product on the same machine; a naive
+# SASRec written with `torch.nn` blocks (`bench/naive.py`) on the same batches, as a baseline; three
+# stacked seeds against one; the evaluation of every user; one full FLAME epoch with its validation in a
+# fresh process, and the peak resident memory. Each file under `bench/results/` is one such run (older
+# files lack the newer measurements).
 
 # %%
-bench_files = sorted(booktools.resolve(bench_dir).glob("*.json"))
+bench_files = sorted(flamebook.resolve(bench_dir).glob("*.json"))
 bench = {}
 for path in bench_files:
     r = json.loads(path.read_text())
@@ -141,6 +143,23 @@ ratios = pd.DataFrame([
     for label, r in bench.items() for name, row in r["steps_ms"].items()
 ]).set_index(["run", "variant"])  # fmt: skip
 ratios.round(2)
+
+# %% [markdown]
+# What the engine's choices buy on each machine, where the file measured it: our Single step against the
+# naive `torch.nn` SASRec, the captured CUDA graph against the same padded step run eagerly, and three
+# seeds stacked in one model against one seed (below 3: stacking is cheaper than three separate runs).
+
+# %%
+gains = pd.DataFrame([{
+    "run": label,
+    "naive SASRec ms": r.get("naive_sasrec_ms"), "naive / our Single": r.get("naive_over_single"),
+    "FLAME graph ms": r["steps_ms"]["flame"].get("graph_ms"),
+    "graph speed-up (FLAME)": r["steps_ms"]["flame"].get("graph_speedup"),
+    "3 stacked Single / 1": r.get("stacked", {}).get("single", {}).get("x3_over_x1"),
+    "3 stacked FLAME / 1": r.get("stacked", {}).get("flame", {}).get("x3_over_x1"),
+    "FLAME epoch + validation s": r.get("epoch_with_valid_seconds"),
+} for label, r in bench.items()]).set_index("run")  # fmt: skip
+gains.round(2)
 
 # %% [markdown]
 # A whole epoch, the evaluation of every user and the memory, as the benchmark measured them (the epoch
@@ -183,11 +202,11 @@ plt.show()
 
 # %%
 live_json = out / "speed.json"
-cmd = [sys.executable, str(booktools.resolve("bench/speed.py")), "--dataset", dataset,
+cmd = [sys.executable, str(flamebook.resolve("bench/speed.py")), "--dataset", dataset,
        "--device", device, "--steps", str(speed_steps), "--threads", str(speed_threads),
        "--no-epoch", "--json", str(live_json)]  # fmt: skip
 t0 = time.perf_counter()
-proc = subprocess.run(cmd, cwd=booktools.repo_root(), capture_output=True, text=True)
+proc = subprocess.run(cmd, cwd=flamebook.repo_root(), capture_output=True, text=True)
 if proc.returncode:
     raise RuntimeError(f"bench/speed.py failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
 print("$ python bench/speed.py " + " ".join(cmd[2:-2]), "--json", live_json.name)
@@ -217,8 +236,9 @@ print(f"FLAME step = {live_flame['ratio_to_single']:.2f} Single steps; "
 # paths drawn afresh at every step (`num_paths`; the purely learnable path is always among them).
 #
 # Below, every variant takes the same batches of this chapter's dataset with `max_len` items; the
-# benchmark's own functions build it (`bench.speed.make`, with an untrained frozen network, since speed
-# does not depend on the anchor's weights) and time it (`bench.speed.time_steps`). Memory is measured
+# benchmark's own functions build it (`flame_core.measure.untrained`, with an untrained frozen network,
+# since speed does not depend on the anchor's weights), time it as the engine runs it
+# (`flame_core.measure.step_ms`) and count its activations (`flame_core.measure.activation_mb`). Memory is measured
 # as the bytes of the tensors autograd keeps for the backward pass of one step (the activations; the
 # weights and Adam's state add a constant that is small for these models), counted by a
 # `saved_tensors_hooks` pair.
@@ -227,29 +247,8 @@ print(f"FLAME step = {live_flame['ratio_to_single']:.2f} Single steps; "
 data, split = load(dataset, max_len)
 split = split.to(dev)
 model = ModelConfig(max_len=max_len)
-blocks = "emb|" + "|".join(["block"] * model.layers)  # a module per Transformer block
+blocks = block_split(model.layers)  # a module per Transformer block
 n_paths = 2 ** (1 + model.layers)  # 2^M paths, M = 1 + layers
-
-
-def activation_mb(method, split, batch_size, seed=0):
-    """MB of the tensors autograd saves for backward in one step (weights excluded)."""
-    weights = {p.untyped_storage().data_ptr() for p in method.parameters()}
-    saved = {}  # storage address -> bytes, so views of one tensor count once
-
-    def pack(t):
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in weights:
-            saved[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    torch.manual_seed(seed)  # the same sampled paths on every call
-    gen = torch.Generator().manual_seed(seed)
-    idx = torch.randint(0, split.train_inputs.shape[0], (batch_size,), generator=gen)
-    batch = (split.train_inputs[idx.to(dev)], split.train_targets[idx.to(dev)])
-    method.train()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        method.loss(batch)
-    return sum(saved.values()) / 2**20
 
 
 ens, mod, smp = "conventional ensemble", "modular paths", "sampled paths"
@@ -260,17 +259,17 @@ variants = [  # family, name, method, changes, representations
     (ens, f"Ensemble-Scratch N={n_paths}", "ensemble_scratch", {"members": n_paths}, n_paths),
     (mod, "Ensemble-Guide (net)", "ensemble_guide", {}, 2),
     (mod, "FLAME emb|enc", "flame", {}, 4),
-    (mod, f"FLAME {blocks}", "flame", {"split": blocks}, n_paths),
-    (smp, f"FLAME {blocks}, K=2", "flame", {"split": blocks, "num_paths": 2}, 2),
-    (smp, f"FLAME {blocks}, K=4", "flame", {"split": blocks, "num_paths": 4}, 4),
+    (mod, f"FLAME {blocks}", "flame", {"module_split": blocks}, n_paths),
+    (smp, f"FLAME {blocks}, K=2", "flame", {"module_split": blocks, "num_paths": 2}, 2),
+    (smp, f"FLAME {blocks}, K=4", "flame", {"module_split": blocks, "num_paths": 4}, 4),
 ]
 rows = []
 for family, name, method, changes, reps in variants:
-    m = speed.make(method, data, model, dev, False, **changes)
-    ms = speed.time_steps(m, split, speed_steps, batch_size, False, dev)
+    m = measure.untrained(method, data, model, dev, **changes)
+    ms = measure.step_ms(m, split, speed_steps, batch_size)
     params = m.num_parameters()
     rows.append({"family": family, "variant": name, "representations": reps,
-                 "ms per step": ms, "activation MB": activation_mb(m, split, batch_size),
+                 "ms per step": ms, "activation MB": measure.activation_mb(m, split, batch_size),
                  "trainable params": params["trainable"],
                  "frozen params": params["frozen"]})  # fmt: skip
 scaling = pd.DataFrame(rows)
@@ -359,7 +358,7 @@ serving = [("Single", "single", {}), ("FLAME (learnable network)", "flame", {}),
            ("Ensemble-Scratch N=4", "ensemble_scratch", {"members": 4})]
 inference = []
 for name, method, changes in serving:
-    m = speed.make(method, data, model, dev, False, **changes).eval()
+    m = measure.untrained(method, data, model, dev, **changes).eval()
     # parameters that inference reads: everything but FLAME's frozen network
     used = sum(p.numel() for n, p in m.named_parameters() if not n.startswith("frozen."))
     inference.append({"model": name, "seconds": serve_seconds(m), "parameters used": used})
@@ -394,10 +393,10 @@ inference.round(3)
 #
 # 1. Rerun the benchmark with `--threads 1` and compare the FLAME/Single ratio with the committed one.
 #    Does threading help Single and FLAME equally?
-# 2. On a GPU, run `python bench/speed.py --device cuda` with and without `--amp` and `--compile`, and add
-#    the result files to `bench/results/`: this chapter picks them up. Which option helps most, and why
-#    would packing matter less (or more) there?
-# 3. Count the FLOPs of a FLAME step with `split="emb|block|block"` by hand, as `bench.speed.step_flops`
+# 2. On a GPU, run `python bench/speed.py --device cuda` with and without `--compile`, and add the result
+#    files to `bench/results/`: this chapter picks them up. How do the CUDA graph, torch.compile and the
+#    packed layout compare there, and why would packing matter less (or more) than on a CPU?
+# 3. Count the FLOPs of a FLAME step with `module_split="emb|block|block"` by hand, as `flame_core.measure.step_flops`
 #    does for `emb|enc`, and compare the prediction with the measured ratio to Single above.
 # 4. The activation memory here is that of the tensors saved for backward. Measure the peak resident
 #    memory of a whole epoch for each variant (hint: `bench.speed.epoch_child` runs an epoch in a fresh
@@ -440,5 +439,5 @@ metrics = {
     "inference": inference.reset_index().to_dict(orient="records"),
     "checks": checks,
 }  # fmt: skip
-booktools.write_metrics(output_dir, metrics)
+flamebook.write_metrics(output_dir, metrics)
 pd.DataFrame(checks)

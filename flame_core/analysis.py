@@ -1,4 +1,4 @@
-"""Analysis utilities (DESIGN.md section 7): representations, per-view hits, PER maps, t-SNE, convergence.
+"""Analysis utilities (the book, chapters 02 and 04): representations, per-view hits, PER maps, t-SNE, convergence.
 
 A *view* is one representation a method can produce for a user: an ensemble member, or a modular path.
 Views are scored with the item table of the network that embedded their input (members: their own;

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -178,7 +179,48 @@ def _stacked_layout(parts: list[Layout]) -> StackedLayout:
     return StackedLayout(parts=parts, ids=ids, pos=pos, last=last, unsort=unsort)
 
 
-def _linear(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
+class BlockWeights(NamedTuple):
+    """One Transformer block's weights for N networks (leading axis N; linear weights (in, out))."""
+
+    q_w: Tensor  # (N, h, h)
+    q_b: Tensor  # (N, h)
+    kv_w: Tensor  # (N, h, 2h): keys, then values
+    kv_b: Tensor  # (N, 2h)
+    out_w: Tensor  # (N, h, h)
+    out_b: Tensor
+    ln1_w: Tensor  # (N, h)
+    ln1_b: Tensor
+    ff1_w: Tensor  # (N, h, 4h)
+    ff1_b: Tensor
+    ff2_w: Tensor  # (N, 4h, h)
+    ff2_b: Tensor
+    ln2_w: Tensor
+    ln2_b: Tensor
+
+
+def transformer_block(x: Tensor, w: BlockWeights, layout: Layout | StackedLayout, heads: int, p: float, eps: float,
+                      last_only: bool, streams: int = 1, residual_scale: Tensor | None = None) -> Tensor:  # fmt: skip
+    """The post-LN block: ``LN(x + dropout(attention(x)))`` then ``LN(x + dropout(FFN(x)))``, for N networks.
+
+    x (N, R, T, h) -> (N, R, T, h), or (N, R, B, h) with `last_only` (queries, attention output and the
+    feed-forward for each sequence's last token only; keys and values for all). `p` is the dropout
+    probability (0: none); `residual_scale` (2,) scales the attention and the feed-forward output before
+    each residual sum (CANet's learnable scales; None: no scaling).
+    """
+    train = p > 0
+    kv = linear(x, w.kv_w, w.kv_b)  # (N, R, T, 2h)
+    if last_only:
+        x = layout.last_tokens(x)  # (N, R, B, h), sequences in the layout's sorted order
+    q = linear(x, w.q_w, w.q_b)  # (N, R, Tq, h), Tq = B or T
+    a = dropout(linear(_attention(q, kv, layout, heads, p, streams, last_only), w.out_w, w.out_b), p, train)
+    x = layer_norm(x + (a if residual_scale is None else residual_scale[0] * a), w.ln1_w, w.ln1_b, eps)
+    f = gelu(linear(x, w.ff1_w, w.ff1_b))  # (N, R, Tq, 4h)
+    f = dropout(linear(f, w.ff2_w, w.ff2_b), p, train)
+    x = layer_norm(x + (f if residual_scale is None else residual_scale[1] * f), w.ln2_w, w.ln2_b, eps)
+    return layout.batch_order(x) if last_only else x  # back in batch order
+
+
+def linear(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
     """x (N, ..., Din) @ w (N, Din, Dout) + b (N, Dout) -> (N, ..., Dout), one batched call for N networks."""
     N, Din = x.shape[0], x.shape[-1]
     if N == 1:
@@ -187,7 +229,7 @@ def _linear(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
     return y.view(*x.shape[:-1], w.shape[-1])
 
 
-def _layer_norm(x: Tensor, w: Tensor, b: Tensor, eps: float) -> Tensor:
+def layer_norm(x: Tensor, w: Tensor, b: Tensor, eps: float) -> Tensor:
     """LayerNorm over D with per-network affine parameters w, b (N, D)."""
     if x.shape[0] == 1:
         return F.layer_norm(x, x.shape[-1:], w[0], b[0], eps)
@@ -239,8 +281,24 @@ class SASRecStack(nn.Module):
     def embed(self, layout: Layout | StackedLayout, p: float) -> Tensor:
         """Embedding module: (N, T, D) = dropout(LN(item_emb[ids] + pos_emb[pos]))."""
         x = layout.embed_tokens(self.item_emb, self.pos_emb)  # (N, T, D)
-        x = _layer_norm(x, self.emb_ln_w, self.emb_ln_b, self.cfg.ln_eps)
+        x = layer_norm(x, self.emb_ln_w, self.emb_ln_b, self.cfg.ln_eps)
         return dropout(x, p, self.training and p > 0)
+
+    def block_weights(self, i: int, width: int | None = None) -> BlockWeights:
+        """Block i's weights for all N networks, sliced to the first `width` hidden units (default: all)."""
+        N, D = self.num_nets, self.cfg.hidden
+        h = width or D
+        qkv_w, qkv_b = self.qkv_w[:, i], self.qkv_b[:, i]  # (N, D, 3D), (N, 3D)
+        if h == D:  # views: Q, then K and V side by side
+            q_w, kv_w, q_b, kv_b = qkv_w[..., :D], qkv_w[..., D:], qkv_b[..., :D], qkv_b[..., D:]
+        else:
+            w, b = qkv_w[:, :h].view(N, h, 3, D)[..., :h], qkv_b.view(N, 3, D)[..., :h]  # (N, h, 3, h), (N, 3, h)
+            q_w, kv_w, q_b, kv_b = w[:, :, 0], w[:, :, 1:].reshape(N, h, 2 * h), b[:, 0], b[:, 1:].reshape(N, 2 * h)
+        return BlockWeights(
+            q_w, q_b, kv_w, kv_b, self.out_w[:, i, :h, :h], self.out_b[:, i, :h], self.ln1_w[:, i, :h],
+            self.ln1_b[:, i, :h], self.ff1_w[:, i, :h, : 4 * h], self.ff1_b[:, i, : 4 * h],
+            self.ff2_w[:, i, : 4 * h, :h], self.ff2_b[:, i, :h], self.ln2_w[:, i, :h], self.ln2_b[:, i, :h],
+        )  # fmt: skip
 
     def block(self, i: int, x: Tensor, layout: Layout | StackedLayout, p: float, last_only: bool,
               streams: int = 1) -> Tensor:  # fmt: skip
@@ -249,19 +307,8 @@ class SASRecStack(nn.Module):
         Rows R are independent inputs for the same network (path prefixes); consecutive groups of
         `streams` rows attend to each other (the released code's shared attention).
         """
-        D, eps, train = x.shape[-1], self.cfg.ln_eps, self.training and p > 0
-        w, b = self.qkv_w[:, i], self.qkv_b[:, i]
-        kv = _linear(x, w[..., D:], b[..., D:])  # (N, R, T, 2D)
-        if last_only:
-            x = layout.last_tokens(x)  # (N, R, B, D), sequences in the layout's sorted order
-        q = _linear(x, w[..., :D], b[..., :D])  # (N, R, Tq, D), Tq = B or T
-        h = _attention(q, kv, layout, self.cfg.heads, p if train else 0.0, streams, last_only)
-        h = dropout(_linear(h, self.out_w[:, i], self.out_b[:, i]), p, train)
-        x = _layer_norm(x + h, self.ln1_w[:, i], self.ln1_b[:, i], eps)
-        h = gelu(_linear(x, self.ff1_w[:, i], self.ff1_b[:, i]))  # (N, R, Tq, F)
-        h = dropout(_linear(h, self.ff2_w[:, i], self.ff2_b[:, i]), p, train)
-        x = _layer_norm(x + h, self.ln2_w[:, i], self.ln2_b[:, i], eps)
-        return layout.batch_order(x) if last_only else x  # (N, R, B, D) back in batch order
+        p = p if self.training else 0.0
+        return transformer_block(x, self.block_weights(i), layout, self.cfg.heads, p, self.cfg.ln_eps, last_only, streams)
 
     def encode(self, layout: Layout | StackedLayout, p: float) -> Tensor:
         """Whole networks: last-position representations (N, B, D)."""

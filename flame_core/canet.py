@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from flame_core.backbone import Layout, SASRecStack, _attention, _layer_norm, _linear, dropout, gelu
+from flame_core.backbone import Layout, SASRecStack, dropout, layer_norm, linear, transformer_block
 from flame_core.config import ConfigError, ModelConfig, TrainConfig
 from flame_core.data import Split
 from flame_core.losses import rec_loss, routing_guide_loss, routing_uniform_loss
@@ -75,9 +75,9 @@ class CANet(Method):
 
     def __init__(self, num_items: int, model: ModelConfig, train: TrainConfig):
         super().__init__(num_items, model, train)
-        sizes, D = train.canet_sizes, model.hidden
+        sizes, D = train.canet.canet_sizes, model.hidden
         if max(sizes) > D or any(s % model.heads for s in sizes):
-            raise ConfigError(f"TrainConfig.canet_sizes {sizes}: sizes must be <= hidden ({D}) and divisible by "
+            raise ConfigError(f"canet_sizes {sizes}: sizes must be <= hidden ({D}) and divisible by "
                               f"heads ({model.heads})")  # fmt: skip
         self.routes: list[Route] = list(itertools.product(sizes, sizes, range(1, model.layers + 1)))
         self.options = [len(sizes), len(sizes), model.layers]  # choices per decision: e, h, depth
@@ -95,30 +95,14 @@ class CANet(Method):
     def submodel(self, route: Route, layout: Layout, p: float) -> Tensor:
         """Representations (B, e) of submodel (e, h, depth), projected to the embedding size."""
         (e, h, depth), net = route, self.net
-        x = net.item_emb[:, layout.ids, :e] + net.pos_emb[:, layout.pos, :e]  # (1, T, e)
-        x = _layer_norm(x, net.emb_ln_w[:, :e], net.emb_ln_b[:, :e], net.cfg.ln_eps)
+        x = layout.embed_tokens(net.item_emb[..., :e], net.pos_emb[..., :e])  # (1, T, e)
+        x = layer_norm(x, net.emb_ln_w[:, :e], net.emb_ln_b[:, :e], net.cfg.ln_eps)
         x = dropout(x, p, self.training and p > 0)
-        x = _linear(x, self.in_w[None, :e, :h], self.in_b[None, :h])[:, None]  # (1, 1, T, h)
-        for i in range(depth):
-            x = self._block(i, h, x, layout, p, last_only=i == depth - 1)  # (1, 1, T or B, h)
-        return _linear(x[:, 0], self.cls_w[None, :h, :e], self.cls_b[None, :e])[0]  # (B, e)
-
-    def _block(self, i: int, h: int, x: Tensor, layout: Layout, p: float, last_only: bool) -> Tensor:
-        """Block i sliced to hidden size h, with residual scales: (1, 1, T, h) -> (1, 1, T or B, h)."""
-        net, D, eps, train = self.net, self.net.cfg.hidden, self.net.cfg.ln_eps, self.training and p > 0
-        w = net.qkv_w[:, i].view(1, D, 3, D)[:, :h, :, :h]  # (1, h, 3, h): Q, K and V each sliced
-        b = net.qkv_b[:, i].view(1, 3, D)[:, :, :h]  # (1, 3, h)
-        kv = _linear(x, w[:, :, 1:].reshape(1, h, 2 * h), b[:, 1:].reshape(1, 2 * h))  # (1, 1, T, 2h)
-        if last_only:
-            x = x[:, :, layout.last]  # (1, 1, B, h) in the layout's sorted order
-        q = _linear(x, w[:, :, 0], b[:, 0])  # (1, 1, Tq, h)
-        a = _attention(q, kv, layout, self.model_cfg.heads, p if train else 0.0, 1, last_only)  # (1, 1, Tq, h)
-        a = dropout(_linear(a, net.out_w[:, i, :h, :h], net.out_b[:, i, :h]), p, train)
-        x = _layer_norm(x + self.res_scale[i, 0] * a, net.ln1_w[:, i, :h], net.ln1_b[:, i, :h], eps)
-        f = gelu(_linear(x, net.ff1_w[:, i, :h, : 4 * h], net.ff1_b[:, i, : 4 * h]))  # (1, 1, Tq, 4h)
-        f = dropout(_linear(f, net.ff2_w[:, i, : 4 * h, :h], net.ff2_b[:, i, :h]), p, train)
-        x = _layer_norm(x + self.res_scale[i, 1] * f, net.ln2_w[:, i, :h], net.ln2_b[:, i, :h], eps)
-        return x[:, :, layout.unsort] if last_only and layout.unsort is not None else x  # batch order
+        x = linear(x, self.in_w[None, :e, :h], self.in_b[None, :h])[:, None]  # (1, 1, T, h)
+        for i in range(depth):  # block i sliced to hidden size h, with its residual scales
+            x = transformer_block(x, net.block_weights(i, h), layout, self.model_cfg.heads, p if self.training else 0.0,
+                                  net.cfg.ln_eps, last_only=i == depth - 1, residual_scale=self.res_scale[i])  # fmt: skip
+        return linear(x[:, 0], self.cls_w[None, :h, :e], self.cls_b[None, :e])[0]  # (B, e)
 
     def widened(self, route: Route, seq: Tensor, p: float) -> Tensor:
         """Submodel representations widened to D with zeros (B, D): the full table scores them as the sliced one."""
@@ -137,7 +121,7 @@ class CANet(Method):
     def choose(self, logits: list[Tensor]) -> tuple[Tensor, Tensor | None]:
         """Route ids (B,) into self.routes, and the gates (B,) (1 in value, differentiable) in training."""
         if self.training:
-            onehots = [F.gumbel_softmax(lg, tau=self.cfg.canet_tau, hard=True) for lg in logits]  # (B, K_d) each
+            onehots = [F.gumbel_softmax(lg, tau=self.cfg.canet.canet_tau, hard=True) for lg in logits]  # (B, K_d) each
             picks = [oh.argmax(1) for oh in onehots]  # (B,) each
             gate = torch.stack([oh.gather(1, pk[:, None])[:, 0] for oh, pk in zip(onehots, picks)]).prod(0)  # (B,)
         else:
@@ -162,11 +146,11 @@ class CANet(Method):
     def easy_users(self, seq: Tensor, target: Tensor) -> Tensor:
         """(B,) True where the smallest submodel ranks the target in its top canet_guide_k."""
         scores = self.item_scores(self.widened(self.routes[0], seq, 0.0))  # (B, I+1)
-        return target_ranks(scores, target) < self.cfg.canet_guide_k
+        return target_ranks(scores, target) < self.cfg.canet.canet_guide_k
 
     def loss(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict]:
         seq, target = batch
-        cfg = self.cfg
+        cfg = self.cfg.canet
         z, _, logits = self.routed(seq, self.p)
         rec = rec_loss(self.item_scores(z), target)
         uniform = routing_uniform_loss(logits)

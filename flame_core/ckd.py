@@ -49,9 +49,9 @@ class CKD(Method):
         self.easy_order: Tensor | None = None  # (X,) training samples from easiest to hardest, set by prepare
 
     def pretrained_specs(self) -> list[tuple[str, ModelConfig, TrainConfig]]:
-        cfg, hidden = self.cfg, self.cfg.ckd_teacher_hidden
-        models = [self.model_cfg.replace(hidden=hidden[k % len(hidden)]) for k in range(cfg.ckd_teachers)]
-        return [(f"teacher{k}", m, cfg.replace(seed=cfg.seed + 1 + k)) for k, m in enumerate(models)]
+        cfg, hidden = self.cfg, self.cfg.ckd.ckd_teacher_hidden
+        models = [self.model_cfg.replace(hidden=hidden[k % len(hidden)]) for k in range(cfg.ckd.ckd_teachers)]
+        return [(f"teacher{k}", m, cfg.replace(method="single", seed=cfg.seed + 1 + k)) for k, m in enumerate(models)]
 
     def set_pretrained(self, nets: list[SASRecStack]) -> None:
         if len(nets) != len(self.teachers):
@@ -79,22 +79,22 @@ class CKD(Method):
             difficulty.append(torch.stack([F.cross_entropy(s, target, reduction="none") for s in scores]).mean(0))
         self.easy_order = torch.cat(difficulty).argsort(stable=True).cpu()  # (X,)
 
-    def curriculum_share(self, epoch: int) -> float:
+    def sample_share(self, epoch: int) -> float:
         """c(e) = min(1, c0 + (1 - c0) * e / E), the share of training samples epoch e trains on."""
-        c0, horizon = self.cfg.ckd_curriculum_start, self.cfg.ckd_curriculum_epochs
+        c0, horizon = self.cfg.ckd.ckd_curriculum_start, self.cfg.ckd.ckd_curriculum_epochs
         return min(1.0, c0 + (1.0 - c0) * epoch / horizon)
 
     def epoch_indices(self, epoch: int, num_samples: int, gen: torch.Generator) -> Tensor:
         """The easiest ceil(c(epoch) * X) samples, shuffled: (X',)."""
         if self.easy_order is None or self.easy_order.shape[0] != num_samples:
             raise RuntimeError("CKD.epoch_indices: call prepare(split) first (engine.train does)")
-        size = math.ceil(self.curriculum_share(epoch) * num_samples)
+        size = math.ceil(self.sample_share(epoch) * num_samples)
         return self.easy_order[:size][torch.randperm(size, generator=gen)]  # (X',)
 
     def loss(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict]:
         self._check_teachers("loss")
         seq, target = batch
-        cfg, layout = self.cfg, self.layout(seq)
+        cfg, layout = self.cfg.ckd, self.layout(seq)
         scores = self.learn.item_scores(self.learn.encode(layout, self.p))[0]  # (B, I+1)
         rec = rec_loss(scores, target)
         student = scores[:, target]  # (B, B): [b, c] = sample b's score of sample c's target

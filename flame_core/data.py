@@ -1,4 +1,4 @@
-"""Datasets and the leave-one-out protocol (DESIGN.md section 2).
+"""Datasets and the leave-one-out protocol (README, "The protocol").
 
 - :func:`read_sequences`: the release format, one user per line ``user item item ...``, integer ids,
   items chronological, 1-based (0 is padding), blank lines ignored; errors name ``FILE:LINE``. Users with

@@ -8,7 +8,7 @@ original and the augmented sequences in one call. The loss is
 
     sum_n L_rec(member n, original)                                  next-item cross-entropy
     + emkd_distill_weight  * symmetric_kl(members' scores, T)        logit distillation, T = emkd_temperature
-    + emkd_contrast_weight * (intra + cross)                         contrastive distillation, tau = cfg.tau
+    + emkd_contrast_weight * (intra + cross)                         contrastive distillation, tau = emkd_tau
 
 with intra = InfoNCE between a member's original and augmented representations and cross = InfoNCE between
 member x's original and member y's augmented representation (x != y), in-batch negatives, as the paper's
@@ -39,11 +39,11 @@ class EMKD(EnsembleScratch):
     stackable = False
 
     def __init__(self, num_items: int, model: ModelConfig, train: TrainConfig):
-        super().__init__(num_items, model, train, members=train.emkd_members)
+        super().__init__(num_items, model, train, members=train.emkd.emkd_members)
 
     def loss(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict]:
         seq, target = batch
-        cfg, B = self.cfg, seq.shape[0]
+        cfg, B = self.cfg.emkd, seq.shape[0]
         views = torch.cat([seq, augment(seq, cfg.emkd_crop, cfg.emkd_mask)])  # (2B, L): originals, then views
         z = self.members.encode(self.layout(views), self.p)  # (N, 2B, D)
         original, augmented = z[:, :B], z[:, B:]  # (N, B, D) each
@@ -51,7 +51,7 @@ class EMKD(EnsembleScratch):
         N = scores.shape[0]
         rec = rec_loss(scores.flatten(0, 1), target.repeat(N)) * N  # sum over members
         distill = symmetric_kl(scores, cfg.emkd_temperature)
-        intra, cross = emkd_contrast(original, augmented, cfg.tau)
+        intra, cross = emkd_contrast(original, augmented, cfg.emkd_tau)
         loss = rec + cfg.emkd_distill_weight * distill + cfg.emkd_contrast_weight * (intra + cross)
         logs = {"rec": rec.detach(), "distill": distill.detach(), "intra": intra.detach(), "cross": cross.detach()}
         return loss, logs

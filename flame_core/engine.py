@@ -1,6 +1,6 @@
 """The training engine: epochs of shuffled batches, validation every epoch, early stopping, one test.
 
-Protocol (DESIGN.md section 2): model selection on validation NDCG@20 only, patience in epochs, the best
+Protocol (README, "The protocol"): model selection on validation NDCG@20 only, patience in epochs, the best
 weights restored at the end and the test split evaluated once with them. A run directory holds
 
     config.json      the model and training configuration

@@ -28,11 +28,12 @@ from flame_core.anchor import anchor_key, cached_anchor_results, load_anchor, pr
 from flame_core.config import ModelConfig, TrainConfig
 from flame_core.data import Interactions, Split, build_split, load_dataset
 from flame_core.engine import evaluate, selected_weights, train, train_stacked
-from flame_core.methods import Method, Single, build_method, method_class
+from flame_core.backbone import SASRecStack
+from flame_core.methods import Method, Single, build_method
+from flame_core.registry import method_class
 from flame_core.utils import atomic_json, file_lock, portable_command, resolve_device, sha256_file
 
-# settings that do not change what a run computes
-IGNORED = ("device", "progress", "eval_batch_size", "packed", "cuda_graph")
+PROTOCOL_KEY = ("method", "epochs", "patience", "batch_size", "lr", "seed", "keep")  # what a run's numbers depend on
 
 
 @functools.lru_cache(maxsize=8)
@@ -76,14 +77,21 @@ def pretrained_provenance(specs: list, paths: list[Path], data: Interactions, fr
             for (name, model, cfg), path in zip(specs, paths)]  # fmt: skip
 
 
+def evaluate_network(net: SASRecStack | str | Path, model: ModelConfig, split: Split, which: str = "test",
+                     batch_size: int = 1024) -> dict:  # fmt: skip
+    """Full-ranking metrics of one SASRec used alone: a 1-network stack, or weights in a file (a released or
+    cached anchor)."""
+    if not isinstance(net, SASRecStack):
+        net = load_anchor(net, model, split.num_items)
+    probe = Single(split.num_items, model, TrainConfig(method="single"))
+    probe.learn.load_state_dict(net.state_dict())
+    return evaluate(probe.to(split.test_targets.device), split, which, batch_size)
+
+
 def pretrained_metrics(method: Method, split: Split, which: str = "test") -> dict[str, dict]:
     """Metrics of each of a method's pretrained networks used alone (as a Single SASRec), by name."""
-    out = {}
-    for (name, model, cfg), net in zip(method.pretrained_specs(), method.pretrained_nets()):
-        probe = Single(method.num_items, model, cfg.replace(method="single")).to(split.test_targets.device)
-        probe.learn.load_state_dict(net.state_dict())
-        out[name] = evaluate(probe, split, which, method.cfg.eval_batch_size)
-    return out
+    return {name: evaluate_network(net, model, split, which, method.cfg.eval_batch_size)
+            for (name, model, _), net in zip(method.pretrained_specs(), method.pretrained_nets())}  # fmt: skip
 
 
 def pretraining_seconds(method: Method, data: Interactions) -> float:
@@ -100,13 +108,14 @@ def anchor_metrics(method: Method, split: Split, which: str = "test") -> dict:
 
 def run_key(data: Interactions, model: ModelConfig, cfg: TrainConfig, frozen: str | None = None,
             stacked_with: list[int] | None = None) -> str:  # fmt: skip
-    """12 hex digits of the data's content and every setting that changes the run's numbers (a `frozen`
-    anchor file counts by its content).
+    """12 hex digits of the data's content and every setting that changes the run's numbers: the protocol and
+    the concerns the method reads (device, layout, progress bars and evaluation batches do not count; a
+    `frozen` anchor file counts by its content).
 
     A replica trained stacked (`stacked_with`, the seeds of its stack) draws its dropout from the stack's
     random stream, so its key differs from the same seed trained alone.
     """
-    train = {k: v for k, v in cfg.to_dict().items() if k not in IGNORED}
+    train = {**{k: getattr(cfg, k) for k in PROTOCOL_KEY}, **cfg.settings()}  # the concerns the method reads
     anchor = sha256_file(frozen)[:16] if frozen else None  # the given anchor by content, wherever it lies
     blob = {"data": data.fingerprint(), "model": model.to_dict(), "train": train, "frozen": anchor}
     if stacked_with:
@@ -134,23 +143,30 @@ def run(dataset: str, model: ModelConfig, cfg: TrainConfig, root: str | Path = "
 
 
 def run_seeds(dataset: str, model: ModelConfig, cfg: TrainConfig, seeds: list[int], root: str | Path = "runs",
-              frozen: str | None = None, log: Callable[[str], None] = print) -> list[Experiment]:  # fmt: skip
+              frozen: str | None = None, log: Callable[[str], None] = print,
+              out: str | Path | None = None) -> list[Experiment]:  # fmt: skip
     """One experiment per seed: several seeds of a stackable method train as one stacked model, the others one
-    after another; finished runs with the same key under `root` are reused, interrupted ones resume.
+    after another; finished runs are reused, interrupted ones resume.
 
     Run directories: root/DATASET/METHOD-seedSEED-KEY; a stack's checkpoint: root/DATASET/METHOD-stack-SEEDS-KEY.
-    A lock beside them makes a second process that asks for the same runs wait and reuse them.
+    `out` replaces that scheme by one folder: the run directory, or with several seeds the stack's folder and
+    a folder seedSEED per seed. A lock makes a second process that asks for the same runs wait and reuse them.
     """
-    seeds = list(seeds)
+    seeds, out = list(seeds), Path(out) if out is not None else None
     if len(seeds) > 1 and not method_class(cfg.method).stackable:
-        return [exp for s in seeds for exp in run_seeds(dataset, model, cfg.replace(seed=s), [s], root, frozen, log)]
+        return [exp for s in seeds for exp in run_seeds(dataset, model, cfg.replace(seed=s), [s], root, frozen, log,
+                                                        out / f"seed{s}" if out else None)]  # fmt: skip
     data, split = load(dataset, model.max_len, cfg.keep)
     split = split.to(resolve_device(cfg.device))
     stack = seeds if len(seeds) > 1 else None
     folder = Path(root) / data.name
-    dirs = [folder / f"{cfg.method}-seed{s}-{run_key(data, model, cfg.replace(seed=s), frozen, stack)}" for s in seeds]
-    stack_dir = folder / f"{cfg.method}-stack-{'-'.join(map(str, seeds))}-{run_key(data, model, cfg, frozen, stack)}"
-    with file_lock(folder / f".{(stack_dir if stack else dirs[0]).name}.lock"):
+    if out is not None:
+        stack_dir, dirs = out, [out / f"seed{s}" for s in seeds] if stack else [out]
+    else:
+        dirs = [folder / f"{cfg.method}-seed{s}-{run_key(data, model, cfg.replace(seed=s), frozen, stack)}" for s in seeds]
+        stack_dir = folder / f"{cfg.method}-stack-{'-'.join(map(str, seeds))}-{run_key(data, model, cfg, frozen, stack)}"
+    lock = (stack_dir if stack else dirs[0])
+    with file_lock(lock.parent / f".{lock.name}.lock"):
         reused = all((d / "results.json").exists() for d in dirs)
         if not reused:
             method, _ = build(data, split, model, cfg, frozen, log=log, seeds=stack)

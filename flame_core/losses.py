@@ -1,4 +1,4 @@
-"""FLAME's losses and schedule as pure functions (DESIGN.md section 5).
+"""FLAME's losses and schedule as pure functions (the book's introduction states them).
 
 - `rec_loss`: next-item cross-entropy over all items.
 - `align_loss` (guided mutual learning): for every pair (i, j) of representations, a two-way InfoNCE on
@@ -9,7 +9,7 @@
   (`anneal_epochs`, 200 as released), which is not the epoch budget: a short run follows the first epochs of
   the paper's schedule.
 
-The related methods' losses (DESIGN.md section 6), each documented where it is defined:
+The related methods' losses (README, "The command line"), each documented where it is defined:
 - EMKD: `symmetric_kl` (logit distillation between members), `twin_infonce` and `emkd_contrast` (intra- and
   cross-network contrast);
 - CANet: `routing_uniform_loss`, `routing_guide_loss` (with `guide_targets`);
@@ -76,7 +76,7 @@ def align_loss(z: Tensor, tau: float = 1.0, weighting: str = "similarity") -> tu
     return (weights * losses).sum(), weights
 
 
-# ---- related methods (DESIGN.md section 6): EMKD, CANet, multi-teacher distillation -------------------------
+# ---- related methods: EMKD, CANet, multi-teacher distillation -------------------------
 
 
 def symmetric_kl(scores: Tensor, temperature: float = 1.0) -> Tensor:

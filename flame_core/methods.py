@@ -1,4 +1,4 @@
-"""The training methods behind one interface (DESIGN.md section 6).
+"""The training methods behind one interface (README, "The command line": the methods table).
 
 Every method is an ``nn.Module`` with
 - ``loss(batch) -> (loss, logs)``: the training loss of a batch ``(inputs (B, L), targets (B,))`` and
@@ -37,8 +37,6 @@ same stacks (replica-major rows), so their networks run in the same batched call
 
 from __future__ import annotations
 
-import importlib
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -48,6 +46,7 @@ from flame_core.config import ConfigError, ModelConfig, TrainConfig
 from flame_core.data import Split
 from flame_core.losses import align_loss, lambda_schedule
 from flame_core.paths import all_paths, evaluate_paths, module_plan, path_name, sample_paths
+from flame_core.registry import REGISTRY, method_class
 
 
 class Method(nn.Module):
@@ -77,8 +76,8 @@ class Method(nn.Module):
 
     def start_epoch(self, epoch: int) -> None:
         """Set lambda_e of epoch `epoch`; the loss reads it from a device tensor, so a captured step sees it."""
-        cfg = self.cfg
-        self.lam = lambda_schedule(epoch, cfg.anneal_epochs, cfg.lambda_0, cfg.lambda_R) if cfg.anneal else cfg.lambda_0
+        a = self.cfg.align
+        self.lam = lambda_schedule(epoch, a.anneal_epochs, a.lambda_0, a.lambda_R) if a.anneal else a.lambda_0
         self.lam_weight.fill_(self.lam)
 
     def layout(self, seq: Tensor) -> Layout | StackedLayout:
@@ -100,6 +99,16 @@ class Method(nn.Module):
         total = sum(p.numel() for p in self.parameters()) // self.replicas
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad) // self.replicas
         return {"trainable": trainable, "frozen": total - trainable}
+
+    @property
+    def served_networks(self) -> int:
+        """Networks evaluated to serve one user (an ensemble's members; 1 for everything else here)."""
+        return 1
+
+    @property
+    def aligned_views(self) -> int:
+        """Representations aligned with each other per training step (members or paths; 1: no alignment)."""
+        return 1
 
     def eval_views(self, seq: Tensor, members: bool = True) -> Tensor:
         """Scores (S, V, B, I+1) of inputs (B, L): per replica the served scores first, then (with `members`)
@@ -133,6 +142,10 @@ class Method(nn.Module):
     def epoch_indices(self, epoch: int, num_samples: int, gen: torch.Generator) -> Tensor:
         """The training samples of epoch `epoch` in the order they are batched: (X',) int64 on the CPU."""
         return torch.randperm(num_samples, generator=gen)  # (X,)
+
+    def sample_share(self, epoch: int) -> float:
+        """The share of the training samples epoch `epoch` trains on (1: all; a curriculum trains on fewer)."""
+        return 1.0
 
     def report(self, split: Split) -> dict:
         """Extra figures of the selected weights for results.json (JSON-serialisable); default none."""
@@ -199,8 +212,8 @@ class Single(Method):
 class EnsembleScratch(Method):
     """N randomly initialised SASRecs in one stack: each L_rec plus weighted pairwise L_align among members.
 
-    Member k of the replica with seed s starts from seed s+k. `members` overrides train.members (subclasses
-    with their own setting).
+    Member k of the replica with seed s starts from seed s+k. `members` overrides train.ensemble.members
+    (subclasses with their own setting).
     """
 
     stackable = True
@@ -208,7 +221,7 @@ class EnsembleScratch(Method):
     def __init__(self, num_items: int, model: ModelConfig, train: TrainConfig, seeds: tuple[int, ...] | None = None,
                  members: int | None = None):  # fmt: skip
         super().__init__(num_items, model, train, seeds)
-        self.num_members = members or train.members
+        self.num_members = members or train.ensemble.members
         nets = [s + k for s in self.seeds for k in range(self.num_members)]  # replica-major
         self.members = SASRecStack(len(nets), num_items, model, seeds=nets)
 
@@ -217,10 +230,18 @@ class EnsembleScratch(Method):
         S, N = self.replicas, self.num_members
         z = self.members.encode(self.layout(seq), self.p)  # (S*N, B, D)
         rec = replica_rec_loss(self.members.item_scores(z), target, S)  # (S,) sums over members
-        align = torch.stack([align_loss(zs, self.cfg.tau, self.cfg.pair_weighting)[0]
-                             for zs in z.view(S, N, *z.shape[1:])])  # (S,)  # fmt: skip
+        a = self.cfg.align
+        align = torch.stack([align_loss(zs, a.tau, a.pair_weighting)[0] for zs in z.view(S, N, *z.shape[1:])])  # (S,)
         loss = rec + self.lam_weight * align
         return loss, {"rec": rec.detach(), "align": align.detach()}
+
+    @property
+    def served_networks(self) -> int:
+        return self.num_members
+
+    @property
+    def aligned_views(self) -> int:
+        return self.num_members
 
     def member_scores(self, seq: Tensor) -> Tensor:
         """Every member's scores (S*N, B, I+1), replica-major."""
@@ -260,19 +281,20 @@ class Flame(Single):
 
     def __init__(self, num_items: int, model: ModelConfig, train: TrainConfig, seeds: tuple[int, ...] | None = None):
         super().__init__(num_items, model, train, seeds)
-        if train.anchor_seed in self.seeds:
-            raise ConfigError(f"TrainConfig.anchor_seed={train.anchor_seed} equals a learnable seed: the learnable "
-                              "network would start from the anchor's initial weights; choose another seed")  # fmt: skip
+        f = train.flame
+        if f.anchor_seed in self.seeds:
+            raise ConfigError(f"anchor_seed={f.anchor_seed} equals a learnable seed: the learnable network would "
+                              "start from the anchor's initial weights; choose another seed")  # fmt: skip
         self.frozen = SASRecStack(self.replicas, num_items, model).requires_grad_(False)
-        self.plan = module_plan(train.split, model.layers)
+        self.plan = module_plan(f.module_split, model.layers)
         self.has_anchor = False
-        if train.num_paths and train.path_sampling == "fixed":
-            self.fixed_paths = sample_paths(len(self.plan), train.num_paths, torch.Generator().manual_seed(train.seed))
+        if f.num_paths and f.path_sampling == "fixed":
+            self.fixed_paths = sample_paths(len(self.plan), f.num_paths, torch.Generator().manual_seed(train.seed))
 
     @property
     def graph_safe(self) -> bool:
         """Paths drawn afresh each step change the step's computation: such steps stay eager."""
-        return not (self.cfg.num_paths and self.cfg.path_sampling == "uniform")
+        return not (self.cfg.flame.num_paths and self.cfg.flame.path_sampling == "uniform")
 
     def set_frozen(self, anchor: SASRecStack) -> None:
         """Copy a pretrained 1-network stack into every replica's frozen network (never trained)."""
@@ -283,7 +305,7 @@ class Flame(Single):
 
     def pretrained_specs(self) -> list[tuple[str, ModelConfig, TrainConfig]]:
         """A Single with the same model and settings, seeded with `anchor_seed`."""
-        return [("anchor", self.model_cfg, self.cfg.replace(method="single", seed=self.cfg.anchor_seed))]
+        return [("anchor", self.model_cfg, self.cfg.replace(method="single", seed=self.cfg.flame.anchor_seed))]
 
     def set_pretrained(self, nets: list[SASRecStack]) -> None:
         (anchor,) = nets
@@ -295,33 +317,38 @@ class Flame(Single):
         return [anchor.requires_grad_(False)]
 
     @property
+    def aligned_views(self) -> int:
+        return self.cfg.flame.num_paths or 2 ** len(self.plan)
+
+    @property
     def path_names(self) -> list[str]:
         return [path_name(p) for p in all_paths(len(self.plan))]
 
     def path_representations(self, layout: Layout | StackedLayout, paths=None) -> Tensor:
         """(S, P, B, D) for `paths` (default all 2^M), prefix-shared."""
-        p_frozen = self.p if self.cfg.frozen_dropout else 0.0
+        p_frozen = self.p if self.cfg.flame.frozen_dropout else 0.0
         paths = paths or all_paths(len(self.plan))
-        shared = self.cfg.path_attention == "shared"
+        shared = self.cfg.flame.path_attention == "shared"
         return evaluate_paths(self.learn, self.frozen, self.plan, layout, paths, self.p, p_frozen, shared)
 
     def loss(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict]:
         if not self.has_anchor:
             raise RuntimeError("Flame.loss: no frozen anchor set; call set_frozen() (the CLI pretrains or loads one)")
         seq, target = batch
-        k = self.cfg.num_paths
-        if k and self.cfg.path_sampling == "fixed":
+        f, a = self.cfg.flame, self.cfg.align
+        k = f.num_paths
+        if k and f.path_sampling == "fixed":
             paths = self.fixed_paths
         else:
             paths = sample_paths(len(self.plan), k) if k else None  # the pure learnable path is always first
         layout = self.layout(seq)
         z = self.path_representations(layout, paths)  # (S, P, B, D)
-        if self.cfg.rec_from == "path":
+        if f.rec_from == "path":
             z_rec = z[:, 0]  # (S, B, D)
         else:
             z_rec = self.learn.encode(layout, self.p)  # (S, B, D), its own dropout
         rec = replica_rec_loss(self.learn.item_scores(z_rec), target, self.replicas)  # (S,)
-        align = torch.stack([align_loss(zs, self.cfg.tau, self.cfg.pair_weighting)[0] for zs in z])  # (S,)
+        align = torch.stack([align_loss(zs, a.tau, a.pair_weighting)[0] for zs in z])  # (S,)
         loss = rec + self.lam_weight * align
         return loss, {"rec": rec.detach(), "align": align.detach()}
 
@@ -334,31 +361,15 @@ class Flame(Single):
         return tables[[path[0] for path in all_paths(len(self.plan))]]  # (P, I+1, D)
 
 
-METHODS = {"single": Single, "ensemble_scratch": EnsembleScratch, "ensemble_guide": Flame, "flame": Flame}
-RELATED = {"emkd": "flame_core.emkd:EMKD", "canet": "flame_core.canet:CANet", "ckd": "flame_core.ckd:CKD"}
-
-
-def method_class(name: str) -> type[Method]:
-    """The class of method `name`; the related methods' modules import this one, so they load on first use."""
-    if name in METHODS:
-        return METHODS[name]
-    module, cls = RELATED[name].split(":")
-    return getattr(importlib.import_module(module), cls)
-
-
 def build_method(num_items: int, model: ModelConfig, train: TrainConfig,
                  seeds: tuple[int, ...] | None = None) -> Method:  # fmt: skip
-    """Instantiate `train.method` (S replicas for S `seeds`, default train.seed alone); ensemble_guide is FLAME
-    with the whole network as its only module."""
-    if train.method == "ensemble_guide":
-        train = train.replace(split="net", path_attention="independent", num_paths=None)
+    """Instantiate `train.method` (S replicas for S `seeds`, default train.seed alone), with the settings the
+    registry fixes for it (ensemble_guide: FLAME with the whole network as its only module)."""
+    info = REGISTRY[train.method]
+    train = train.replace(**dict(info.fixed)) if info.fixed else train
     cls, seeds = method_class(train.method), tuple(seeds) if seeds else (train.seed,)
     if len(seeds) == 1:
         return cls(num_items, model, train.replace(seed=seeds[0]))
     if not cls.stackable:
         raise ConfigError(f"{train.method} cannot stack seeds; train its seeds one after the other")
     return cls(num_items, model, train, seeds)
-
-
-def needs_anchor(method: str) -> bool:
-    return method in ("ensemble_guide", "flame")

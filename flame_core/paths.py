@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from flame_core.backbone import Layout, SASRecStack, StackedLayout
+from flame_core.config import ConfigError, module_split_parts
 
 Path = tuple[int, ...]
 LETTERS = "LF"
@@ -22,15 +23,19 @@ LETTERS = "LF"
 
 def module_plan(split: str, layers: int) -> list[list[str]]:
     """The stages of each module: "net" -> [[emb, b0, b1]], "emb|enc" -> [[emb], [b0, b1]], "emb|block|block"."""
-    blocks = [f"b{i}" for i in range(layers)]
+    parts, blocks = module_split_parts(split), [f"b{i}" for i in range(layers)]
     if split == "net":
         return [["emb", *blocks]]
     if split == "emb|enc":
         return [["emb"], blocks]
-    parts = split.split("|")
-    if parts[0] != "emb" or set(parts[1:]) != {"block"} or len(parts) - 1 != layers:
-        raise ValueError(f"split {split!r}: expected 'net', 'emb|enc' or 'emb' plus one '|block' per layer ({layers})")
+    if len(parts) - 1 != layers:
+        raise ConfigError(f"module_split {split!r}: one 'block' per Transformer block, and the network has {layers}")
     return [["emb"]] + [[b] for b in blocks]
+
+
+def block_split(layers: int) -> str:
+    """The module split with one module per Transformer block: "emb|block|block" for two layers."""
+    return "|".join(["emb"] + ["block"] * layers)
 
 
 def all_paths(num_modules: int) -> list[Path]:

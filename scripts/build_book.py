@@ -6,7 +6,7 @@
     python scripts/build_book.py full -p dataset amazon-beauty   # papermill parameters on top of the profile
     python scripts/build_book.py quick --jobs 2       # two chapters at a time, one CPU thread each (what CI runs)
 
-Steps (DESIGN.md section 10), for each chapter book/NN_name.py named in _toc.yml, in its order:
+Steps (README, "The FLAME Book"), for each chapter book/NN_name.py named in _toc.yml, in its order:
 
 1. ``jupytext --to ipynb`` into _build/notebooks/ (never beside the .py: .ipynb files are build artefacts);
 2. ``papermill -f book/params/PROFILE.yml --cwd <repository root>`` into _build/executed/, runtime printed;

@@ -16,9 +16,9 @@ def test_config_rejects_unknown_keys_wrong_types_and_bad_values():
     with pytest.raises(ConfigError, match=r"TrainConfig.epochs: expected <class 'int'>, got '3'"):
         TrainConfig.from_dict({"epochs": "3"})
     with pytest.raises(ConfigError, match="split"):
-        TrainConfig(split="emb|blocks")
+        TrainConfig(module_split="emb|blocks")
     with pytest.raises(ConfigError, match="shared"):
-        TrainConfig(split="net", path_attention="shared")
+        TrainConfig(module_split="net", path_attention="shared")
     with pytest.raises(ConfigError, match="divisible"):
         ModelConfig(hidden=10, heads=3)
     assert TrainConfig.from_dict({"num_paths": None, "lr": 1}).lr == 1
@@ -52,7 +52,7 @@ def test_train_prints_the_results_table_and_writes_the_run(tmp_path, capsys, mon
     "argv, message",
     [
         (["train", "--dataset", "no-such-data"], "unknown dataset 'no-such-data'"),
-        (["train", "--dataset", "synthetic", "--split", "emb|x"], "TrainConfig.split"),
+        (["train", "--dataset", "synthetic", "--module-split", "emb|x"], "module_split"),
         (["train", "--dataset", "synthetic", "--device", "cuda:7"], "CUDA is not available"),
         (["evaluate", "--dataset", "synthetic", "--weights", "missing.pt"], "missing.pt"),
     ],

@@ -112,7 +112,7 @@ def test_every_method_trains_on_the_gpu(tiny, tmp_path, method):
 
 def test_stacked_flame_trains_on_the_gpu_with_paths_sampled_each_step(tiny, tmp_path):
     data, split = tiny
-    m = make("flame", data, seeds=(42, 43), split="emb|block|block", num_paths=3)  # uniform sampling: eager
+    m = make("flame", data, seeds=(42, 43), module_split="emb|block|block", num_paths=3)  # uniform sampling: eager
     assert not m.graph_safe
     out = train_stacked(m, split, tmp_path, [tmp_path / "a", tmp_path / "b"], log=lambda s: None)
     assert [r["seed"] for r in out] == [42, 43]

@@ -11,7 +11,7 @@ from flame_core.anchor import anchor_key, cached_anchor_results, load_anchor, pr
 from flame_core.config import ModelConfig, TrainConfig
 from flame_core.data import build_split, load_dataset, synthetic
 from flame_core.engine import TrainingDiverged, evaluate, train
-from flame_core.methods import Single, build_method, needs_anchor
+from flame_core.methods import Single, build_method
 
 MODEL = ModelConfig(hidden=16, layers=2, heads=2, max_len=12)
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -26,8 +26,8 @@ def tiny():
 def make(method, data, cfg, anchor_seed=11, **changes):
     cfg = cfg.replace(method=method, **changes)
     m = build_method(data.num_items, MODEL, cfg)
-    if needs_anchor(method):
-        m.set_frozen(Single(data.num_items, MODEL, cfg.replace(method="single", seed=anchor_seed)).learn)
+    specs = m.pretrained_specs()  # an untrained Single stands in for each pretrained network
+    m.set_pretrained([Single(data.num_items, sm, sc.replace(seed=anchor_seed)).learn for _, sm, sc in specs])
     return m
 
 

@@ -147,7 +147,7 @@ def test_pure_frozen_path_builds_no_graph():
 @pytest.mark.parametrize(
     "method, extra",
     [("single", {}), ("ensemble_scratch", {}), ("ensemble_guide", {}), ("flame", {}), ("flame", {"rec_from": "path"}),
-     ("flame", {"split": "emb|block|block"}), ("flame", {"path_attention": "shared"})],
+     ("flame", {"module_split": "emb|block|block"}), ("flame", {"path_attention": "shared"})],
 )
 def test_packed_and_padded_agree_in_loss_and_gradients(method, extra):
     cfg = TrainConfig(method=method, epochs=10, **extra)

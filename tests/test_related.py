@@ -320,7 +320,7 @@ def test_related_settings_are_checked():
         TrainConfig(ckd_curriculum_start=0.0)
     with pytest.raises(ConfigError, match="ckd_teacher_hidden"):
         TrainConfig.from_dict({"ckd_teacher_hidden": [64, "32"]})
-    assert TrainConfig.from_dict({"canet_sizes": [8, 16]}).canet_sizes == (8, 16)  # JSON lists become tuples
+    assert TrainConfig.from_dict({"canet_sizes": [8, 16]}).canet.canet_sizes == (8, 16)  # JSON lists become tuples
     with pytest.raises(ConfigError, match=r"<= hidden \(16\)"):
         build_method(30, MODEL, TrainConfig(method="canet"))  # default sizes (32, 48, 64) exceed hidden 16
 

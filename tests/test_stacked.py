@@ -47,7 +47,7 @@ def test_a_stacked_layout_computes_each_part_as_alone(packed):
 
 
 @pytest.mark.parametrize("method, changes", [("single", {}), ("ensemble_scratch", {}), ("ensemble_guide", {}),
-                                             ("flame", {}), ("flame", {"split": "emb|block|block", "packed": False})])
+                                             ("flame", {}), ("flame", {"module_split": "emb|block|block", "packed": False})])
 def test_stacked_seeds_equal_separate_runs(tiny, tmp_path, method, changes):
     """In float64: in float32, Adam turns the rounding noise of gradients that are zero in exact arithmetic (the
     key bias's) into steps of up to lr, which differ between any two ways of summing."""
@@ -119,7 +119,7 @@ def test_cli_trains_stacked_seeds_with_a_folder_and_a_record_each(tmp_path, caps
             "--batch-size", "128", "--no-progress"]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "flame seed 42 test" in out and "flame seed 43 test" in out and "2 seeds stacked" in out
+    assert "flame seed 42 test" in out and "flame seed 43 test" in out and "2 seeds stacked in one model" in out
     records = sorted((tmp_path / "rec" / "synthetic").glob("*.json"))
     assert [json.loads(p.read_text())["seed"] for p in records] == [42, 43]
     assert all(json.loads(p.read_text())["stacked_with"] == [42, 43] for p in records)
@@ -148,6 +148,6 @@ def test_lambda_follows_the_papers_horizon_whatever_the_budget(tiny):
 def test_the_anchor_has_its_own_seed(tiny):
     data, _ = tiny
     (name, _, spec), = make("flame", data).pretrained_specs()
-    assert name == "anchor" and spec.seed == CFG.anchor_seed != CFG.seed and spec.method == "single"
+    assert name == "anchor" and spec.seed == CFG.flame.anchor_seed != CFG.seed and spec.method == "single"
     with pytest.raises(ConfigError, match="anchor_seed"):
-        build_method(data.num_items, MODEL, CFG.replace(method="flame", seed=CFG.anchor_seed))
+        build_method(data.num_items, MODEL, CFG.replace(method="flame", seed=CFG.flame.anchor_seed))
