@@ -60,3 +60,15 @@ def test_commands_are_recorded_with_relative_paths(tmp_path):
     command = portable_command(argv, cwd=tmp_path)
     assert command == "python -m flame_core train --out run --record=rec -x"
     assert not ABSOLUTE.search(portable_command(["--frozen", "/opt/w.pt"], cwd="/work/main"))
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "results").glob("*/*.json")), ids=lambda p: p.name)
+def test_records_settings_read_back_into_todays_configuration(path):
+    from flame_core.config import ModelConfig, TrainConfig
+
+    rec = json.loads(path.read_text())
+    cfg = TrainConfig.from_dict(rec["train"], legacy=True)  # records written before the rename of split, too
+    assert cfg.method == rec["method"] and cfg.seed == rec["seed"] and cfg.epochs == rec["epoch_budget"]
+    assert ModelConfig.from_dict(rec["model"]).max_len == rec["model"]["max_len"]
+    if "split" in rec["train"]:
+        assert cfg.flame.module_split == rec["train"]["split"]
