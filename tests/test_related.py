@@ -21,6 +21,7 @@ from flame_core.losses import (emkd_contrast, routing_guide_loss, routing_unifor
                                weighted_distill)  # fmt: skip
 from flame_core.methods import Single, build_method
 from flame_core.metrics import evaluate_scores
+from conftest import same_history
 
 MODEL = ModelConfig(hidden=16, layers=2, heads=2, max_len=12)
 CFG = TrainConfig(epochs=3, batch_size=64, progress=False, canet_sizes=(8, 12, 16), ckd_teacher_hidden=(16, 8),
@@ -284,9 +285,8 @@ def test_resume_reproduces_the_uninterrupted_run(tiny, tmp_path, method):
     with pytest.raises(KeyboardInterrupt):
         train(make(method, data), split, tmp_path / "cut", on_epoch=stop_after_two, **QUIET)
     resumed = train(make(method, data), split, tmp_path / "cut", resume=True, **QUIET)
-    strip = lambda h: [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in h]  # noqa: E731
-    assert strip(resumed["history"]) == strip(full["history"])
-    assert resumed["test"] == full["test"]
+    assert same_history(resumed["history"], full["history"])
+    assert resumed["test"] == pytest.approx(full["test"], rel=1e-6)
 
 
 @pytest.mark.parametrize("method", ["emkd", "canet", "ckd"])

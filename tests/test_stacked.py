@@ -13,6 +13,7 @@ from flame_core.data import build_split, synthetic
 from flame_core.engine import evaluate, train, train_stacked
 from flame_core.losses import lambda_schedule
 from flame_core.methods import build_method
+from conftest import same_history
 
 MODEL = ModelConfig(hidden=16, layers=2, heads=2, max_len=12, dropout=0.0)
 CFG = TrainConfig(epochs=2, batch_size=48, progress=False)
@@ -97,9 +98,8 @@ def test_an_interrupted_stacked_run_resumes(tiny, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train_stacked(make("flame", data, SEEDS, epochs=3), split, cut, dirs(cut), on_epoch=stop_after_two, **QUIET)
     resumed = train_stacked(make("flame", data, SEEDS, epochs=3), split, cut, dirs(cut), resume=True, **QUIET)
-    strip = lambda h: [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in h]  # noqa: E731
     for a, b in zip(resumed, full):
-        assert strip(a["history"]) == strip(b["history"]) and a["test"] == b["test"]
+        assert same_history(a["history"], b["history"]) and a["test"] == pytest.approx(b["test"], rel=1e-6)
     with pytest.raises(ValueError, match="resume the stacked run"):  # a replica's folder holds no optimiser
         train(make("flame", data, seed=42, epochs=4), split, cut / "seed42", resume=True, **QUIET)
 
