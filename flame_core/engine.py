@@ -28,8 +28,9 @@ The method's hooks: `prepare(split)` runs once before the first epoch (also on r
 generator, so curricula like ckd's plug in without touching the loop).
 
 Every file is written atomically; ``resume=True`` continues from checkpoint.pt and, on CPU with the same
-seed, reproduces the uninterrupted run exactly. A non-finite loss stops the run with a clear message and
-leaves the last good checkpoint in place.
+seed, reproduces the uninterrupted run to floating-point rounding (a CPU reduction may sum in another order
+when its tensors lie at other addresses). A non-finite loss stops the run with a clear message and leaves
+the last good checkpoint in place.
 """
 
 from __future__ import annotations
