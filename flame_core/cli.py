@@ -1,4 +1,4 @@
-"""Command line: ``python -m flame_core {train,pretrain,evaluate,datasets}``, a thin layer over `experiments`.
+"""Command line: ``python -m flame_core {train,pretrain,evaluate,datasets,sweep}``, a thin layer over `experiments`.
 
 Every field of `ModelConfig`, of the protocol in `TrainConfig` and of each concern's settings is an option
 (``--num-paths 4``, ``--no-frozen-dropout``); its help text is the field's comment in config.py, so the two
@@ -19,6 +19,7 @@ import time
 import typing
 from pathlib import Path
 
+from flame_core import sweep
 from flame_core.anchor import pretrain_anchor
 from flame_core.config import CONCERNS, SETTING_OWNER, ConfigError, ModelConfig, TrainConfig
 from flame_core.data import DatasetError, available_datasets, load_dataset
@@ -139,6 +140,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a run directory (its selected weights), a released anchor .pt or a cached anchor")  # fmt: skip
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
     sub.add_parser("datasets", help="list the datasets that are available, with their statistics")
+    p = sub.add_parser("sweep", help="run a grid of datasets x methods x seeds under a profile, a record per run",
+                       description=sweep.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--profile", default="full", help="protocol settings: full (the paper's: 200 epochs, patience 30, "
+                   "max_len 50) or quick (default: full)")  # fmt: skip
+    p.add_argument("--datasets", required=True, help="comma-separated names (ml-100k, or files in $FLAME_DATA_DIR)")
+    p.add_argument("--methods", default="single,ensemble_scratch,ensemble_guide,flame",
+                   help="comma-separated methods (default: the four of the book's main table)")  # fmt: skip
+    p.add_argument("--seeds", type=_parse_int_tuple, default=(42, 43, 44), metavar="S,S,...", help="default: 42,43,44")
+    p.add_argument("--released", metavar="DIR", help="also train FLAME from the released anchor DIR/DATASET.pt of "
+                   "each dataset that has one (e.g. ../shared/official_weights)")  # fmt: skip
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
+    p.add_argument("--stack", action=argparse.BooleanOptionalAction, default=None,
+                   help="train a job's seeds as one stacked model (default: on a GPU only, where it pays)")  # fmt: skip
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting of the profile (any option's name, e.g. --set epochs=20); repeatable")  # fmt: skip
+    p.add_argument("--runs", default="runs", help="run folders (default: runs)")
+    p.add_argument("--record", default="results", metavar="DIR", help="records (default: results)")
+    p.add_argument("--executor", choices=["local", "slurm", "debug"], default="local",
+                   help="submitit's local executor, a Slurm array, or this process (default: local)")  # fmt: skip
+    p.add_argument("--parallel", type=int, default=1, help="jobs at a time (default: 1)")
+    p.add_argument("--dry-run", action="store_true", help="list the jobs and what is recorded, run nothing")
     return parser
 
 
@@ -236,6 +258,30 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            overrides[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key.replace("-", "_")] = value
+    jobs = sweep.plan(args.datasets.split(","), args.methods.split(","), list(args.seeds), args.profile, overrides,
+                      args.released, args.device, args.stack, args.runs, args.record)  # fmt: skip
+    for job in jobs:
+        job.configs()  # bad settings fail here, before anything runs
+    if args.dry_run:
+        for job in jobs:
+            done = sorted(sweep.recorded_seeds(job))
+            print(f"{job.name}: {'recorded ' + str(done) if done else 'to run'}; {job.command()}")
+        return 0
+    rows = sweep.sweep(jobs, args.executor, args.parallel, Path(args.runs) / "sweep-logs")
+    print(sweep.table(rows))
+    return 1 if any(r["status"] == "failed" for r in rows) else 0
+
+
 def cmd_datasets(args) -> int:
     for entry in available_datasets():
         if not entry["available"]:
@@ -249,7 +295,8 @@ def cmd_datasets(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.command_line = portable_command(["python", "-m", "flame_core", *(sys.argv[1:] if argv is None else argv)])
-    commands = {"train": cmd_train, "pretrain": cmd_pretrain, "evaluate": cmd_evaluate, "datasets": cmd_datasets}
+    commands = {"train": cmd_train, "pretrain": cmd_pretrain, "evaluate": cmd_evaluate, "datasets": cmd_datasets,
+                "sweep": cmd_sweep}  # fmt: skip
     try:
         return commands[args.command](args)
     except (DatasetError, ConfigError, ValueError, FileNotFoundError) as err:

@@ -69,12 +69,17 @@ def build(data: Interactions, split: Split, model: ModelConfig, cfg: TrainConfig
 
 def pretrained_provenance(specs: list, paths: list[Path], data: Interactions, frozen: str | None) -> list[dict]:
     """Where each pretrained network comes from, with no machine path: a given file by name and content
-    digest, or an anchor pretrained here by its seed, budget and cache key."""
+    digest, or an anchor pretrained here by its seed, budget and cache key, with its own training seconds
+    and epochs (so a record can count the anchor's cost)."""
     if frozen:
         return [{"name": specs[0][0], "origin": "file", "file": Path(frozen).name, "sha256": sha256_file(frozen)}]
-    return [{"name": name, "origin": "pretrained", "seed": cfg.seed, "epoch_budget": cfg.epochs,
-             "key": anchor_key(data, model, cfg), "file": path.name}
-            for (name, model, cfg), path in zip(specs, paths)]  # fmt: skip
+    out = []
+    for (name, model, cfg), path in zip(specs, paths):
+        cached = cached_anchor_results(data, model, cfg) or {}  # its own training: seconds, epochs, selection
+        out.append({"name": name, "origin": "pretrained", "seed": cfg.seed, "epoch_budget": cfg.epochs,
+                    "key": anchor_key(data, model, cfg), "file": path.name,
+                    **{k: cached[k] for k in ("train_seconds", "epochs_run", "best_epoch") if k in cached}})  # fmt: skip
+    return out
 
 
 def evaluate_network(net: SASRecStack | str | Path, model: ModelConfig, split: Split, which: str = "test",

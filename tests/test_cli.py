@@ -36,6 +36,7 @@ def test_train_prints_the_results_table_and_writes_the_run(tmp_path, capsys, mon
     assert rec["epoch_budget"] == 1 and rec["dataset_stats"]["users"] == 200 and rec["git"] and rec["date"]
     assert rec["pretrained"][0]["file"].endswith(".pt") and "--record" in rec["command"]
     assert rec["pretrained"][0]["origin"] == "pretrained" and rec["pretrained"][0]["seed"] == 0
+    assert rec["pretrained"][0]["train_seconds"] > 0 and rec["pretrained"][0]["epochs_run"] == 1  # the anchor's cost
     assert "dataset=synthetic users=200" in printed and "training samples=" in printed
     assert "anchor: pretraining" in printed and "flame test" in printed and "NDCG@20" in printed
     assert json.loads((out / "results.json").read_text())["epochs_run"] == 1

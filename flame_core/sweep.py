@@ -1,0 +1,178 @@
+"""A sweep: a grid of datasets x methods x seeds under a profile, one record per run, through submitit.
+
+    python -m flame_core sweep --profile full --datasets amazon-toys,amazon-beauty --device cuda
+
+A *job* is one dataset, one method and one anchor (pretrained here, or a released file with
+``--released DIR``: FLAME trained from the official release's frozen network) with all its seeds: stacked in
+one model where the method allows and the device is a GPU (``--stack``/``--no-stack`` decide otherwise),
+else one after another. A job whose every seed already has a record under ``--record`` (same dataset,
+method, profile, seed and anchor) is skipped; an interrupted one resumes from its run folders under
+``--runs``. Jobs run through submitit (a maintained job engine): its local executor by default, each job a
+subprocess, ``--parallel`` at a time; ``--executor slurm`` submits them as one Slurm array; ``--executor
+debug`` runs them in this process. A line per job as it ends, a table at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from flame_core.config import ModelConfig, TrainConfig
+from flame_core.experiments import load_records, record, run_seeds
+from flame_core.registry import method_class
+from flame_core.utils import portable_command, resolve_device
+
+PROFILES = {  # the protocol settings of each profile; anything else stays at the official defaults
+    "full": {"epochs": 200, "patience": 30, "max_len": 50, "anneal_epochs": 200},  # the paper's
+    "quick": {"epochs": 3, "patience": 30, "max_len": 10},  # the book's quick profile
+}
+MODEL_KEYS = {f for f in ModelConfig.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One dataset, method and anchor, with its seeds."""
+
+    dataset: str
+    method: str
+    seeds: tuple[int, ...]
+    profile: str  # the label of the records
+    settings: dict = field(default_factory=dict, hash=False)  # the profile's settings plus overrides, flat
+    released: str | None = None  # a released anchor file (FLAME from the official frozen network), or None
+    stack: bool = True  # train the seeds as one stacked model (when the method allows)
+    runs: str = "runs"
+    records: str = "results"
+
+    @property
+    def name(self) -> str:
+        anchor = f" from {Path(self.released).name}" if self.released else ""
+        return f"{self.dataset} {self.method}{anchor} seeds {','.join(map(str, self.seeds))}"
+
+    def configs(self) -> tuple[ModelConfig, TrainConfig]:
+        model = ModelConfig.from_dict({k: v for k, v in self.settings.items() if k in MODEL_KEYS})
+        train = TrainConfig(method=self.method, progress=False, seed=self.seeds[0],
+                            **{k: v for k, v in self.settings.items() if k not in MODEL_KEYS})  # fmt: skip
+        return model, train
+
+    def command(self) -> str:
+        """The sweep command that reproduces this job alone (paths relative to the working directory)."""
+        argv = ["python", "-m", "flame_core", "sweep", "--profile", self.profile, "--datasets", self.dataset,
+                "--methods", self.method, "--seeds", ",".join(map(str, self.seeds))]  # fmt: skip
+        if self.released:
+            argv += ["--released", str(Path(self.released).parent)]
+        argv += ["--device", self.settings["device"]]
+        for key, value in self.settings.items():
+            if key != "device" and PROFILES[self.profile].get(key) != value:
+                argv += ["--set", f"{key}={json.dumps(value)}"]
+        return portable_command(argv)
+
+
+def _anchor_matches(rec: dict, released: str | None) -> bool:
+    files = [p["file"] for p in rec.get("pretrained", []) if p["origin"] == "file"]
+    return files == ([Path(released).name] if released else [])
+
+
+def recorded_seeds(job: Job) -> set[int]:
+    """The seeds of `job` that already have a record (same dataset, method, profile and anchor)."""
+    return {r["seed"] for r in load_records(job.records) if r["dataset"] == job.dataset and r["method"] == job.method
+            and r["profile"] == job.profile and _anchor_matches(r, job.released)}  # fmt: skip
+
+
+def run_job(job: Job) -> list[dict]:
+    """Train (or resume, or reuse) the job's seeds that have no record yet and record each; returns one summary
+    row per seed. Runs in a submitit worker (or in this process)."""
+    model, cfg = job.configs()
+    todo = [s for s in job.seeds if s not in recorded_seeds(job)]
+    stackable = job.stack and len(todo) > 1 and method_class(job.method).stackable
+    groups = [todo] if stackable else [[s] for s in todo]
+    rows = []
+    for seeds in groups:
+        for exp in run_seeds(job.dataset, model, cfg.replace(seed=seeds[0]), seeds, root=job.runs, frozen=job.released,
+                             log=lambda s: None):  # fmt: skip
+            res = exp.results
+            path = record(res, exp.data, model, cfg.replace(seed=res["seed"]), job.records, job.profile,
+                          command=job.command(), frozen=job.released, pretrained=exp.pretrained)  # fmt: skip
+            rows.append({"job": job.name, "seed": res["seed"], "status": "reused" if exp.reused else "trained",
+                         "epochs run": res["epochs_run"], "converged": res["stopped_early"],
+                         "test NDCG@20": res["test"]["NDCG@20"], "train s": res["train_seconds"],
+                         "record": path.name})  # fmt: skip
+    return rows
+
+
+def plan(datasets: list[str], methods: list[str], seeds: list[int], profile: str, overrides: dict | None = None,
+         released_dir: str | None = None, device: str = "auto", stack: bool | None = None, runs: str = "runs",
+         records: str = "results") -> list[Job]:  # fmt: skip
+    """The grid's jobs, FLAME from the released anchor added for each dataset that has one in `released_dir`."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; profiles: {sorted(PROFILES)}")
+    settings = {**PROFILES[profile], "device": device, **(overrides or {})}
+    stack = resolve_device(device).type == "cuda" if stack is None else stack  # stacking pays on a GPU only
+    jobs = [Job(d, m, tuple(seeds), profile, settings, None, stack, runs, records) for d in datasets for m in methods]
+    for d in datasets if released_dir else []:
+        anchor = Path(released_dir) / f"{d}.pt"
+        if anchor.exists() and "flame" in methods:
+            jobs.append(Job(d, "flame", tuple(seeds), profile, settings, str(anchor), stack, runs, records))
+    return jobs
+
+
+def sweep(jobs: list[Job], executor: str = "local", parallel: int = 1, folder: str | Path = "runs/sweep-logs",
+          log: Callable[[str], None] = print) -> list[dict]:  # fmt: skip
+    """Run the jobs that are not fully recorded through submitit; returns the summary rows of every job."""
+    import submitit
+
+    rows, todo = [], []
+    for job in jobs:
+        done = recorded_seeds(job)
+        if done >= set(job.seeds):
+            log(f"skip   {job.name}: recorded")
+            rows += [{"job": job.name, "seed": s, "status": "recorded"} for s in job.seeds]
+        else:
+            todo.append(job)
+    if not todo:
+        return rows
+    if executor == "debug":
+        ex = submitit.DebugExecutor(folder=str(folder))
+    else:
+        ex = submitit.AutoExecutor(folder=str(folder), cluster=None if executor == "slurm" else "local")
+        ex.update_parameters(timeout_min=24 * 60)
+        if executor == "slurm":
+            ex.update_parameters(slurm_array_parallelism=parallel, gpus_per_node=1)
+    t0 = time.perf_counter()
+    if executor == "slurm":  # one array; Slurm runs --parallel of them at a time
+        batches = [list(zip(todo, ex.map_array(run_job, todo)))]
+    else:
+        size = 1 if executor == "debug" else parallel
+        batches = ([(job, ex.submit(run_job, job)) for job in todo[k : k + size]] for k in range(0, len(todo), size))
+    for batch in batches:
+        for job, handle in batch:
+            try:
+                out = handle.result()
+            except Exception as err:  # one failed job does not stop the others; its log says why
+                lines = str(err).strip().splitlines()
+                log(f"failed {job.name}: {lines[-1] if lines else type(err).__name__} (logs in {folder})")
+                rows += [{"job": job.name, "seed": s, "status": "failed"} for s in job.seeds]
+                continue
+            rows += out
+            summary = ", ".join(f"seed {r['seed']}: {r['epochs run']} epochs, NDCG@20 {r['test NDCG@20']:.2f}" for r in out)
+            log(f"done   {job.name} ({time.perf_counter() - t0:.0f} s): {summary}")
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    """The summary: one line per job and seed."""
+    cols = ["job", "seed", "status", "epochs run", "converged", "test NDCG@20", "train s"]
+    cells = [[_cell(r.get(c)) for c in cols] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+

@@ -1,0 +1,74 @@
+"""The sweep: a grid through submitit (in this process and as local subprocesses), a record per run, skipping
+what is recorded, FLAME from a released anchor as its own job, the command line's dry run."""
+
+import json
+
+import pytest
+
+from flame_core import sweep
+from flame_core.cli import main
+
+TINY = {"epochs": 1, "hidden": 16, "max_len": 12, "batch_size": 128}
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLAME_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def grid(tmp_path, methods=("single", "flame"), seeds=(42, 43), **kw):
+    return sweep.plan(["synthetic"], list(methods), list(seeds), "quick", TINY, device="cpu",
+                      runs=str(tmp_path / "runs"), records=str(tmp_path / "results"), **kw)  # fmt: skip
+
+
+def test_a_sweep_records_every_run_and_skips_them_the_second_time(tmp_path, cache):
+    jobs = grid(tmp_path)
+    assert [j.name for j in jobs] == ["synthetic single seeds 42,43", "synthetic flame seeds 42,43"]
+    lines = []
+    rows = sweep.sweep(jobs, "debug", folder=tmp_path / "logs", log=lines.append)
+    assert sorted((r["job"].split()[1], r["seed"], r["status"]) for r in rows) == [
+        ("flame", 42, "trained"), ("flame", 43, "trained"), ("single", 42, "trained"), ("single", 43, "trained")]
+    assert sum(line.startswith("done") for line in lines) == 2
+    records = sorted((tmp_path / "results" / "synthetic").glob("*.json"))
+    assert len(records) == 4
+    rec = json.loads(records[0].read_text())
+    assert rec["profile"] == "quick" and rec["epoch_budget"] == 1 and rec["model"]["hidden"] == 16
+    assert rec["command"].startswith("python -m flame_core sweep --profile quick --datasets synthetic")
+    assert "--set epochs=1" in rec["command"] and rec["test_ranks"]["users"] == 200
+    again = []
+    rows = sweep.sweep(grid(tmp_path), "debug", folder=tmp_path / "logs", log=again.append)
+    assert {r["status"] for r in rows} == {"recorded"} and all(line.startswith("skip") for line in again)
+    assert "synthetic flame seeds 42,43" in sweep.table(rows)
+
+
+def test_a_job_runs_as_a_subprocess_through_submitit(tmp_path, cache):
+    (job,) = grid(tmp_path, methods=("single",), seeds=(7,))
+    rows = sweep.sweep([job], "local", folder=tmp_path / "logs", log=lambda s: None)
+    assert [(r["seed"], r["status"]) for r in rows] == [(7, "trained")]
+    assert len(list((tmp_path / "results" / "synthetic").glob("single-seed7-*.json"))) == 1
+
+
+def test_flame_from_a_released_anchor_is_its_own_job(tmp_path, cache):
+    released = tmp_path / "released"
+    released.mkdir()
+    (released / "synthetic.pt").write_bytes(b"")  # only its presence matters to the plan
+    jobs = grid(tmp_path, methods=("single", "flame"), released_dir=str(released))
+    assert [j.released for j in jobs] == [None, None, str(released / "synthetic.pt")]
+    command = jobs[-1].command()
+    assert "--released" in command and " /" not in command  # relative to the working directory
+    assert not grid(tmp_path, methods=("single",), released_dir=str(released))[-1].released  # no flame, no job
+
+
+def test_stacking_is_the_default_on_a_gpu_only(tmp_path):
+    assert grid(tmp_path)[0].stack is False  # cpu
+    assert grid(tmp_path, stack=True)[0].stack is True
+
+
+def test_the_command_line_lists_the_plan_without_running(tmp_path, capsys):
+    argv = ["sweep", "--profile", "quick", "--datasets", "synthetic", "--methods", "single", "--seeds", "1,2",
+            "--set", "epochs=1", "--record", str(tmp_path / "results"), "--dry-run", "--device", "cpu"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "synthetic single seeds 1,2: to run" in out and "--set epochs=1" in out
+    assert main(["sweep", "--datasets", "synthetic", "--set", "epochz=1", "--dry-run"]) == 2  # a bad setting, named
+    assert "epochz" in capsys.readouterr().err
