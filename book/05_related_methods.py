@@ -414,7 +414,22 @@ else:
 #   structure: the networks evaluated at inference, the pretraining each method needs, the ratios of
 #   seconds per epoch (within one machine and one build), and CANet's average cost per user against its
 #   largest submodel, which follows from where its router sends the users.
-#
+# - What this build's numbers show:
+
+# %%
+ndcg = by_method["NDCG@20"].mean()
+ratio = cost["s / epoch"] / cost.loc["Single", "s / epoch"]
+canet_cost = np.mean([runs[("canet", s)].results["report"]["relative_cost"] for s in seeds])
+lines = [f"Test NDCG@20 after {epochs} epochs ({profile} profile, {dataset}, seeds {seeds}): "
+         + ", ".join(f"{m} {v:.2f}" for m, v in ndcg.sort_values(ascending=False).items())
+         + f". FLAME is {'above' if ndcg['FLAME'] > ndcg['Single'] else 'below'} Single by "
+         f"{abs(ndcg['FLAME'] - ndcg['Single']):.2f} points in this budget.",
+         "Seconds per epoch against Single's: " + ", ".join(f"{m} {v:.2f}x" for m, v in ratio.items())
+         + f"; CANet serves its users at {canet_cost:.2f} of its largest submodel's multiply-adds, EMKD with "
+         f"{int(by_method['networks at inference'].first()['EMKD'])} networks, the others with one."]  # fmt: skip
+display(Markdown("\n\n".join(lines)))
+
+# %% [markdown]
 # ## Exercises
 #
 # 1. Rerun the chapter with `-p epochs 30` (and, for CKD, think about `ckd_curriculum_epochs`). Which
@@ -424,7 +439,8 @@ else:
 #    with Ensemble-Scratch's: what do the distillation and the contrastive views add?
 # 3. Set `canet_uniform_weight = 0` and then `1.0`. How do the routing distribution and the average cost
 #    per user move? Is there a setting that keeps the accuracy and halves the cost?
-# 4. CKD's teacher `teacher0` of seed $s$ is FLAME's anchor of seed $s+1$. Train CKD with a single teacher
+# 4. CKD's teacher `teacher0` of seed $s$ is a Single SASRec of seed $s+1$, pretrained and cached like
+#    FLAME's anchor (whose seed is `anchor_seed`, 0). Train CKD with a single teacher
 #    (`ckd_teachers = 1`) and compare it with FLAME: both distil from one pretrained SASRec, one through
 #    its output distribution, the other through modular representations.
 

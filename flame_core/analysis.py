@@ -77,3 +77,36 @@ def convergence(history: list[dict], key: str = "valid/NDCG@20", fraction: float
     seconds = np.cumsum([row["train_seconds"] for row in history])
     first = int(np.argmax(values >= fraction * values.max()))
     return {"best": float(values.max()), "epochs": first + 1, "seconds": float(seconds[first]), "fraction": fraction}
+
+
+def user_ndcg(ranks: np.ndarray | Tensor, k: int = 20) -> np.ndarray:
+    """Per-user NDCG@k (0..1) of target ranks (U,): 1 / log2(rank + 2) when rank < k, else 0."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    return np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
+
+
+def paired_comparison(a: np.ndarray, b: np.ndarray) -> dict:
+    """How per-user values a (U,) differ from b (U,) for the same users: the mean difference in points
+    (percent), its 95% confidence interval (paired t), and the two-sided p-values of the paired t-test and of
+    the Wilcoxon signed-rank test (which assumes no normality; users with equal values are dropped)."""
+    from scipy import stats  # installed with scikit-learn (the book extra)
+
+    diff = 100.0 * (np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))  # (U,)
+    n, mean = diff.size, float(diff.mean())
+    sem = float(diff.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+    half = float(stats.t.ppf(0.975, n - 1) * sem) if n > 1 else float("nan")
+    t_p = float(stats.ttest_rel(a, b).pvalue) if n > 1 and sem > 0 else float("nan")
+    w_p = float(stats.wilcoxon(diff).pvalue) if np.any(diff != 0) else 1.0
+    return {"users": n, "mean_diff": mean, "ci_low": mean - half, "ci_high": mean + half, "t_p": t_p,
+            "wilcoxon_p": w_p, "better": int((diff > 0).sum()), "worse": int((diff < 0).sum())}  # fmt: skip
+
+
+def time_to_reach(history: list[dict], target: float, key: str = "valid/NDCG@20") -> dict | None:
+    """The first epoch whose `key` reaches `target`, and the training seconds spent until its end; None when
+    the run never reaches it."""
+    seconds = 0.0
+    for row in history:
+        seconds += row["train_seconds"]
+        if row[key] >= target:
+            return {"epoch": row["epoch"], "seconds": seconds}
+    return None

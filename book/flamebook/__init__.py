@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from flame_core.analysis import paired_comparison, time_to_reach, user_ndcg
 from flame_core.config import ModelConfig, TrainConfig
 from flame_core.experiments import Experiment, run
+from flame_core.metrics import decode_ranks
 from flame_core.registry import display_name
 from flame_core.utils import atomic_json, seed_everything
 
@@ -95,3 +98,93 @@ def records_summary(frame: pd.DataFrame, keys=METRIC_KEYS) -> pd.DataFrame:
         seeds=("seed", lambda v: list(v)), epoch_budget=("epoch budget", "max"),
         epochs_run=("epochs run", lambda v: list(v)), converged=("converged", "all"),
         max_len=("max_len", "max"), device=("device", "first"), **{k: (k, mean_sd) for k in keys})  # fmt: skip
+
+
+# ---- the main table and convergence from committed records -------------------------------------------------
+PAPER_SPEEDUP = 7.69  # the paper's claim: FLAME reaches Single's best validation NDCG@20 up to 7.69x faster
+NOT_RUN = "not run"
+
+
+def variant(rec: dict) -> str:
+    """How tables name a record's method: FLAME trained from a released anchor file is its own row."""
+    name = display_name(rec["method"])
+    return f"{name} (released anchor)" if any(p["origin"] == "file" for p in rec.get("pretrained", [])) else name
+
+
+def user_ndcg_over_seeds(recs: list[dict], seeds: list[int], k: int = 20) -> np.ndarray:
+    """Per-user test NDCG@k (0..1), averaged over the given seeds' records (their stored ranks)."""
+    by_seed = {r["seed"]: r for r in recs}
+    return np.mean([user_ndcg(decode_ranks(by_seed[s]["test_ranks"]), k) for s in seeds], axis=0)
+
+
+MAIN_COLUMNS = ("seeds", "converged", "NDCG@20", "HR@20", "gain over Single %", "Δ NDCG@20 vs Single (95% CI)",
+                "p (Wilcoxon)")  # fmt: skip
+
+
+def main_table(records: list[dict], datasets: list[str], variants: list[str], baseline: str = "Single") -> pd.DataFrame:
+    """Dataset x method: test NDCG@20 and HR@20 (mean ± sd over seeds), seeds and how many converged, the
+    gain over `baseline` in percent, and a per-user paired comparison with it on the seeds both ran (mean
+    difference of NDCG@20 in points with its 95% CI, Wilcoxon signed-rank p). Cells without records say so."""
+    rows = []
+    for dataset in datasets:
+        of = lambda name: sorted((r for r in records if r["dataset"] == dataset and variant(r) == name),  # noqa: E731
+                                 key=lambda r: r["seed"])  # fmt: skip
+        base = of(baseline)
+        for name in variants:
+            cells = _main_cells(of(name), base, name == baseline)
+            rows.append({"dataset": dataset, "method": name, **cells})
+    return pd.DataFrame(rows).set_index(["dataset", "method"])[list(MAIN_COLUMNS)]
+
+
+def _main_cells(recs: list[dict], base: list[dict], is_baseline: bool) -> dict:
+    if not recs:
+        return dict.fromkeys(MAIN_COLUMNS, NOT_RUN)
+    ndcg = pd.Series([r["test"]["NDCG@20"] for r in recs])
+    cells = {"seeds": ", ".join(str(r["seed"]) for r in recs),
+             "converged": f"{sum(r['converged'] for r in recs)}/{len(recs)}", "NDCG@20": mean_sd(ndcg),
+             "HR@20": mean_sd(pd.Series([r["test"]["HR@20"] for r in recs]))}  # fmt: skip
+    if is_baseline or not base:
+        return {**cells, **dict.fromkeys(MAIN_COLUMNS[4:], "baseline" if is_baseline else "Single not run")}
+    cells["gain over Single %"] = f"{100 * (ndcg.mean() / np.mean([r['test']['NDCG@20'] for r in base]) - 1):+.1f}"
+    ranked = lambda rs: {r["seed"] for r in rs if r.get("test_ranks")}  # noqa: E731
+    common = sorted(ranked(recs) & ranked(base))
+    if not common:
+        return {**cells, **dict.fromkeys(MAIN_COLUMNS[5:], "ranks not stored")}
+    c = paired_comparison(user_ndcg_over_seeds(recs, common), user_ndcg_over_seeds(base, common))
+    cells["Δ NDCG@20 vs Single (95% CI)"] = f"{c['mean_diff']:+.2f} [{c['ci_low']:+.2f}, {c['ci_high']:+.2f}]"
+    cells["p (Wilcoxon)"] = f"{c['wilcoxon_p']:.2g}"
+    return cells
+
+
+def convergence_vs_single(records: list[dict], dataset: str, name: str = "FLAME") -> pd.DataFrame:
+    """Per seed run by both: epochs and training seconds for Single to reach its best validation NDCG@20,
+    and for `name` to reach that same value, with and without its anchor's pretraining seconds; speed-up =
+    Single's seconds / the method's (above 1: the method gets there faster). Empty when nothing matches."""
+    single = {r["seed"]: r for r in records if r["dataset"] == dataset and variant(r) == "Single"}
+    rows = []
+    runs = sorted((r for r in records if r["dataset"] == dataset and variant(r) == name), key=lambda r: r["seed"])
+    for rec in runs:
+        base = single.get(rec["seed"])
+        if base is None:
+            continue
+        best = max(row["valid/NDCG@20"] for row in base["history"])
+        s_time = time_to_reach(base["history"], best)
+        reach = time_to_reach(rec["history"], best)
+        anchor = sum(p.get("train_seconds", np.nan) for p in rec.get("pretrained", []) if p["origin"] == "pretrained")
+        row = {"seed": rec["seed"], "Single best valid NDCG@20": best, "Single epochs": s_time["epoch"],
+               "Single s": s_time["seconds"], f"{name} epochs": reach["epoch"] if reach else np.nan,
+               f"{name} s": reach["seconds"] if reach else np.nan, "anchor s": anchor,
+               "device": rec["device"], "reached": reach is not None}  # fmt: skip
+        row["speed-up (s)"] = row["Single s"] / row[f"{name} s"]
+        row["speed-up incl. anchor (s)"] = row["Single s"] / (row[f"{name} s"] + anchor)
+        row["speed-up (epochs)"] = row["Single epochs"] / row[f"{name} epochs"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def record_curves(records: list[dict], dataset: str, names: list[str]) -> pd.DataFrame:
+    """Validation NDCG@20 per epoch and cumulative training seconds, one row per record, seed and epoch."""
+    chosen = [r for r in records if r["dataset"] == dataset and variant(r) in names]
+    return pd.DataFrame([{"method": variant(r), "seed": r["seed"], "epoch": row["epoch"],
+                          "seconds": sum(h["train_seconds"] for h in r["history"][: row["epoch"]]),
+                          "valid NDCG@20": row["valid/NDCG@20"]} for r in chosen for row in r["history"]])  # fmt: skip

@@ -1,0 +1,57 @@
+"""The book's helpers that turn committed records into the main table and the convergence comparison,
+checked on hand-made records."""
+
+import numpy as np
+import pytest
+
+import flamebook
+from flame_core.analysis import paired_comparison, time_to_reach, user_ndcg
+from flame_core.metrics import encode_ranks
+
+
+def rec(method, seed, ranks, history, anchor=None, dataset="toy"):
+    ndcg = 100 * user_ndcg(ranks).mean()
+    return {"dataset": dataset, "method": method, "seed": seed, "converged": True, "device": "cpu",
+            "test": {"NDCG@20": ndcg, "HR@20": 100 * float((np.asarray(ranks) < 20).mean())},
+            "test_ranks": encode_ranks(ranks), "history": history, "pretrained": anchor or []}  # fmt: skip
+
+
+def hist(values, seconds=10.0):
+    return [{"epoch": e + 1, "valid/NDCG@20": v, "train_seconds": seconds} for e, v in enumerate(values)]
+
+
+def test_the_main_table_compares_with_single_per_user_and_says_what_was_not_run():
+    rng = np.random.default_rng(0)
+    single_ranks = [rng.integers(0, 60, 500) for _ in range(2)]
+    better = [np.maximum(r - 3, 0) for r in single_ranks]  # every user's target 3 places higher
+    anchor = [{"origin": "pretrained", "train_seconds": 50.0}]
+    records = [rec("single", s, single_ranks[i], hist([1, 2, 3])) for i, s in enumerate((42, 43))]
+    records += [rec("flame", s, better[i], hist([2, 3]), anchor) for i, s in enumerate((42, 43))]
+    table = flamebook.main_table(records, ["toy", "other"], ["Single", "FLAME", "EMKD"])
+    flame = table.loc[("toy", "FLAME")]
+    per_user = lambda ranks: np.mean([user_ndcg(r) for r in ranks], 0)  # noqa: E731  (over the two seeds)
+    expected = paired_comparison(per_user(better), per_user(single_ranks))
+    assert flame["seeds"] == "42, 43" and flame["converged"] == "2/2"
+    assert flame["Δ NDCG@20 vs Single (95% CI)"].startswith(f"{expected['mean_diff']:+.2f}")
+    assert float(flame["p (Wilcoxon)"]) < 1e-6 and float(flame["gain over Single %"]) > 0
+    assert table.loc[("toy", "Single"), "p (Wilcoxon)"] == "baseline"
+    assert (table.loc[("toy", "EMKD")] == "not run").all() and (table.loc[("other", "FLAME")] == "not run").all()
+
+
+def test_convergence_counts_seconds_to_singles_best_with_and_without_the_anchor():
+    anchor = [{"origin": "pretrained", "train_seconds": 40.0}]
+    records = [rec("single", 42, [1, 2], hist([1.0, 2.0, 3.0, 2.5], seconds=10.0)),  # best 3.0 after 30 s
+               rec("flame", 42, [1, 2], hist([2.0, 3.1, 3.2], seconds=5.0), anchor)]  # reaches 3.0 after 10 s
+    (row,) = flamebook.convergence_vs_single(records, "toy").to_dict(orient="records")
+    assert row["Single epochs"] == 3 and row["Single s"] == 30.0 and row["FLAME epochs"] == 2 and row["FLAME s"] == 10.0
+    assert row["speed-up (s)"] == pytest.approx(3.0) and row["speed-up incl. anchor (s)"] == pytest.approx(30 / 50)
+    assert row["speed-up (epochs)"] == pytest.approx(1.5)
+    slow = [records[0], rec("flame", 42, [1, 2], hist([1.0, 2.0]), anchor)]
+    (never,) = flamebook.convergence_vs_single(slow, "toy").to_dict(orient="records")
+    assert not never["reached"] and np.isnan(never["speed-up (s)"])
+    assert time_to_reach(hist([1, 2]), 5) is None
+
+
+def test_a_released_anchor_makes_its_own_row():
+    r = rec("flame", 1, [0], hist([1]), [{"origin": "file", "file": "toy.pt"}])
+    assert flamebook.variant(r) == "FLAME (released anchor)" and flamebook.variant(rec("flame", 1, [0], [])) == "FLAME"
