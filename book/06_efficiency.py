@@ -411,7 +411,9 @@ serve = inference.rename(index={"FLAME (learnable network)": "FLAME"})
 checks = [  # asserted by tests/test_book.py
     ("benchmark result files read", len(bench_files), ">=", 1),
     ("live benchmark: FLAME step / Single step", live_flame["ratio_to_single"], "<", 6),
-    ("live benchmark: FLAME padded / packed step", live_flame["packed_speedup"], ">", 1.0),
+    # the packed layout pays on a CPU; on a GPU the captured graph of the padded step is what pays
+    ("live benchmark: FLAME padded / packed step", live_flame["packed_speedup"], ">", 1.0) if dev.type == "cpu" else
+    ("live benchmark: FLAME eager / graph step", live_flame["graph_speedup"], ">", 1.0),
     ("FLAME emb|enc step / Single step", ms["FLAME emb|enc"] / single_ms, "<", 6),
     (f"FLAME {blocks}: K=2 step / all {n_paths} paths",
      ms[f"FLAME {blocks}, K=2"] / ms[f"FLAME {blocks}"], "<", 0.9),

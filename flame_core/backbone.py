@@ -308,7 +308,8 @@ class SASRecStack(nn.Module):
         `streams` rows attend to each other (the released code's shared attention).
         """
         p = p if self.training else 0.0
-        return transformer_block(x, self.block_weights(i), layout, self.cfg.heads, p, self.cfg.ln_eps, last_only, streams)
+        w, cfg = self.block_weights(i), self.cfg
+        return transformer_block(x, w, layout, cfg.heads, p, cfg.ln_eps, last_only, streams)
 
     def encode(self, layout: Layout | StackedLayout, p: float) -> Tensor:
         """Whole networks: last-position representations (N, B, D)."""

@@ -100,8 +100,9 @@ class CANet(Method):
         x = dropout(x, p, self.training and p > 0)
         x = linear(x, self.in_w[None, :e, :h], self.in_b[None, :h])[:, None]  # (1, 1, T, h)
         for i in range(depth):  # block i sliced to hidden size h, with its residual scales
-            x = transformer_block(x, net.block_weights(i, h), layout, self.model_cfg.heads, p if self.training else 0.0,
-                                  net.cfg.ln_eps, last_only=i == depth - 1, residual_scale=self.res_scale[i])  # fmt: skip
+            p_i = p if self.training else 0.0
+            x = transformer_block(x, net.block_weights(i, h), layout, self.model_cfg.heads, p_i, net.cfg.ln_eps,
+                                  last_only=i == depth - 1, residual_scale=self.res_scale[i])  # fmt: skip
         return linear(x[:, 0], self.cls_w[None, :h, :e], self.cls_b[None, :e])[0]  # (B, e)
 
     def widened(self, route: Route, seq: Tensor, p: float) -> Tensor:

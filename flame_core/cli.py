@@ -89,7 +89,8 @@ def _configs(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
     """The configurations of the options given; a method setting that the chosen method does not read is named
     on stderr (it changes nothing)."""
     given = vars(args)
-    model = ModelConfig.from_dict({k: v for k, v in given.items() if k in {f.name for f in dataclasses.fields(ModelConfig)}})
+    model_keys = {f.name for f in dataclasses.fields(ModelConfig)}
+    model = ModelConfig.from_dict({k: v for k, v in given.items() if k in model_keys})
     cfg = TrainConfig.from_dict({k: v for k, v in given.items() if k in PROTOCOL or k in SETTING_OWNER})
     reads = REGISTRY[cfg.method].concerns if args.command == "train" else ("flame",)
     for key in (k for k in given if k in SETTING_OWNER and SETTING_OWNER[k] not in reads):
@@ -102,13 +103,15 @@ def _configs(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m flame_core",
-        description="FLAME: frozen and learnable networks with aligned modular ensemble, for sequential recommendation.",
+        description="FLAME: frozen and learnable networks with aligned modular ensemble, for sequential "
+        "recommendation.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     methods = "\n".join(f"  {name:17s} {info.summary}" for name, info in REGISTRY.items())
     p = sub.add_parser("train", help="train a method, select on validation, test once, print the results table",
-                       description=f"methods (--method):\n{methods}", formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+                       description=f"methods (--method):\n{methods}",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     _common(p)
     p.add_argument("--seeds", metavar="S,S,...", type=_parse_int_tuple,
                    help="train these seeds (replaces --seed): stacked in one model for single, ensemble_scratch, "
@@ -154,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stack", action=argparse.BooleanOptionalAction, default=None,
                    help="train a job's seeds as one stacked model (default: on a GPU only, where it pays)")  # fmt: skip
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a setting of the profile (any option's name, e.g. --set epochs=20); repeatable")  # fmt: skip
+                   help="override a setting of the profile (any option's name, e.g. --set epochs=20); "
+                   "repeatable")  # fmt: skip
     p.add_argument("--runs", default="runs", help="run folders (default: runs)")
     p.add_argument("--record", default="results", metavar="DIR", help="records (default: results)")
     p.add_argument("--executor", choices=["local", "slurm", "debug"], default="local",
@@ -166,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="ml-100k",
-                   help="a name (ml-100k, synthetic, or FILE in $FLAME_DATA_DIR) or a path (default: ml-100k)")  # fmt: skip
+                   help="a name (ml-100k, synthetic, or FILE in $FLAME_DATA_DIR) or a path "
+                   "(default: ml-100k)")  # fmt: skip
     _add_options(p, "the SASRec backbone (defaults: the official release)", ModelConfig)
 
 
@@ -187,7 +192,8 @@ def cmd_train(args) -> int:
         if args.overwrite:
             shutil.rmtree(out)
         elif not args.resume:
-            raise ValueError(f"{args.out} already holds a run: pass --resume to continue it, --overwrite or another --out")
+            raise ValueError(f"{args.out} already holds a run: pass --resume to continue it, --overwrite or "
+                             "another --out")  # fmt: skip
     data, split = _load(args, model, cfg.keep, device)
     if len(seeds) > 1:
         how = "stacked in one model" if method_class(cfg.method).stackable else "one after another"
@@ -208,8 +214,9 @@ def cmd_train(args) -> int:
     for run in runs:
         results = run.results
         reused = "reused, " if run.reused else ""
-        print(f"{reused}train {results['train_seconds']:.1f}s, inference {results['inference_seconds_per_1000_users']:.3f}s "
-              f"per 1000 users; results in {run.out_dir / 'results.json'}")  # fmt: skip
+        infer = results["inference_seconds_per_1000_users"]
+        print(f"{reused}train {results['train_seconds']:.1f}s, inference {infer:.3f}s per 1000 users; "
+              f"results in {run.out_dir / 'results.json'}")  # fmt: skip
         if results["report"]:
             print(f"report (test): {json.dumps(results['report'])}")
         if args.record:
@@ -251,7 +258,8 @@ def cmd_evaluate(args) -> int:
         rows = {f"{weights.name} {s}": evaluate_network(weights, model, split, s) for s in ("valid", "test")}
         method = None
     print(format_table(rows))
-    print(f"full ranking over {data.num_items} items, history excluded; {time.perf_counter() - t0:.2f}s for both splits")
+    seconds = time.perf_counter() - t0
+    print(f"full ranking over {data.num_items} items, history excluded; {seconds:.2f}s for both splits")
     report = method.report(split) if method is not None else {}
     if report:
         print(f"report (test): {json.dumps(report)}")

@@ -90,7 +90,8 @@ def module_split_parts(split: str) -> list[str]:
     parts = split.split("|")
     if split in ("net", "emb|enc") or (parts[0] == "emb" and len(parts) > 1 and set(parts[1:]) == {"block"}):
         return parts
-    raise ConfigError(f"module_split: expected 'net', 'emb|enc' or 'emb|block|...' (one 'block' per layer), got {split!r}")
+    raise ConfigError(f"module_split: expected 'net', 'emb|enc' or 'emb|block|...' (one 'block' per layer), "
+                      f"got {split!r}")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -182,11 +183,13 @@ class EMKDSettings(_Checked):
         _positive(self, "emkd_temperature", "emkd_tau")
         _non_negative(self, "emkd_distill_weight", "emkd_contrast_weight")
         if self.emkd_members < 2:
-            raise ConfigError(f"EMKDSettings.emkd_members: an ensemble needs at least 2 members, got {self.emkd_members}")
+            raise ConfigError(f"EMKDSettings.emkd_members: an ensemble needs at least 2 members, "
+                              f"got {self.emkd_members}")  # fmt: skip
         if not 0.0 < self.emkd_crop <= 1.0:
             raise ConfigError(f"EMKDSettings.emkd_crop: expected a share in (0, 1], got {self.emkd_crop}")
         if not 0.0 <= self.emkd_mask < 1.0:
-            raise ConfigError(f"EMKDSettings.emkd_mask: expected a share in [0, 1) (one item stays), got {self.emkd_mask}")
+            raise ConfigError(f"EMKDSettings.emkd_mask: expected a share in [0, 1) (one item stays), "
+                              f"got {self.emkd_mask}")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -204,7 +207,8 @@ class CANetSettings(_Checked):
         _non_negative(self, "canet_uniform_weight", "canet_guide_weight")
         sizes = self.canet_sizes
         if not sizes or min(sizes) < 1 or list(sizes) != sorted(set(sizes)):
-            raise ConfigError(f"CANetSettings.canet_sizes: expected distinct positive sizes in ascending order, got {sizes}")
+            raise ConfigError(f"CANetSettings.canet_sizes: expected distinct positive sizes in ascending order, "
+                              f"got {sizes}")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -222,7 +226,8 @@ class CKDSettings(_Checked):
         _positive(self, "ckd_teachers", "ckd_temperature", "ckd_curriculum_epochs")
         _non_negative(self, "ckd_distill_weight")
         if not 0.0 < self.ckd_curriculum_start <= 1.0:
-            raise ConfigError(f"CKDSettings.ckd_curriculum_start: expected a share in (0, 1], got {self.ckd_curriculum_start}")
+            raise ConfigError(f"CKDSettings.ckd_curriculum_start: expected a share in (0, 1], "
+                              f"got {self.ckd_curriculum_start}")  # fmt: skip
         if not self.ckd_teacher_hidden or min(self.ckd_teacher_hidden) < 1:
             raise ConfigError(f"CKDSettings.ckd_teacher_hidden: expected positive sizes, got {self.ckd_teacher_hidden}")
 

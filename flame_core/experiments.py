@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -78,7 +79,8 @@ def pretrained_provenance(specs: list, paths: list[Path], data: Interactions, fr
         cached = cached_anchor_results(data, model, cfg) or {}  # its own training: seconds, epochs, selection
         out.append({"name": name, "origin": "pretrained", "seed": cfg.seed, "epoch_budget": cfg.epochs,
                     "key": anchor_key(data, model, cfg), "file": path.name,
-                    **{k: cached[k] for k in ("train_seconds", "epochs_run", "best_epoch") if k in cached}})  # fmt: skip
+                    **{k: cached[k] for k in ("train_seconds", "epochs_run", "best_epoch") if k in cached}},
+                   )  # fmt: skip
     return out
 
 
@@ -111,20 +113,16 @@ def anchor_metrics(method: Method, split: Split, which: str = "test") -> dict:
     return pretrained_metrics(method, split, which)["anchor"]
 
 
-def run_key(data: Interactions, model: ModelConfig, cfg: TrainConfig, frozen: str | None = None,
-            stacked_with: list[int] | None = None) -> str:  # fmt: skip
+def run_key(data: Interactions, model: ModelConfig, cfg: TrainConfig, frozen: str | None = None) -> str:
     """12 hex digits of the data's content and every setting that changes the run's numbers: the protocol and
     the concerns the method reads (device, layout, progress bars and evaluation batches do not count; a
-    `frozen` anchor file counts by its content).
-
-    A replica trained stacked (`stacked_with`, the seeds of its stack) draws its dropout from the stack's
-    random stream, so its key differs from the same seed trained alone.
+    `frozen` anchor file counts by its content). Like the device, training a seed stacked with others does
+    not count either: it draws dropout from another random stream but runs the same settings, so a seed
+    trained stacked by the sweep is found by a later request for it alone (the record says how it ran).
     """
     train = {**{k: getattr(cfg, k) for k in PROTOCOL_KEY}, **cfg.settings()}  # the concerns the method reads
     anchor = sha256_file(frozen)[:16] if frozen else None  # the given anchor by content, wherever it lies
     blob = {"data": data.fingerprint(), "model": model.to_dict(), "train": train, "frozen": anchor}
-    if stacked_with:
-        blob["stacked_with"] = list(stacked_with)
     return hashlib.sha1(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -153,9 +151,10 @@ def run_seeds(dataset: str, model: ModelConfig, cfg: TrainConfig, seeds: list[in
     """One experiment per seed: several seeds of a stackable method train as one stacked model, the others one
     after another; finished runs are reused, interrupted ones resume.
 
-    Run directories: root/DATASET/METHOD-seedSEED-KEY; a stack's checkpoint: root/DATASET/METHOD-stack-SEEDS-KEY.
+    Run directories: root/DATASET/METHOD-seedSEED-KEY (a seed trained stacked or alone has the same one); the
+    seeds without results train together, their stacked checkpoint in root/DATASET/METHOD-stack-SEEDS-KEY.
     `out` replaces that scheme by one folder: the run directory, or with several seeds the stack's folder and
-    a folder seedSEED per seed. A lock makes a second process that asks for the same runs wait and reuse them.
+    a folder seedSEED per seed. Locks make a second process that asks for the same runs wait and reuse them.
     """
     seeds, out = list(seeds), Path(out) if out is not None else None
     if len(seeds) > 1 and not method_class(cfg.method).stackable:
@@ -163,29 +162,33 @@ def run_seeds(dataset: str, model: ModelConfig, cfg: TrainConfig, seeds: list[in
                                                         out / f"seed{s}" if out else None)]  # fmt: skip
     data, split = load(dataset, model.max_len, cfg.keep)
     split = split.to(resolve_device(cfg.device))
-    stack = seeds if len(seeds) > 1 else None
     folder = Path(root) / data.name
     if out is not None:
-        stack_dir, dirs = out, [out / f"seed{s}" for s in seeds] if stack else [out]
+        dirs = [out / f"seed{s}" for s in seeds] if len(seeds) > 1 else [out]
     else:
-        dirs = [folder / f"{cfg.method}-seed{s}-{run_key(data, model, cfg.replace(seed=s), frozen, stack)}" for s in seeds]
-        stack_dir = folder / f"{cfg.method}-stack-{'-'.join(map(str, seeds))}-{run_key(data, model, cfg, frozen, stack)}"
-    lock = (stack_dir if stack else dirs[0])
-    with file_lock(lock.parent / f".{lock.name}.lock"):
-        reused = all((d / "results.json").exists() for d in dirs)
-        if not reused:
-            method, _ = build(data, split, model, cfg, frozen, log=log, seeds=stack)
-            if stack:
-                train_stacked(method, split, stack_dir, dirs, resume=True, log=log)
-            else:
-                train(method, split, out_dir=dirs[0], resume=True, log=log)
+        dirs = [folder / f"{cfg.method}-seed{s}-{run_key(data, model, cfg.replace(seed=s), frozen)}" for s in seeds]
+    with contextlib.ExitStack() as locks:  # one lock per run folder, taken in a fixed order
+        for d in sorted(dirs):
+            locks.enter_context(file_lock(d.parent / f".{d.name}.lock"))
+        todo = [(s, d) for s, d in zip(seeds, dirs) if not (d / "results.json").exists()]  # the rest are reused
+        if len(todo) > 1:  # one stacked model
+            stack = [s for s, _ in todo]
+            key = run_key(data, model, cfg.replace(seed=stack[0]), frozen)
+            stack_dir = out or folder / f"{cfg.method}-stack-{'-'.join(map(str, stack))}-{key}"
+            method, _ = build(data, split, model, cfg.replace(seed=stack[0]), frozen, log=log, seeds=stack)
+            train_stacked(method, split, stack_dir, [d for _, d in todo], resume=True, log=log)
+        elif todo:
+            ((s, d),) = todo
+            method, _ = build(data, split, model, cfg.replace(seed=s), frozen, log=log)
+            train(method, split, out_dir=d, resume=True, log=log)
+    trained = {d for _, d in todo}
     experiments = []
     for s, d in zip(seeds, dirs):
         method, pretrained = build(data, split, model, cfg.replace(seed=s), frozen, log=log)
         method.load_state_dict(selected_weights(d, split.test_targets.device)[0])
         method.eval()
         results = json.loads((d / "results.json").read_text())
-        experiments.append(Experiment(results, method, data, split, d, reused, pretrained))
+        experiments.append(Experiment(results, method, data, split, d, d not in trained, pretrained))
     return experiments
 
 
@@ -212,11 +215,11 @@ def record(results: dict, data: Interactions, model: ModelConfig, cfg: TrainConf
     with its paths made relative (`portable_command`); `git` the revision of the code that ran (default:
     the working tree's now).
     """
-    stacked_with = results.get("stacked_with") or None
-    key = run_key(data, model, cfg, frozen, stacked_with)
+    stacked_with = results.get("stacked_with") or []
+    key = run_key(data, model, cfg, frozen)
     rec = {
         "dataset": data.name, "method": cfg.method, "profile": profile, "seed": cfg.seed,
-        "stacked_with": stacked_with or [], "pretrained": pretrained or [],
+        "stacked_with": stacked_with, "pretrained": pretrained or [],
         "epoch_budget": cfg.epochs, "epochs_run": results["epochs_run"], "best_epoch": results["best_epoch"],
         "converged": results["stopped_early"], "valid": results["valid"], "test": results["test"],
         "test_ranks": results.get("test_ranks"), "history": results["history"], "parameters": results["parameters"],

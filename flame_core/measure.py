@@ -83,8 +83,8 @@ def untrained(method: str, data: Interactions, model: ModelConfig, device, seeds
     """Method `method` with random weights, its pretrained networks (anchor, teachers) random too: cost does
     not depend on what the weights hold."""
     m = build_method(data.num_items, model, TrainConfig(method=method, progress=False, **changes), seeds).to(device)
-    specs = m.pretrained_specs()
-    m.set_pretrained([SASRecStack(1, data.num_items, sm, seeds=[7 + k]).to(device) for k, (_, sm, _) in enumerate(specs)])
+    m.set_pretrained([SASRecStack(1, data.num_items, spec_model, seeds=[7 + k]).to(device)
+                      for k, (_, spec_model, _) in enumerate(m.pretrained_specs())])  # fmt: skip
     return m
 
 

@@ -156,7 +156,8 @@ def sweep(jobs: list[Job], executor: str = "local", parallel: int = 1, folder: s
                 rows += [{"job": job.name, "seed": s, "status": "failed"} for s in job.seeds]
                 continue
             rows += out
-            summary = ", ".join(f"seed {r['seed']}: {r['epochs run']} epochs, NDCG@20 {r['test NDCG@20']:.2f}" for r in out)
+            summary = ", ".join(f"seed {r['seed']}: {r['epochs run']} epochs, NDCG@20 {r['test NDCG@20']:.2f}"
+                                for r in out)  # fmt: skip
             log(f"done   {job.name} ({time.perf_counter() - t0:.0f} s): {summary}")
     return rows
 

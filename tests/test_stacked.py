@@ -151,3 +151,16 @@ def test_the_anchor_has_its_own_seed(tiny):
     assert name == "anchor" and spec.seed == CFG.flame.anchor_seed != CFG.seed and spec.method == "single"
     with pytest.raises(ConfigError, match="anchor_seed"):
         build_method(data.num_items, MODEL, CFG.replace(method="flame", seed=CFG.flame.anchor_seed))
+
+
+def test_seeds_trained_stacked_are_found_by_a_request_for_one_of_them(tmp_path, monkeypatch):
+    from flame_core.experiments import run_seeds
+
+    monkeypatch.setenv("FLAME_CACHE_DIR", str(tmp_path / "cache"))
+    model, cfg = MODEL.replace(dropout=0.5), CFG.replace(method="single", epochs=1, device="cpu")
+    (first,) = run_seeds("synthetic", model, cfg, [42], root=tmp_path, log=lambda s: None)
+    stack = run_seeds("synthetic", model, cfg, [42, 43, 44], root=tmp_path, log=lambda s: None)
+    assert [e.reused for e in stack] == [True, False, False]  # 42 reused; 43 and 44 trained together
+    assert stack[1].results["stacked_with"] == [43, 44] and stack[0].out_dir == first.out_dir
+    (alone,) = run_seeds("synthetic", model, cfg.replace(seed=43), [43], root=tmp_path, log=lambda s: None)
+    assert alone.reused and alone.out_dir == stack[1].out_dir  # one run folder per seed and settings
