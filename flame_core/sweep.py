@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from flame_core.config import ModelConfig, TrainConfig
-from flame_core.experiments import load_records, record, run_seeds
+from flame_core.experiments import git_revision, load_records, record, run_seeds
 from flame_core.registry import method_class
 from flame_core.utils import portable_command, resolve_device
 
@@ -85,6 +85,7 @@ def run_job(job: Job) -> list[dict]:
     """Train (or resume, or reuse) the job's seeds that have no record yet and record each; returns one summary
     row per seed. Runs in a submitit worker (or in this process)."""
     model, cfg = job.configs()
+    git = git_revision(Path(__file__).parent)  # the code this job runs, as it starts
     todo = [s for s in job.seeds if s not in recorded_seeds(job)]
     stackable = job.stack and len(todo) > 1 and method_class(job.method).stackable
     groups = [todo] if stackable else [[s] for s in todo]
@@ -94,7 +95,7 @@ def run_job(job: Job) -> list[dict]:
                              log=lambda s: None):  # fmt: skip
             res = exp.results
             path = record(res, exp.data, model, cfg.replace(seed=res["seed"]), job.records, job.profile,
-                          command=job.command(), frozen=job.released, pretrained=exp.pretrained)  # fmt: skip
+                          command=job.command(), frozen=job.released, pretrained=exp.pretrained, git=git)  # fmt: skip
             rows.append({"job": job.name, "seed": res["seed"], "status": "reused" if exp.reused else "trained",
                          "epochs run": res["epochs_run"], "converged": res["stopped_early"],
                          "test NDCG@20": res["test"]["NDCG@20"], "train s": res["train_seconds"],
