@@ -179,6 +179,11 @@ def test_page_renders_in_chromium(name, tmp_path):
     assert len(html) < 2_000_000, f"{name}: {len(html):,} bytes; plotly.js should be served once from _static/"
     dom = browse(page, tmp_path, "--dump-dom").stdout
     assert "bd-main" in dom or "bd-article" in dom, f"{name}: Chromium returned no rendered page"
+    formulas = html.count('class="math notranslate')  # Sphinx's math nodes; MathJax typesets each in place
+    if formulas:
+        assert (HTML / "_static" / "mathjax" / "tex-chtml.js").exists(), "MathJax is not served from _static/"
+        typeset = dom.count("<mjx-container")
+        assert typeset >= formulas, f"{name}: {typeset} of {formulas} formulas typeset offline"
     rendered = len(re.findall(r'class="[^"]*\bjs-plotly-plot\b', dom))  # added by plotly.js once it has drawn a figure
     assert rendered >= expected, f"{name}: {rendered} of {expected} plotly figures rendered"
     if expected:
