@@ -102,6 +102,28 @@ def write_manifest(manifest: dict) -> None:
     MANIFEST.write_text(json.dumps(manifest, indent=2) + "\n")
 
 
+def chapter_params(src: Path, params: Path) -> Path:
+    """The profile restricted to the names the chapter's `parameters` cell defines, as _build/params/NAME.yml."""
+    cell = re.search(r'^# %% tags=\["parameters"\]\n(.*?)(?=^# %%)', src.read_text(), flags=re.M | re.S)
+    names = set(re.findall(r"^(\w+)\s*=", cell.group(1), flags=re.M)) if cell else set()
+    profile = yaml.safe_load(params.read_text()) or {}
+    own = BUILD / "params" / f"{src.stem}.yml"
+    own.parent.mkdir(parents=True, exist_ok=True)
+    own.write_text(yaml.safe_dump({k: v for k, v in profile.items() if k in names}, sort_keys=False))
+    return own
+
+
+def show_one_parameters_cell(path: Path) -> None:
+    """Hide a chapter's default `parameters` cell when papermill injected the values it ran with after it."""
+    nb = json.loads(path.read_text())
+    tags = [cell.get("metadata", {}).get("tags", []) for cell in nb["cells"]]
+    if any("injected-parameters" in t for t in tags):
+        for cell, t in zip(nb["cells"], tags):
+            if "parameters" in t and "remove-cell" not in t:
+                cell.setdefault("metadata", {})["tags"] = [*t, "remove-cell"]
+        path.write_text(json.dumps(nb, indent=1) + "\n")
+
+
 def execute(chapter: str, params: Path, extra: list[str], timeout: int | None, manifest: dict,
             env: dict | None = None, log: Path | None = None) -> bool:  # fmt: skip
     """Steps 1-3 for one chapter; records statuses and runtimes in the manifest.
@@ -125,6 +147,9 @@ def execute(chapter: str, params: Path, extra: list[str], timeout: int | None, m
     print(f"== {chapter}: papermill -f {params.relative_to(ROOT) if params.is_relative_to(ROOT) else params}"
           + (f" (output in {log.relative_to(ROOT)})" if log else ""), flush=True)  # fmt: skip
     for step, cmd in steps.items():
+        if step == "papermill":  # only the profile's keys the chapter has: its injected cell lists nothing else
+            own = chapter_params(src, params)
+            cmd[cmd.index(str(params))] = str(own)
         status, seconds = run(cmd, log, env)
         if step != "jupytext":
             entry[f"{step}_seconds"] = round(seconds, 1)
@@ -187,6 +212,7 @@ def build_html(toc: dict, chapters: list[str], manifest: dict) -> bool:
     for c in chapters:
         shutil.copy(EXECUTED / f"{c}.ipynb", STAGE / "book" / f"{c}.ipynb")
         dropped += strip_plotly_bundle(STAGE / "book" / f"{c}.ipynb")
+        show_one_parameters_cell(STAGE / "book" / f"{c}.ipynb")
     if dropped:  # jupyter-book adds every .js file of _static to every page (html_js_files)
         import plotly
 
