@@ -23,8 +23,19 @@
 # members, Ensemble-Guide), follows their validation curves epoch by epoch and member by member, looks at
 # the two loss terms and the annealed weight between them, and compares accuracy with cost. Chapter 2
 # then cuts the two networks of Ensemble-Guide into modules, which is the rest of FLAME.
+#
+# **After this chapter you can** explain why an ensemble trained from scratch is expensive and why its
+# members teach each other noise early on; describe Ensemble-Guide's two loss terms and the annealed
+# weight $\lambda_e$ between them; read a validation curve per epoch and per member; and weigh accuracy
+# against training and inference cost.
+#
+# **Prerequisites.** SASRec: a causal Transformer that reads a user's item sequence and scores every
+# item as the next one, trained with cross-entropy over all items (Kang and McAuley, 2018). InfoNCE: a
+# contrastive loss that asks a representation to pick out its positive partner among in-batch negatives.
+# HR@K and NDCG@K: whether the held-out item is among the top $K$ of the full ranking, and the same
+# discounted by $1/\log_2(\text{rank} + 2)$. The introduction states the protocol.
 
-# %%
+# %% tags=["hide-input"]
 import matplotlib.colors as mcolors
 import matplotlib.pyplot as plt
 import numpy as np
@@ -34,6 +45,7 @@ import seaborn as sns
 from IPython.display import Markdown, display
 
 import flamebook
+from flame_core.anchor import pretrain_anchor
 from flame_core.experiments import anchor_metrics, load_records
 from flame_core.losses import lambda_schedule
 
@@ -49,7 +61,7 @@ output_dir = "_build/outputs/01_motivation"  # metrics.json and figures
 results_dir = "results"  # committed records: the full-profile curves below come from here
 members = 2  # members of Ensemble-Scratch
 
-# %%
+# %% tags=["hide-input"]
 out = flamebook.setup(output_dir, seed=seeds[0])
 seed = seeds[0]
 protocol = flamebook.protocol(dataset, max_len, epochs, profile, device, [seed])
@@ -101,7 +113,7 @@ for name, run in runs.items():
 # engine also evaluates each member alone (`valid/member{k}/NDCG@20` in the history), so we can see
 # whether the ensemble is better than its members, and how far apart the members are.
 
-# %%
+# %% tags=["hide-input"]
 def curves(runs: dict) -> pd.DataFrame:
     """One row per (method, curve, epoch) with the validation NDCG@20 and the cumulative training seconds."""
     rows = []
@@ -122,7 +134,7 @@ def curves(runs: dict) -> pd.DataFrame:
 curve_df = curves(runs)
 curve_df.pivot(index="curve", columns="epoch", values="NDCG@20").round(2)
 
-# %%
+# %% tags=["hide-input"]
 models = curve_df[curve_df.kind == "inference model"]
 curve_palette = {**{c: PALETTE[m] for c, m in zip(models.curve, models.method)},
                  **{f"Ensemble-Scratch member{k}": colors[3 + k] for k in range(members)}}
@@ -140,7 +152,7 @@ plt.show()
 # The same curves, interactive: hover for the exact values, click a legend entry to hide a curve, and
 # switch the horizontal axis to training seconds to see what each epoch costs.
 
-# %%
+# %% tags=["hide-input"]
 hex_palette = {curve: mcolors.to_hex(c) for curve, c in curve_palette.items()}
 fig = px.line(curve_df, x="epoch", y="NDCG@20", color="curve", line_dash="kind", markers=True,
               color_discrete_map=hex_palette, hover_data={"seconds": ":.1f", "NDCG@20": ":.2f"},
@@ -148,7 +160,7 @@ fig = px.line(curve_df, x="epoch", y="NDCG@20", color="curve", line_dash="kind",
 fig.update_layout(xaxis={"dtick": 1}, legend_title_text="", height=450)
 fig.show()
 
-# %%
+# %% tags=["hide-input"]
 fig = px.line(curve_df, x="seconds", y="NDCG@20", color="curve", line_dash="kind", markers=True,
               color_discrete_map=hex_palette, hover_data={"epoch": True, "NDCG@20": ":.2f"},
               title="Validation NDCG@20 (%) against cumulative training seconds (same runs)")
@@ -163,7 +175,7 @@ fig.show()
 # stopping, `max_len` 50), whatever dataset they were run on; each panel names its dataset, and the
 # dotted line marks Single's best validation NDCG@20 of each seed.
 
-# %%
+# %% tags=["hide-input"]
 records = [r for r in load_records(flamebook.resolve(results_dir)) if r["profile"] == "full"]
 three = list(METHODS)
 full_sets = sorted({r["dataset"] for r in records if flamebook.variant(r) in three})
@@ -209,7 +221,7 @@ bars += [{"model": "Ensemble-Scratch (mean of members)", "group": "Ensemble-Scra
 bar_df = pd.DataFrame(bars)
 bar_df.round(2)
 
-# %%
+# %% tags=["hide-input"]
 fig, ax = plt.subplots(figsize=(8, 3.8))
 sns.barplot(data=bar_df, y="model", x="NDCG@20", hue="group", palette=PALETTE, dodge=False, legend=False, ax=ax)
 for container in ax.containers:
@@ -234,7 +246,7 @@ print(f"anchor alone, valid NDCG@20 {anchor['valid']['NDCG@20']:.2f} vs the Sing
 # first epoch: one of the guide's two views is already a trained network, while both members of
 # Ensemble-Scratch start random.
 
-# %%
+# %% tags=["hide-input"]
 loss_rows = []
 for name, run in runs.items():
     per_net = run.method.served_networks  # rec sums over an ensemble's members
@@ -244,7 +256,7 @@ for name, run in runs.items():
             loss_rows.append({"method": name, "epoch": row["epoch"], "term": "align", "value": row["align"]})
 loss_df = pd.DataFrame(loss_rows)
 
-# %%
+# %% tags=["hide-input"]
 # the paper's schedule over its horizon R, and the lambda each epoch of these runs logged
 horizon = runs["Ensemble-Guide"].method.cfg.align.anneal_epochs
 epochs_R = np.arange(1, horizon + 1)
@@ -278,7 +290,7 @@ print(f"largest difference between the logged lambda and lambda_schedule: {lambd
 # and the median epoch, which is less sensitive to a busy machine), inference seconds per 1,000 users,
 # the trainable parameters, and the networks evaluated at inference.
 
-# %%
+# %% tags=["hide-input"]
 def results_table(runs: dict) -> pd.DataFrame:
     rows = {}
     for name, run in runs.items():
@@ -300,7 +312,7 @@ table.style.format({c: "{:.2f}" for c in table.columns if c not in ("selected ep
                                                                      "networks at inference")} | {
     "selected epoch": "{:.0f}", "trainable params": "{:,.0f}", "networks at inference": "{:.0f}"})
 
-# %%
+# %% tags=["remove-input"]
 guide_valid = runs["Ensemble-Guide"].results["valid"]["NDCG@20"]
 lambdas = ", ".join(f"{r['lambda']:.2f}" for r in runs["Ensemble-Guide"].results["history"])
 print(f"Ensemble-Guide's validation NDCG@20 is {guide_valid:.2f} against Single's {single_valid:.2f} "
@@ -319,7 +331,7 @@ print(f"Ensemble-Guide's validation NDCG@20 is {guide_valid:.2f} against Single'
 #   gradient), which shows in its seconds per epoch, but it serves one network, like Single.
 # - The anchor is not free: it is a Single run, pretrained once per dataset and settings and cached.
 #
-# ## Summary
+# ## What we learned
 #
 # - An ensemble from scratch trains $N$ networks that start random and align with each other; it costs
 #   $N$ times in training and in inference.
@@ -331,7 +343,7 @@ print(f"Ensemble-Guide's validation NDCG@20 is {guide_valid:.2f} against Single'
 #   under the stated profile; chapter 2 splits both networks into modules to get more than two views.
 # - What this build's numbers show:
 
-# %%
+# %% tags=["remove-input"]
 cost = table["s / epoch"] / table.loc["Single", "s / epoch"]
 best_member = max(scratch_test[f"member{k}/NDCG@20"] for k in range(members))
 lines = [f"In this run ({epochs} epochs, {profile} profile, {dataset}, seed {seed}): Ensemble-Scratch serves the mean "
@@ -346,19 +358,78 @@ display(Markdown("\n\n".join(lines)))
 #
 # ## Exercises
 #
-# 1. Rerun the chapter with `-y "seeds: [43, 42]"` (papermill; the first seed is the one trained) and
-#    compare the curves. Which differences between the methods survive a change of seed?
+# 1. Train the three designs with the second seed of the profile and compare their validation curves with
+#    the first seed's. Which differences between the methods survive a change of seed?
 # 2. Train Ensemble-Scratch with `members = 4`. How do the members' accuracies, the ensemble's and the
 #    training seconds change? Does the average of members gain more than Ensemble-Guide?
 # 3. Compress the schedule into the budget, as the released code does when its epoch count is small:
-#    train Ensemble-Guide with `flamebook.experiment(..., anneal_epochs=epochs)`. Plot `align` against
-#    `lambda` for both versions: when does the alignment stop mattering?
+#    train Ensemble-Guide with `flamebook.experiment(..., anneal_epochs=epochs)`. Compare `align` and
+#    `lambda` of both versions epoch by epoch: when does the alignment stop mattering?
 # 4. The anchor is a Single run with the same settings and its own seed. Load a weaker guide instead, for
 #    example one trained for a single epoch (`python -m flame_core pretrain --dataset ml-100k --epochs 1
-#    --max-len 20` writes it to the anchor cache), and pass it to `flame_core.experiments.run` as
-#    `frozen=PATH`. Does a weak guide still help, or does it hold the learnable network back?
+#    --max-len 10` writes it to the anchor cache; the `max_len` must be this chapter's), and pass it to
+#    `flamebook.experiment` as `frozen=PATH`. Does a weak guide still help, or does it hold the learnable
+#    network back?
+#
+# ### Solutions
+#
+# Each solution is a cell to unfold; it runs when the chapter runs, so its numbers are this build's.
 
-# %%
+# %% [markdown]
+# **Solution 1.** The second seed's runs (chapter 3 trains the same ones and reuses them).
+
+# %% tags=["hide-cell"]
+second = seeds[1] if len(seeds) > 1 else seed + 1
+runs2 = {name: flamebook.experiment(dataset, method, epochs, runs_dir, max_len=max_len, device=device, seed=second,
+                                    **changes) for name, (method, changes) in METHODS.items()}  # fmt: skip
+by_seed = pd.DataFrame({s: {name: r.results["valid"]["NDCG@20"] for name, r in rs.items()}
+                        for s, rs in ((seed, runs), (second, runs2))})  # fmt: skip
+order = {s: list(by_seed[s].sort_values(ascending=False).index) for s in by_seed}
+print(by_seed.round(2))
+print(f"order by validation NDCG@20, seed {seed}: {order[seed]}; seed {second}: {order[second]} -> "
+      + ("the same order" if order[seed] == order[second] else "the order changes with the seed"))
+
+# %% [markdown]
+# **Solution 2.** Four members against the two of the chapter.
+
+# %% tags=["hide-cell"]
+four = flamebook.experiment(dataset, "ensemble_scratch", epochs, runs_dir, max_len=max_len, device=device,
+                            seed=seed, members=4)  # fmt: skip
+t2, t4 = runs["Ensemble-Scratch"].results, four.results
+print(f"members' test NDCG@20 with 2: {[round(t2['test'][f'member{k}/NDCG@20'], 2) for k in range(2)]}, "
+      f"with 4: {[round(t4['test'][f'member{k}/NDCG@20'], 2) for k in range(4)]}")
+print(f"ensemble test NDCG@20: {t2['test']['NDCG@20']:.2f} (2 members) vs {t4['test']['NDCG@20']:.2f} (4); "
+      f"Ensemble-Guide {runs['Ensemble-Guide'].results['test']['NDCG@20']:.2f}")
+print(f"training seconds: {t2['train_seconds']:.1f} vs {t4['train_seconds']:.1f}")
+
+# %% [markdown]
+# **Solution 3.** With the schedule compressed, $\lambda$ reaches $\lambda_R$ at the last epoch, and the
+# alignment term stops counting within the budget.
+
+# %% tags=["hide-cell"]
+compressed = flamebook.experiment(dataset, "ensemble_guide", epochs, runs_dir, max_len=max_len, device=device,
+                                  seed=seed, anneal_epochs=epochs)  # fmt: skip
+print(pd.DataFrame([{"schedule": name, "epoch": h["epoch"], "lambda": h["lambda"], "align": h["align"],
+                     "lambda x align": h["lambda"] * h["align"], "valid NDCG@20": h["valid/NDCG@20"]}
+                    for name, run in (("R = 200 (default)", runs["Ensemble-Guide"]), (f"R = {epochs}", compressed))
+                    for h in run.results["history"]]).round(4).to_string(index=False))  # fmt: skip
+
+# %% [markdown]
+# **Solution 4.** An anchor trained for one epoch (the same as the command line's `pretrain`), then
+# Ensemble-Guide from it.
+
+# %% tags=["hide-cell"]
+weak_model, weak_cfg = flamebook.configs("single", 1, max_len, device=device, seed=0)
+_, weak_path = pretrain_anchor(data, split, weak_model, weak_cfg, log=lambda s: None)
+weak = flamebook.experiment(dataset, "ensemble_guide", epochs, runs_dir, max_len=max_len, device=device, seed=seed,
+                            frozen=str(weak_path))  # fmt: skip
+weak_anchor = anchor_metrics(weak.method, split, "valid")["NDCG@20"]
+print(f"the weak anchor alone: valid NDCG@20 {weak_anchor:.2f} "
+      f"(the chapter's anchor: {anchor['valid']['NDCG@20']:.2f})")
+print(f"Ensemble-Guide with the weak anchor: valid NDCG@20 {weak.results['valid']['NDCG@20']:.2f}; with the "
+      f"chapter's: {runs['Ensemble-Guide'].results['valid']['NDCG@20']:.2f}; Single: {single_valid:.2f}")
+
+# %% tags=["remove-cell"]
 random_ndcg20 = 100 * sum(1 / np.log2(r + 2) for r in range(20)) / data.num_items  # a random ranking's expectation
 member_test = {f"member{k}": scratch_test[f"member{k}/NDCG@20"] for k in range(members)}
 member_rows = sum(1 for r in runs["Ensemble-Scratch"].results["history"] for k in range(members)

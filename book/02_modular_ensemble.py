@@ -24,9 +24,19 @@
 # frozen network. Then, on the chosen dataset, it looks at the representations themselves (t-SNE of a
 # conventional ensemble's members against FLAME's paths) and at what more representations buy: accuracy
 # and training seconds for 2, 4 and 8 paths, sampled paths, and ensembles of 2 and 4 members.
+#
+# **After this chapter you can** name the paths of any module split; count the module applications that
+# prefix sharing saves and check them by measurement; write FLAME's alignment loss as a loop over pairs
+# of paths and match it to the library's vectorised version; explain why independent path attention
+# makes the pure paths the two networks; and set the number of paths against accuracy and cost.
+#
+# **Prerequisites.** Chapter 1 (Ensemble-Guide, the alignment loss and $\lambda_e$); SASRec's structure
+# (an embedding module, then Transformer blocks, the last position's output as the representation);
+# InfoNCE; cosine similarity; what t-SNE does (a 2-D map that keeps near neighbours near).
 
-# %%
+# %% tags=["hide-input"]
 import contextlib
+import time
 from collections import Counter
 from unittest import mock
 
@@ -36,14 +46,17 @@ import pandas as pd
 import plotly.express as px
 import seaborn as sns
 import torch
+import torch.nn.functional as F
 from IPython.display import Markdown, display
 
 import flamebook
 from flame_core import paths
 from flame_core.analysis import representations, tsne
 from flame_core.backbone import SASRecStack, make_layout
-from flame_core.config import ModelConfig
+from flame_core.config import ModelConfig, TrainConfig
 from flame_core.data import build_split, synthetic
+from flame_core.losses import align_loss
+from flame_core.methods import build_method
 from flame_core.paths import all_paths, evaluate_paths, module_plan, path_name, sample_paths
 
 # %% tags=["parameters"]
@@ -62,7 +75,7 @@ tsne_users = 200  # test users embedded by t-SNE (each contributes one point per
 num_paths = 4  # K sampled paths per step, out of the 2^M of the per-block split
 scratch_members = [2, 4]  # Ensemble-Scratch sizes compared with the same numbers of paths
 
-# %%
+# %% tags=["hide-input"]
 out = flamebook.setup(output_dir, seed=seeds[0])
 seed = seeds[0]
 protocol = flamebook.protocol(dataset, max_len, epochs, profile, device, [seed])
@@ -119,7 +132,7 @@ for m in range(1, M3 + 1):
 # (`evaluate_paths` returns $(N, P, B, D)$: one set of paths per pair of networks, $N = 1$ here; the engine
 # uses $N > 1$ to train several seeds side by side, and `[0]` takes our one pair.)
 
-# %%
+# %% tags=["hide-input"]
 @contextlib.contextmanager
 def count_module_applications():
     """Count, inside flame_core.paths.evaluate_paths, the prefix states each module is applied to."""
@@ -163,8 +176,9 @@ sharing
 #
 # ## Attention between paths: independent or shared
 #
-# With `path_attention="independent"` (the default) every path attends only to its own tokens, as the
-# paper describes modular paths; then the pure learnable path *is* the learnable network and the pure
+# With `path_attention="independent"` (the default) every path attends only to its own tokens, as we
+# read the paper's overview figure of modular paths (the text gives no equation for it); then the pure
+# learnable path *is* the learnable network and the pure
 # frozen path *is* the frozen network. The released code does something else for `emb|enc`: it
 # concatenates the learnable and the frozen embedding sequences and tiles the causal mask, so in the
 # encoder every path also attends to the other embedding stream (`"shared"`). We compare the pure paths
@@ -186,6 +200,87 @@ attention
 # Only with independent attention are the two pure paths the two networks (differences at rounding
 # level); with shared attention every path, the pure ones included, mixes in the other network's
 # embedding stream. Chapter 4 measures what this changes in accuracy.
+#
+# ## FLAME from scratch
+#
+# The library computes the alignment loss of all path pairs from one Gram matrix (`flame_core.losses`),
+# which is fast but hides the idea. Here is one FLAME loss written out for the split `emb|enc`, with a loop
+# over the pairs of paths, on the toy networks above:
+#
+# 1. the four paths: the embedding of network $e$ followed by the encoder of network $k$, named $ek$;
+# 2. for every pair of paths $(i, j)$, a two-way InfoNCE: the $2B$ representations $[z_i; z_j]$ score
+#    each other by dot products, a row never scores itself, and row $b$ of $z_i$ must pick out row $b$ of
+#    $z_j$ (and the other way round) among the $2B - 1$ candidates;
+# 3. pair weights $w_{ij} = \mathrm{softmax}_{\text{pairs}}(-\bar s_{ij})$, where $\bar s_{ij}$ is the mean
+#    similarity $\langle z_i[b], z_j[b] \rangle$ over the batch: the least similar pairs weigh most;
+# 4. $\mathcal{L} = \mathcal{L}_\text{rec} + \lambda_e \sum_{i<j} w_{ij} \, \mathrm{InfoNCE}_{ij}$.
+#
+# The same cell checks the result against the library: the paths against `evaluate_paths`, the
+# alignment term against `flame_core.losses.align_loss`, and the whole loss against `Flame.loss`.
+
+# %%
+def flame_loss_from_scratch(learn, frozen, seq, target, lam, tau=1.0):
+    """One FLAME loss for split emb|enc, dropout off: four paths, a loop over their pairs."""
+    layout = make_layout(seq)
+    embedded = {"L": learn.embed(layout, 0.0), "F": frozen.embed(layout, 0.0)}  # (1, T, D) each
+
+    def encoder(net, x):  # both Transformer blocks of `net`: (1, T, D) -> (B, D), the last positions
+        x = net.block(0, x[:, None], layout, 0.0, last_only=False)
+        return net.block(1, x, layout, 0.0, last_only=True)[0, 0]
+
+    z = {e + k: encoder(net, embedded[e]) for e in "LF" for k, net in (("L", learn), ("F", frozen))}
+    names, losses, similarity = list(z), [], []
+    for i in range(len(names)):
+        for j in range(i + 1, len(names)):
+            zi, zj = z[names[i]], z[names[j]]  # (B, D) each
+            B = len(zi)
+            both = torch.cat([zi, zj])  # (2B, D)
+            logits = (both @ both.T / tau).fill_diagonal_(float("-inf"))  # (2B, 2B); not its own candidate
+            twin = torch.cat([torch.arange(B, 2 * B), torch.arange(B)])  # row b's positive: its twin
+            losses.append(F.cross_entropy(logits, twin))
+            similarity.append((zi * zj).sum(1).mean())
+    weights = torch.softmax(-torch.stack(similarity), 0)  # less similar pairs weigh more
+    align = (weights * torch.stack(losses)).sum()
+    rec = F.cross_entropy(learn.item_scores(z["LL"][None])[0], target)  # the learnable network: LL
+    pairs = [f"{names[i]}-{names[j]}" for i in range(len(names)) for j in range(i + 1, len(names))]
+    return rec + lam * align, align, torch.stack(list(z.values())), pairs, torch.stack(similarity), weights
+
+
+toy_targets = toy_split.inputs("test")[1][:16]  # (B,)
+flame_toy = build_method(toy.num_items, toy_model.replace(dropout=0.0), TrainConfig(method="flame"))
+flame_toy.learn.load_state_dict(learn.state_dict())
+flame_toy.set_frozen(frozen)
+flame_toy.start_epoch(1)  # lambda of epoch 1
+with torch.no_grad():
+    scratch = flame_loss_from_scratch(learn, frozen, toy_inputs, toy_targets, flame_toy.lam)
+    loss, align, z_scratch, pairs, sims, weights = scratch
+    z_library = evaluate_paths(learn, frozen, plans["emb|enc"], layout, all_paths(2), 0.0, 0.0)[0]  # (4, B, D)
+    library_loss, _ = flame_toy.loss((toy_inputs, toy_targets))
+from_scratch = pd.Series({
+    "max |paths - evaluate_paths|": (z_scratch - z_library).abs().max().item(),
+    "|align - losses.align_loss|": abs(align - align_loss(z_library)[0]).item(),
+    "|loss - Flame.loss|": abs(loss - library_loss.sum()).item(),
+})  # fmt: skip
+from_scratch
+
+# %% [markdown]
+# All three differences are at float32 rounding: the loop and the library compute the same loss. The pair
+# weights on this batch, a worked example of step 3 (mean similarity, $e^{-\bar s}$, and its share of the
+# sum):
+
+# %% tags=["hide-input"]
+worked = pd.DataFrame({"pair": pairs, "mean similarity": sims.numpy(),
+                       "exp(-similarity)": torch.exp(-sims).numpy()})  # fmt: skip
+worked["weight = share"] = worked["exp(-similarity)"] / worked["exp(-similarity)"].sum()
+assert np.allclose(worked["weight = share"], weights.numpy())
+print(f"lambda at epoch 1: {flame_toy.lam:.4f}; alignment term {align.item():.4f}; loss {loss.item():.4f}")
+worked.round(4)
+
+# %% [markdown]
+# The pure paths `LL` and `FF` are the two whole networks; the mixed paths `LF` and `FL` are where one
+# network reads the other's modules. On random toy networks the pairs that share a module (`LL`-`LF`
+# share the learnable embedding) are the most similar, so they weigh least: the loss spends its weight on
+# the pairs that disagree most.
 #
 # ## Sampling paths
 #
@@ -209,7 +304,7 @@ with torch.no_grad(), count_module_applications() as sampled_count:
 print(f"module applications per step: {sampled_count['applications'] / 200:.2f} on average for K={num_paths} "
       f"sampled paths, {2 ** (M3 + 1) - 2} for all {2 ** M3}")
 
-# %%
+# %% tags=["hide-input"]
 fig, ax = plt.subplots(figsize=(7, 3))
 sns.barplot(data=freq_df, x="path", y="share of draws", color="C0", ax=ax)
 ax.axhline((num_paths - 1) / (2**M3 - 1), color="grey", ls="--", label=f"(K-1)/(2^M-1) = {num_paths - 1}/{2**M3 - 1}")
@@ -244,7 +339,7 @@ for name, run in {"Ensemble-Scratch (members)": scratch, "FLAME (paths)": flame}
 # How alike are the views of one user? The mean cosine similarity between two views of the same user,
 # over the users above (1 = the same direction):
 
-# %%
+# %% tags=["hide-input"]
 def mean_cosine(reps: torch.Tensor) -> pd.DataFrame:
     z = torch.nn.functional.normalize(reps.double(), dim=-1)  # (V, U, D)
     return pd.DataFrame(torch.einsum("vud,wud->vw", z, z).numpy() / z.shape[1])
@@ -262,7 +357,7 @@ for name, (names, reps) in views.items():
 # Each model is embedded separately (the coordinates of the two panels are not comparable, the
 # neighbourhoods are). Hover a point to see its user; double-click a legend entry to isolate a view.
 
-# %%
+# %% tags=["hide-input"]
 maps = []
 for name, (names, reps) in views.items():
     t = tsne(reps, names, users=tsne_users, seed=seed)
@@ -314,7 +409,7 @@ display(Markdown(f"**Table 1.** Number of representations against accuracy and c
 reps_df.style.format({"valid NDCG@20": "{:.2f}", "test NDCG@20": "{:.2f}", "test HR@20": "{:.2f}",
                       "s / epoch": "{:.1f}", "trainable params": "{:,.0f}"})
 
-# %%
+# %% tags=["hide-input"]
 plot_df = reps_df.reset_index()
 plot_df["sampled"] = plot_df.variant.str.contains("sampled").map({True: "K sampled", False: "all"})
 fig, axes = plt.subplots(1, 2, figsize=(12, 4))
@@ -336,7 +431,7 @@ plt.show()
 # %% [markdown]
 # At equal numbers of representations, how do the two families compare?
 
-# %%
+# %% tags=["hide-input"]
 paired = reps_df[~reps_df.index.str.contains("sampled")]
 for n in sorted(set(paired.representations)):
     f = paired[(paired.family == "FLAME") & (paired.representations == n)]
@@ -357,7 +452,7 @@ for n in sorted(set(paired.representations)):
 # path sampling are what keep it from growing with $M \cdot 2^M$. At inference FLAME serves one network
 # whatever its number of paths, while the ensemble serves all its members.
 #
-# ## Summary
+# ## What we learned
 #
 # - A split cuts SASRec into $M$ modules; a path chooses the learnable or the frozen network per module,
 #   named by its letters (`LF`); two networks give $2^M$ paths, pure learnable first, pure frozen last.
@@ -371,7 +466,7 @@ for n in sorted(set(paired.representations)):
 #   the last table sets the number of representations against accuracy and training cost.
 # - What this build's numbers show:
 
-# %%
+# %% tags=["remove-input"]
 cos_of = {name: mean_cosine(reps).to_numpy() for name, (_, reps) in views.items()}
 off = {name: c[~np.eye(len(c), dtype=bool)].mean() for name, c in cos_of.items()}
 best = reps_df["valid NDCG@20"].idxmax()
@@ -398,15 +493,81 @@ display(Markdown("\n\n".join(lines)))
 # 1. Predict the number of module applications for a 3-layer SASRec split per block ($M = 4$), with all
 #    paths and with $K = 4$ sampled paths, then measure them with `count_module_applications` and a
 #    `ModelConfig(layers=3)`.
-# 2. In the t-SNE, which FLAME paths lie close together, and which path is closest to `FF`, the frozen
-#    anchor? Relate it to the mean cosine table: which module (embedding or encoder) decides where a
-#    path's representation lands?
-# 3. Set `num_paths` to 2 and 6 (`-p num_paths 2`). How do accuracy and seconds per epoch move with K?
-# 4. The alignment loss has one term per pair of views. Count the pairs for 2, 4 and 8 views, and compare
-#    the growth of the pairs with the growth of the measured seconds per epoch. Which part of a FLAME
-#    step dominates its cost at this size?
+# 2. Which FLAME path lies closest to `FF`, the frozen anchor, in the mean cosine table? Which module
+#    (embedding or encoder) decides where a path's representation lands?
+# 3. Train FLAME with the per-block split and $K = 2$ sampled paths, and set it beside $K = 4$ and all
+#    eight paths from Table 1: how do accuracy and seconds per epoch move with $K$?
+# 4. The alignment loss has one term per pair of views. Count the pairs for 2, 4 and 8 views and time
+#    `align_loss` for each on a batch of 256 representations: does the alignment dominate a step's cost
+#    at this size?
+#
+# ### Solutions
+#
+# Each solution is a cell to unfold; it runs when the chapter runs, so its numbers are this build's.
 
-# %%
+# %% [markdown]
+# **Solution 1.** All paths: $\sum_{m=1}^{4} 2^m = 30$ applications. With $K = 4$ sampled paths the count
+# depends on the draw (the distinct prefixes of the four paths at each level), between 4 and 4 + 8 + ...;
+# we measure its mean over 200 draws.
+
+# %% tags=["hide-cell"]
+deep = ModelConfig(hidden=toy_hidden, layers=3, max_len=10)
+deep_learn = SASRecStack(1, toy.num_items, deep, seeds=[1]).eval()
+deep_frozen = SASRecStack(1, toy.num_items, deep, seeds=[2]).eval().requires_grad_(False)
+deep_plan = module_plan(paths.block_split(3), 3)
+deep_gen = torch.Generator().manual_seed(seed)
+with torch.no_grad(), count_module_applications() as every:
+    evaluate_paths(deep_learn, deep_frozen, deep_plan, layout, all_paths(4), 0.0, 0.0)
+with torch.no_grad(), count_module_applications() as sampled:
+    for _ in range(200):
+        evaluate_paths(deep_learn, deep_frozen, deep_plan, layout, sample_paths(4, 4, deep_gen), 0.0, 0.0)
+print(f"M = 4: all 16 paths take {every['applications']} module applications (formula 30, per path 64); "
+      f"K = 4 sampled paths take {sampled['applications'] / 200:.2f} on average")
+
+# %% [markdown]
+# **Solution 2.** From the mean cosine table of FLAME's paths.
+
+# %% tags=["hide-cell"]
+names_f, reps_f = views["FLAME (paths)"]
+cos_f = mean_cosine(reps_f)
+cos_f.index = cos_f.columns = names_f
+nearest = cos_f["FF"].drop("FF").idxmax()
+print(cos_f.round(3))
+print(f"closest to FF: {nearest} (cosine {cos_f.loc[nearest, 'FF']:.3f}); paths that share the encoder "
+      f"(second letter) are {'closer' if cos_f.loc['LF', 'FF'] > cos_f.loc['FL', 'FF'] else 'not closer'} "
+      "to each other than paths that share only the embedding: the last module decides more")
+
+# %% [markdown]
+# **Solution 3.** One more run, $K = 2$, beside the runs of Table 1.
+
+# %% tags=["hide-cell"]
+k2 = experiment("flame", module_split=blocks, num_paths=2)
+k_rows = {"K=2": k2.results, f"K={num_paths}": variant_runs[f"FLAME {blocks}, K={num_paths} sampled"].results,
+          "all 8": variant_runs[f"FLAME {blocks}"].results}  # fmt: skip
+print(pd.DataFrame({k: {"valid NDCG@20": r["valid"]["NDCG@20"],
+                        "s / epoch": float(np.median([h["train_seconds"] for h in r["history"]]))}
+                    for k, r in k_rows.items()}).T.round(2))
+
+# %% [markdown]
+# **Solution 4.** Pairs grow as $V(V-1)/2$; the timing is of the loss alone, forward and backward.
+
+# %% tags=["hide-cell"]
+timing = []
+for V in (2, 4, 8):
+    z = torch.randn(V, 256, 64, requires_grad=True)
+    t0 = time.perf_counter()
+    for _ in range(5):
+        align_loss(z)[0].backward()
+    ms = 1000 * (time.perf_counter() - t0) / 5
+    timing.append({"views": V, "pairs": V * (V - 1) // 2, "ms (forward + backward)": ms})
+timing = pd.DataFrame(timing).set_index("views")
+print(timing.round(2))
+steps = max(1, len(flame.split.train_targets) // 256)  # batches of 256 per epoch
+step_ms = 1000 * reps_df.loc["FLAME emb|enc", "s / epoch"] / steps
+share = timing.loc[4, "ms (forward + backward)"] / step_ms
+print(f"a FLAME emb|enc step here takes {step_ms:.1f} ms; its alignment over 4 views about {share:.0%} of that")
+
+# %% tags=["remove-cell"]
 tsne_counts = {name: int((tsne_df.model == name).sum()) for name in views}
 checks = [
     *[{"name": f"paths of split {s}", "value": int(r["paths"]), "op": "==", "bound": 2 ** int(r["M"])}

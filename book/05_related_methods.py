@@ -18,15 +18,26 @@
 # recommender. This chapter compares it with three related systems that `flame_core` implements behind
 # the same `Method` interface: **EMKD**, an ensemble of networks that distil into each other and is
 # served whole; **CANet**, one supernet from which a router picks a smaller or larger submodel per user;
-# and **CKD**, a student distilled from several pretrained teachers, easy samples first. Each gets a
+# and **CKD**, a student distilled from several pretrained teachers, easy samples first. EMKD and CANet
+# are systems the FLAME paper relates itself to; multi-teacher distillation is our addition, the closest
+# design to FLAME's frozen anchor (a pretrained network teaching a learnable one), not a baseline of the
+# paper. Each gets a
 # section on what it trains, what it runs at inference and its extra losses, with the settings read from
 # the library's `TrainConfig`, and a plain statement of where our version departs from the paper. Then
 # all five methods (Single, FLAME and the three) are trained under the chapter's parameters for every
 # seed, and a table puts their accuracy next to their cost: seconds per training epoch, inference time,
 # trainable parameters, networks evaluated at inference and the networks each must pretrain first.
 # CANet's routing and its average cost per user get their own figures.
+#
+# **After this chapter you can** describe what EMKD, CANet and multi-teacher distillation train and serve,
+# and where our versions depart from their papers; compare methods on accuracy next to training cost,
+# inference cost, parameters and pretraining; and read CANet's routing and cost per user.
+#
+# **Prerequisites.** Chapters 1 and 3; knowledge distillation (a student matching a teacher's softened
+# output distribution, KL divergence); the Gumbel-softmax trick (sampling a discrete choice with a
+# gradient); curriculum learning (easy samples first).
 
-# %%
+# %% tags=["hide-input"]
 import math
 
 import numpy as np
@@ -54,7 +65,7 @@ output_dir = "_build/outputs/05_related_methods"  # metrics.json and figures
 results_dir = "results"  # committed provenance records (python -m flame_core train ... --record results)
 ndcg_floor = 0.5  # check: every related method's valid NDCG@20 (percent) is above this floor
 
-# %%
+# %% tags=["hide-input"]
 out = flamebook.setup(output_dir, seed=seeds[0])
 methods = ["single", "flame", "emkd", "canet", "ckd"]
 PROTOCOL = flamebook.protocol(dataset, max_len, epochs, profile, device, seeds)
@@ -89,7 +100,7 @@ built = {m: build_method(data.num_items, model, cfgs[m]) for m in ("emkd", "cane
 print(data.stats())
 
 
-# %%
+# %% tags=["hide-input"]
 def md_table(rows: dict) -> Markdown:
     """A two-column markdown table (aspect, value) from a dict."""
     return Markdown("| | |\n|---|---|\n" + "\n".join(f"| **{k}** | {v} |" for k, v in rows.items()))
@@ -113,7 +124,7 @@ def md_table(rows: dict) -> Markdown:
 # omitted: our datasets carry no item attributes. Because SASRec has no mask token, masking an item
 # means deleting it (`flame_core.augment.delete`).
 
-# %%
+# %% tags=["remove-input"]
 # NBVAL_CHECK_OUTPUT
 c = cfgs["emkd"].emkd
 md_table({
@@ -145,7 +156,7 @@ md_table({
 # book's $d = 64$: embedding and hidden sizes from `canet_sizes` and depth from one block up to the
 # backbone's number of blocks. The router is a one-block SASRec with its own, smaller embeddings.
 
-# %%
+# %% tags=["remove-input"]
 # NBVAL_CHECK_OUTPUT
 c, canet_model = cfgs["canet"].canet, built["canet"]
 md_table({
@@ -177,7 +188,7 @@ md_table({
 # same split and cached exactly like FLAME's anchor (a teacher with the same seed and size *is* the anchor
 # of that seed). The distillation uses the batch's targets as candidates rather than all items.
 
-# %%
+# %% tags=["remove-input"]
 # NBVAL_CHECK_OUTPUT
 c, ckd_model = cfgs["ckd"].ckd, built["ckd"]
 teachers = pd.DataFrame([{"teacher": name, "hidden": m.hidden, "seed": t.seed, "epoch budget": t.epochs}
@@ -214,7 +225,7 @@ runs = {(m, s): flamebook.experiment(dataset, m, epochs, runs_dir, max_len=max_l
 print({f"{m}/{s}": ("reused" if e.reused else "trained") for (m, s), e in runs.items()})
 
 
-# %%
+# %% tags=["hide-input"]
 KEYS = ["HR@20", "NDCG@10", "NDCG@20"]
 rows = pd.DataFrame([{
     "method": display_name(m), "seed": s, **{k: e.results["test"][k] for k in KEYS},
@@ -238,7 +249,7 @@ rows.round(2)
 # vary with its load**: read the ratios, not the absolute values, and expect them to move by some tens of
 # percent between builds.
 
-# %%
+# %% tags=["hide-input"]
 by_method = rows.groupby("method", sort=False)
 table = by_method[KEYS + ["valid NDCG@20"]].agg(flamebook.mean_sd)
 cost = by_method[["s / epoch", "infer s / 1k users", "pretraining s", "sample share / epoch"]].mean()
@@ -277,7 +288,7 @@ table
 # EMKD's test record holds each member's NDCG@20 beside the ensemble's, and the library evaluates CKD's
 # frozen teachers alone (`experiments.pretrained_metrics`): does the served model beat its parts?
 
-# %%
+# %% tags=["hide-input"]
 parts = []
 for s in seeds:
     emkd, ckd = runs[("emkd", s)], runs[("ckd", s)]
@@ -312,7 +323,7 @@ print("served model minus its best part (points):", {f"{m}/{s}": round(v, 2) for
 # figure, over the same users, is the reference: a ratio below 1 is CANet's saving. The router's own
 # cost is listed beside it.
 
-# %%
+# %% tags=["hide-input"]
 canet_rows = pd.DataFrame([{"seed": s, **{k: runs[("canet", s)].results["report"][k] for k in (
     "users", "macs_per_user", "flops_per_user", "largest_macs_per_user", "relative_cost", "router_macs_per_user")}}
     for s in seeds]).set_index("seed")
@@ -326,7 +337,7 @@ canet_rows.style.format({c: "{:,.0f}" for c in canet_rows.columns if c != "relat
 # Where the users go: the share of test users per submodel (embedding size, hidden size, depth) and per
 # decision.
 
-# %%
+# %% tags=["hide-input"]
 routing = pd.DataFrame([{"seed": str(s), "route": route, "share": share}
                         for s in seeds for route, share in runs[("canet", s)].results["report"]["routes"].items()])
 decisions = pd.DataFrame([{"seed": str(s), "option": f"{d} {opt}", "share": share}
@@ -358,7 +369,7 @@ print("most frequent submodel per seed:", {s: f"{r.route} ({r.share:.1%} of user
 # One point per method and seed: seconds per training epoch against test NDCG@20. Hover for the details
 # of a run; click a legend entry to hide a method.
 
-# %%
+# %% tags=["hide-input"]
 points = rows.assign(seed=rows["seed"].astype(str))
 fig = px.scatter(points, x="s / epoch", y="NDCG@20", color="method", symbol="seed", size="networks at inference",
                  hover_data={"valid NDCG@20": ":.2f", "HR@20": ":.2f", "infer s / 1k users": ":.3f",
@@ -381,7 +392,7 @@ fig.show()
 #
 # The table groups the records of this chapter's five methods by dataset, method and profile.
 
-# %%
+# %% tags=["hide-input"]
 records = [r for r in load_records(flamebook.resolve(results_dir)) if r["method"] in methods]
 if records:
     recs = flamebook.records_frame(records, KEYS)
@@ -399,7 +410,7 @@ else:
                      "command such as the one above has been run with `--record`."))
 
 # %% [markdown]
-# ## Summary
+# ## What we learned
 #
 # - The three related systems spend their extra effort in different places. EMKD trains and serves
 #   several networks; CANet trains one supernet and a router, and serves a submodel whose size varies
@@ -416,7 +427,7 @@ else:
 #   largest submodel, which follows from where its router sends the users.
 # - What this build's numbers show:
 
-# %%
+# %% tags=["remove-input"]
 ndcg = by_method["NDCG@20"].mean()
 ratio = cost["s / epoch"] / cost.loc["Single", "s / epoch"]
 canet_cost = np.mean([runs[("canet", s)].results["report"]["relative_cost"] for s in seeds])
@@ -432,19 +443,71 @@ display(Markdown("\n\n".join(lines)))
 # %% [markdown]
 # ## Exercises
 #
-# 1. Rerun the chapter with `-p epochs 30` (and, for CKD, think about `ckd_curriculum_epochs`). Which
-#    method gains most from the longer budget, and does the order of Table 1 change?
+# 1. From the runs' histories, which method gains most validation NDCG@20 between its first and its last
+#    epoch? What would a longer budget change for CKD, whose curriculum has not reached every sample?
 # 2. EMKD with `emkd_members = 2` has the same number of networks as Ensemble-Scratch in chapter 1. Train
 #    it (`flamebook.experiment(..., emkd_members=2)`) and compare its accuracy and its seconds per epoch
 #    with Ensemble-Scratch's: what do the distillation and the contrastive views add?
-# 3. Set `canet_uniform_weight = 0` and then `1.0`. How do the routing distribution and the average cost
-#    per user move? Is there a setting that keeps the accuracy and halves the cost?
+# 3. Set `canet_uniform_weight = 1.0`. How do the routing distribution and the average cost per user move?
 # 4. CKD's teacher `teacher0` of seed $s$ is a Single SASRec of seed $s+1$, pretrained and cached like
 #    FLAME's anchor (whose seed is `anchor_seed`, 0). Train CKD with a single teacher
 #    (`ckd_teachers = 1`) and compare it with FLAME: both distil from one pretrained SASRec, one through
 #    its output distribution, the other through modular representations.
+#
+# ### Solutions
+#
+# Each solution is a cell to unfold; it runs when the chapter runs, so its numbers are this build's.
 
-# %%
+# %% [markdown]
+# **Solution 1.** Gains over the budget, from each run's history (mean over seeds).
+
+# %% tags=["hide-cell"]
+gains = pd.DataFrame([{"method": display_name(m), "gain": e.results["history"][-1]["valid/NDCG@20"]
+                       - e.results["history"][0]["valid/NDCG@20"]} for (m, s), e in runs.items()])  # fmt: skip
+gains = gains.groupby("method", sort=False)["gain"].mean().sort_values(ascending=False)
+print("validation NDCG@20 gained from the first to the last epoch: "
+      + ", ".join(f"{m} {v:+.2f}" for m, v in gains.items()))
+ckd_cfg = cfgs["ckd"].ckd
+print(f"CKD trains on {ckd_model.sample_share(epochs):.0%} of the samples at epoch {epochs}; its curriculum reaches "
+      f"all of them at epoch {ckd_cfg.ckd_curriculum_epochs}")
+
+# %% [markdown]
+# **Solution 2.** EMKD with two members beside Ensemble-Scratch with two (the run of chapter 1, reused).
+
+# %% tags=["hide-cell"]
+emkd2 = flamebook.experiment(dataset, "emkd", epochs, runs_dir, max_len=max_len, device=device, seed=seeds[0],
+                             emkd_members=2)  # fmt: skip
+scratch2 = flamebook.experiment(dataset, "ensemble_scratch", epochs, runs_dir, max_len=max_len, device=device,
+                                seed=seeds[0])  # fmt: skip
+for name, r in (("EMKD, 2 members", emkd2), ("Ensemble-Scratch, 2 members", scratch2)):
+    res = r.results
+    print(f"{name}: test NDCG@20 {res['test']['NDCG@20']:.2f}, "
+          f"{np.median([h['train_seconds'] for h in res['history']]):.1f} s per epoch")
+
+# %% [markdown]
+# **Solution 3.** A stronger pull towards uniform routing.
+
+# %% tags=["hide-cell"]
+uniform = flamebook.experiment(dataset, "canet", epochs, runs_dir, max_len=max_len, device=device, seed=seeds[0],
+                               canet_uniform_weight=1.0)  # fmt: skip
+for name, r in (("canet_uniform_weight 0.01 (default)", runs[("canet", seeds[0])]), ("1.0", uniform)):
+    rep = r.results["report"]
+    top = max(rep["routes"], key=rep["routes"].get)
+    print(f"{name}: relative cost {rep['relative_cost']:.2f}, most used route {top} "
+          f"({rep['routes'][top]:.0%} of users), test NDCG@20 {r.results['test']['NDCG@20']:.2f}")
+
+# %% [markdown]
+# **Solution 4.** CKD with one teacher against FLAME, both from one pretrained SASRec.
+
+# %% tags=["hide-cell"]
+one_teacher = flamebook.experiment(dataset, "ckd", epochs, runs_dir, max_len=max_len, device=device, seed=seeds[0],
+                                   ckd_teachers=1)  # fmt: skip
+for name, r in (("CKD, one teacher", one_teacher), ("CKD, three teachers", runs[("ckd", seeds[0])]),
+                ("FLAME", runs[("flame", seeds[0])])):
+    print(f"{name}: test NDCG@20 {r.results['test']['NDCG@20']:.2f}, pretrained networks "
+          f"{len(r.method.pretrained_specs())}")
+
+# %% tags=["remove-cell"]
 test_values = rows[KEYS].to_numpy()
 seconds = cost["s / epoch"]
 shares = {s: runs[("canet", s)].results["report"] for s in seeds}
@@ -459,7 +522,8 @@ checks = [
     {"name": "test metrics >= 0", "value": float(test_values.min()), "op": ">=", "bound": 0.0},
     {"name": "test metrics <= 100", "value": float(test_values.max()), "op": "<=", "bound": 100.0},
     *[{"name": f"{display_name(m)} valid NDCG@20, lowest seed (random ranking: {random_ndcg20:.2f})",
-       "value": float(rows.loc[rows["method"] == display_name(m), "valid NDCG@20"].min()), "op": ">", "bound": ndcg_floor}
+       "value": float(rows.loc[rows["method"] == display_name(m), "valid NDCG@20"].min()), "op": ">",
+       "bound": ndcg_floor}
       for m in ("emkd", "canet", "ckd")],
     {"name": "CANet macs per user / largest submodel's (highest seed)",
      "value": float(canet_rows["relative_cost"].max()), "op": "<", "bound": 1.0},

@@ -25,8 +25,16 @@
 # times inference. Every number below is measured while the chapter runs or loaded from a file under
 # `bench/results/` that names its machine and date; timings depend on the machine and on whatever else
 # runs on it, so read them as ratios.
+#
+# **After this chapter you can** measure a training step's time, FLOPs and activation memory with the
+# library's own tools (`flame_core.measure`); predict from the paths' count what a FLAME step should cost
+# against Single and check it; say what the packed layout, the CUDA graph and stacked seeds each buy and on
+# which device; and compare the inference cost of FLAME with a conventional ensemble's.
+#
+# **Prerequisites.** Chapters 2 and 3; what a FLOP is and why a backward pass costs about two forward
+# passes; the difference between arithmetic-bound and memory- or overhead-bound code.
 
-# %%
+# %% tags=["hide-input"]
 import json
 import subprocess
 import sys
@@ -62,7 +70,7 @@ speed_steps = 5  # timed training steps per variant, after 4 warm-up steps
 speed_threads = 1  # CPU threads of the live measurements (0: torch's default); see below
 batch_size = 256
 
-# %%
+# %% tags=["hide-input"]
 out = flamebook.setup(output_dir, seed=seeds[0])
 dev = resolve_device(device)
 if speed_threads:
@@ -111,7 +119,9 @@ bench_files = sorted(flamebook.resolve(bench_dir).glob("*.json"))
 bench = {}
 for path in bench_files:
     r = json.loads(path.read_text())
-    label = f"{r['dataset']}, {r['device']}, {r['threads']} threads, {r['date'][:10]}"
+    amp = ", AMP" if r["amp"] else ""
+    label = f"{r['dataset']}, {r['device']}{amp}, {r['threads']} threads, {r['date'][:10]}"
+    assert label not in bench, f"two benchmark files read as {label!r}: {bench[label]['file']}, {path.name}"
     bench[label] = r | {"file": path.name}
 summary = pd.DataFrame([{
     "run": label, "file": r["file"], "torch": r["torch"], "training samples": r["training_samples"],
@@ -120,7 +130,7 @@ summary = pd.DataFrame([{
 print(f"{len(bench_files)} benchmark result(s) in {bench_dir}/")
 summary
 
-# %%
+# %% tags=["hide-input"]
 steps = pd.DataFrame([
     {"run": label, "variant": name, "layout": layout, "ms per step": row[f"{layout}_ms"]}
     for label, r in bench.items() for name, row in r["steps_ms"].items() for layout in ("packed", "padded")
@@ -135,7 +145,7 @@ plt.show()
 # The ratios are what carries over between machines: how much the packed layout saves, and what a FLAME
 # step costs in Single steps.
 
-# %%
+# %% tags=["hide-input"]
 ratios = pd.DataFrame([
     {"run": label, "variant": name, "packed ms": row["packed_ms"], "padded ms": row["padded_ms"],
      "packed speed-up": row["packed_speedup"], "x Single": row["ratio_to_single"],
@@ -150,7 +160,7 @@ ratios.round(2)
 # naive `torch.nn` SASRec, the captured CUDA graph against the same padded step run eagerly, and three
 # seeds stacked in one model against one seed (below 3: stacking is cheaper than three separate runs).
 
-# %%
+# %% tags=["hide-input"]
 gains = pd.DataFrame([{
     "run": label,
     "naive SASRec ms": r.get("naive_sasrec_ms"), "naive / our Single": r.get("naive_over_single"),
@@ -167,7 +177,7 @@ gains.round(2)
 # runs in a separate process, so its peak resident memory is the epoch's own; runs made with
 # `--no-epoch` have no epoch figures).
 
-# %%
+# %% tags=["hide-input"]
 costs = pd.DataFrame([{
     "run": label, "FLAME epoch s": r.get("epoch_seconds"), "epoch peak RSS MB": r.get("epoch_peak_rss_mb"),
     "evaluation s (all users)": r["eval_seconds_all_users"], "users": r["eval_users"],
@@ -181,7 +191,7 @@ costs.round(2)
 # (dropout, LayerNorm, softmax), so the step is limited by memory traffic and per-operation overhead,
 # not by arithmetic; that is also why skipping the padding saves more than its share of FLOPs suggests.
 
-# %%
+# %% tags=["hide-input"]
 share = ratios.reset_index()
 fig, ax = plt.subplots(figsize=(7, 2.2 + 0.4 * len(share)))
 sns.barplot(data=share, y="run", x="% of matmul peak", hue="variant", ax=ax)
@@ -215,7 +225,7 @@ print(proc.stdout.strip())
 print(f"({time.perf_counter() - t0:.0f} s)")
 live = json.loads(live_json.read_text())
 
-# %%
+# %% tags=["hide-input"]
 live_steps = pd.DataFrame([{"variant": name, "layout": layout, "ms per step": row[f"{layout}_ms"]}
                            for name, row in live["steps_ms"].items() for layout in ("packed", "padded")])  # fmt: skip
 fig, ax = plt.subplots(figsize=(6.5, 3.6))
@@ -286,7 +296,7 @@ scaling.round(2)
 # inputs; sampling $K$ paths bounds the cost whatever the split. The comparison at equal numbers of
 # representations follows the figure.
 
-# %%
+# %% tags=["hide-input"]
 fig = px.scatter(
     scaling, x="representations", y="ms per step", color="family", size="activation MB",
     hover_name="variant", text="variant", size_max=28,
@@ -299,7 +309,7 @@ fig.update_layout(height=500, legend_title_text="", yaxis_title="ms per training
                   xaxis_title="representations (members or paths) in the training loss")
 fig.show()
 
-# %%
+# %% tags=["hide-input"]
 by_name = scaling.set_index("variant")
 pairs = [(f"Ensemble-Scratch N={r}", name) for name, r in
          [("Ensemble-Guide (net)", 2), ("FLAME emb|enc", 4), (f"FLAME {blocks}", n_paths)]]
@@ -320,7 +330,7 @@ versus.round(2)
 # purely frozen path). Parameters tell the other half of the story: FLAME trains exactly the parameters of
 # one SASRec and keeps one more, frozen, copy; a conventional ensemble trains all of its members.
 
-# %%
+# %% tags=["hide-input"]
 fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
 sns.barplot(data=scaling, y="variant", x="activation MB", hue="family", ax=axes[0])
 axes[0].set(title="Saved activations of one training step", ylabel="")
@@ -340,7 +350,7 @@ plt.show()
 # full-ranking evaluation of every test user (the best of three runs; the weights are untrained, which
 # does not change the cost).
 
-# %%
+# %% tags=["hide-input"]
 def serve_seconds(m, repeats=3):
     """Best wall-clock seconds of a full-ranking evaluation of every test user."""
     evaluate(m, split, "test", members=False)  # warm-up
@@ -374,7 +384,7 @@ plt.show()
 inference.round(3)
 
 # %% [markdown]
-# ## Summary
+# ## What we learned
 #
 # - A FLAME training step costs what its arithmetic predicts: at most four Single steps with the split
 #   `emb|enc`, fewer the larger the item catalogue, because paths share prefixes, the frozen weights get
@@ -392,7 +402,7 @@ inference.round(3)
 #   memory traffic and per-operation overhead, not arithmetic, bound the time.
 # - What this build's numbers show:
 
-# %%
+# %% tags=["remove-input"]
 sc = scaling.set_index("variant")
 lines = [f"Measured here ({dev}, {dataset}, max_len {max_len}): a FLAME emb|enc step costs "
          f"{sc.loc['FLAME emb|enc', 'x Single']:.2f} Single steps and FLAME {blocks} "
@@ -407,20 +417,87 @@ display(Markdown("\n\n".join(lines)))
 # %% [markdown]
 # ## Exercises
 #
-# 1. Rerun the benchmark with `--threads 1` and compare the FLAME/Single ratio with the committed one.
-#    Does threading help Single and FLAME equally?
+# 1. Time a Single and a FLAME step with one and with two CPU threads. Does threading help Single and FLAME
+#    equally?
 # 2. On a GPU, run `python bench/speed.py --device cuda` with and without `--compile`, and add the result
 #    files to `bench/results/`: this chapter picks them up. How do the CUDA graph, torch.compile and the
 #    packed layout compare there, and why would packing matter less (or more) than on a CPU?
-# 3. Count the FLOPs of a FLAME step with `module_split="emb|block|block"` by hand, as `flame_core.measure.step_flops`
-#    does for `emb|enc`, and compare the prediction with the measured ratio to Single above.
-# 4. The activation memory here is that of the tensors saved for backward. Measure the peak resident
-#    memory of a whole epoch for each variant (hint: `bench.speed.epoch_child` runs an epoch in a fresh
-#    process) and explain the difference.
-# 5. Sampling $K$ of 8 paths makes a step cheaper; chapter 02 measures what it does to accuracy. At which
-#    $K$ does FLAME with `emb|block|block` cost the same as Ensemble-Scratch with 2 members?
+# 3. Count the forward passes of a FLAME step with the per-block split by hand, as `measure.step_flops`
+#    does for `emb|enc`, and compare the predicted ratio to Single with the measured one above.
+# 4. The activation memory here is that of the tensors saved for backward. How does it grow with the batch
+#    size, for Single and for FLAME?
+# 5. Sampling $K$ of 8 paths makes a step cheaper; chapter 2 measures what it does to accuracy. At which
+#    $K$ does FLAME with the per-block split cost the same as Ensemble-Scratch with 2 members?
+#
+# ### Solutions
+#
+# Each solution is a cell to unfold; it runs when the chapter runs, so its numbers are this build's.
 
-# %%
+# %% [markdown]
+# **Solution 1.** Both steps with one and with two threads (five timed steps each).
+
+# %% tags=["hide-cell"]
+threads_before = torch.get_num_threads()
+by_threads = {}
+for n in (1, 2):
+    torch.set_num_threads(n)
+    by_threads[n] = {name: measure.step_ms(measure.untrained(method, data, model, dev), split, 5, batch_size)
+                     for name, method in (("Single", "single"), ("FLAME", "flame"))}  # fmt: skip
+torch.set_num_threads(threads_before)
+for name in ("Single", "FLAME"):
+    print(f"{name}: {by_threads[1][name]:.1f} ms with one thread, {by_threads[2][name]:.1f} ms with two "
+          f"({by_threads[1][name] / by_threads[2][name]:.2f}x)")
+
+# %% [markdown]
+# **Solution 2.** What the committed GPU results say (a solution that needs a GPU can only read them).
+
+# %% tags=["hide-cell"]
+gpu = {label: r for label, r in bench.items() if r["device"].startswith("cuda")}
+for label, r in gpu.items():
+    f = r["steps_ms"]["flame"]
+    graph = f"graph {f['graph_ms']:.1f} ms, " if "graph_ms" in f else "no graph measured, "
+    print(f"{label}: FLAME {graph}padded {f['padded_ms']:.1f} ms, packed {f['packed_ms']:.1f} ms")
+if not gpu:
+    print("no GPU result is committed yet")
+
+# %% [markdown]
+# **Solution 3.** With the per-block split, the first block runs on two prefixes and the last on four,
+# each through both networks: trained passes cost three forward passes, passes that only carry gradients
+# through a frozen block two, the purely frozen prefix one. Per block $b$ (and $h$ for scoring the items):
+# block 0 costs $3b + 2b + 3b + b = 9b$, block 1 $4 \cdot 3b + 3 \cdot 2b + b = 19b$, the separate
+# learnable forward for $\mathcal{L}_\text{rec}$ $6b + 3h$: in all $34b + 3h$, against Single's $6b + 3h$.
+
+# %% tags=["hide-cell"]
+lengths = (split.train_inputs[:batch_size] > 0).sum(1).cpu()
+b = measure.pass_flops(lengths, model, data.num_items, scores=False) / model.layers  # one block, roughly
+h = 2 * model.hidden * (data.num_items + 1) * len(lengths)
+predicted = (34 * b + 3 * h) / (6 * b + 3 * h)
+measured = by_name.loc[f"FLAME {blocks}", "x Single"]
+print(f"predicted FLAME {blocks} / Single: {predicted:.2f}; measured: {measured:.2f}")
+
+# %% [markdown]
+# **Solution 4.** Activations grow linearly with the batch: every saved tensor has a batch axis.
+
+# %% tags=["hide-cell"]
+growth = pd.DataFrame({b_: {name: measure.activation_mb(measure.untrained(method, data, model, dev), split, b_)
+                            for name, method in (("Single", "single"), ("FLAME", "flame"))}
+                       for b_ in (64, 128, 256)})  # fmt: skip
+print(growth.round(1))
+
+# %% [markdown]
+# **Solution 5.** From the step times of Table 2 (the per-block split, its sampled variants, the ensemble).
+
+# %% tags=["hide-cell"]
+k_costs = {2: by_name.loc[f"FLAME {blocks}, K=2", "ms per step"],
+           4: by_name.loc[f"FLAME {blocks}, K=4", "ms per step"],
+           n_paths: by_name.loc[f"FLAME {blocks}", "ms per step"]}  # fmt: skip
+target = by_name.loc["Ensemble-Scratch N=2", "ms per step"]
+cheaper = [k for k, v in k_costs.items() if v <= target]
+print("ms per step: " + ", ".join(f"K={k} {v:.1f}" for k, v in k_costs.items())
+      + f"; Ensemble-Scratch N=2 {target:.1f}. "
+      + (f"Up to K={max(cheaper)} FLAME costs no more than it." if cheaper else "Every K here costs more."))
+
+# %% tags=["remove-cell"]
 ms = scaling.set_index("variant")["ms per step"]
 mem = scaling.set_index("variant")["activation MB"]
 serve = inference.rename(index={"FLAME (learnable network)": "FLAME"})

@@ -56,10 +56,11 @@ def configs(method: str, epochs: int, max_len: int = 50, hidden: int = 64, devic
 
 
 def experiment(dataset: str, method: str, epochs: int, runs_dir: str | Path, max_len: int = 50, hidden: int = 64,
-               device: str = "cpu", seed: int = 42, quiet: bool = True, **train_changes) -> Experiment:  # fmt: skip
-    """Run (or reuse) one experiment under runs_dir; see flame_core.experiments.run."""
+               device: str = "cpu", seed: int = 42, quiet: bool = True, frozen: str | None = None,
+               **train_changes) -> Experiment:  # fmt: skip
+    """Run (or reuse) one experiment under runs_dir; see flame_core.experiments.run (`frozen`: an anchor file)."""
     model, cfg = configs(method, epochs, max_len, hidden, device, seed, **train_changes)
-    return run(dataset, model, cfg, root=resolve(runs_dir), log=(lambda s: None) if quiet else print)
+    return run(dataset, model, cfg, root=resolve(runs_dir), frozen=frozen, log=(lambda s: None) if quiet else print)
 
 
 def write_metrics(output_dir: str | Path, metrics: dict) -> Path:
