@@ -10,25 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Callable
-
-import torch
 
 from flame_core.backbone import SASRecStack, load_official
 from flame_core.config import ModelConfig, TrainConfig
 from flame_core.data import Interactions, Split
 from flame_core.engine import train
+from flame_core.files import FileError, read_torch, require
 from flame_core.methods import Single
-from flame_core.utils import atomic_torch_save, file_lock
+from flame_core.utils import atomic_torch_save, cache_dir, file_lock
 
 ANCHOR_SETTINGS = ("seed", "epochs", "patience", "batch_size", "lr", "keep")
-
-
-def cache_dir() -> Path:
-    """$FLAME_CACHE_DIR, else ~/.cache/flame_core."""
-    return Path(os.environ.get("FLAME_CACHE_DIR") or Path.home() / ".cache" / "flame_core")
+CACHED = "an anchor cached by flame_core (its weights, settings and pretraining results)"
 
 
 def anchor_key(data: Interactions, model: ModelConfig, cfg: TrainConfig) -> str:
@@ -54,8 +48,12 @@ def _pretrain_or_load(data: Interactions, split: Split, model: ModelConfig, cfg:
                       log: Callable[[str], None]) -> tuple[SASRecStack, Path]:  # fmt: skip
     path, device = root / f"{data.name}-{key}.pt", split.train_targets.device
     if path.exists():
-        log(f"anchor: using cached {path}")
-        return load_anchor(path, model, data.num_items).to(device), path
+        try:
+            anchor = load_anchor(path, model, data.num_items)
+            log(f"anchor: using cached {path}")
+            return anchor.to(device), path
+        except FileError as err:  # a damaged cache entry is rebuilt (from its run folder when that survived)
+            log(f"warning: {err}; pretraining the anchor again")
     log(f"anchor: pretraining a Single SASRec for {data.name} (cache key {key})")
     single_cfg = cfg.replace(method="single")
     method = Single(data.num_items, model, single_cfg).to(device)
@@ -72,17 +70,26 @@ def cached_anchor_results(data: Interactions, model: ModelConfig, cfg: TrainConf
     validation and test metrics, training seconds), or None if it is not cached."""
     root = Path(root) if root is not None else cache_dir() / "anchors"
     path = root / f"{data.name}-{anchor_key(data, model, cfg)}.pt"
-    return torch.load(path, map_location="cpu", weights_only=False)["results"] if path.exists() else None
+    if not path.exists():
+        return None
+    cached = read_torch(path, CACHED)
+    require(cached, ("results",), path, CACHED)
+    return cached["results"]
 
 
 def load_anchor(path: str | Path, model: ModelConfig, num_items: int) -> SASRecStack:
-    """Load an anchor: one cached by `pretrain_anchor`, or a released one (plain SASRec state dict)."""
-    obj = torch.load(path, map_location="cpu", weights_only=False)
-    if "item_emb.weight" in obj:
-        return load_official(str(path), model, num_items)
+    """Load an anchor: one cached by `pretrain_anchor`, or a released one (plain SASRec state dict).
+
+    A file of another kind, a damaged one, or one for other sizes raises FileError naming it."""
+    what = "anchor weights: a released SASRec state dict or an anchor cached by flame_core"
+    obj = read_torch(path, what)
+    if isinstance(obj, dict) and "item_emb.weight" in obj:
+        return load_official(path, model, num_items, state=obj)
+    require(obj, ("state",), path, what)
     net = SASRecStack(1, num_items, model)
     try:
         net.load_state_dict(obj["state"])
-    except (KeyError, RuntimeError) as err:
-        raise ValueError(f"{path}: not an anchor for {num_items} items with {model}: {err}") from None
+    except (RuntimeError, TypeError, AttributeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise FileError(f"{path}: not an anchor for {num_items} items with these settings ({first})") from None
     return net

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flame_core.config import ModelConfig
+from flame_core.files import FileError, read_torch, require
 
 
 @dataclass
@@ -437,17 +439,28 @@ def dropout(x: Tensor, p: float, train: bool) -> Tensor:
     return x * keep * (1.0 / (1.0 - p))
 
 
-def load_official(path: str, cfg: ModelConfig, num_items: int) -> SASRecStack:
+def load_official(path: str | Path, cfg: ModelConfig, num_items: int, state: dict | None = None) -> SASRecStack:
     """Load a released FLAME anchor (a plain SASRec state dict) as a 1-network stack.
 
     Keys: item_emb.weight, pos_emb.weight, layernorm.*, seq_encoder.mhas.{i}.{w_Q,w_K,w_V,w,layernorm}.*,
     seq_encoder.ffns.{i}.{w1,w2,layernorm}.*. Linear weights are stored (out, in) and are transposed here.
+    `state`: the state dict already read from `path`. A file that is not such a state dict raises FileError.
     """
-    sd = torch.load(path, map_location="cpu", weights_only=True)
+    what = "a SASRec state dict of the official FLAME release"
+    sd = read_torch(path, what) if state is None else state
+    require(sd, ("item_emb.weight", "pos_emb.weight"), path, what)
+    try:
+        return _official_stack(sd, cfg, num_items, path)
+    except (KeyError, RuntimeError, AttributeError, IndexError) as err:
+        raise FileError(f"{path}: an incomplete or inconsistent SASRec state dict ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0] if str(err) else ''}); expected {what}") from None  # fmt: skip
+
+
+def _official_stack(sd: dict, cfg: ModelConfig, num_items: int, path) -> SASRecStack:
     rows, pos_len, hidden = sd["item_emb.weight"].shape[0], *sd["pos_emb.weight"].shape
     layers = len({k.split(".")[2] for k in sd if k.startswith("seq_encoder.mhas.")})
     if (rows - 1, pos_len, hidden, layers) != (num_items, cfg.max_len, cfg.hidden, cfg.layers):
-        raise ValueError(
+        raise FileError(
             f"{path}: anchor has {rows - 1} items, max_len {pos_len}, hidden {hidden}, {layers} layers; "
             f"the dataset and settings need {num_items} items, max_len {cfg.max_len}, hidden {cfg.hidden}, "
             f"{cfg.layers} layers"

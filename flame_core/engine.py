@@ -5,7 +5,8 @@ weights restored at the end and the test split evaluated once with them. A run d
 
     config.json      the model and training configuration
     history.jsonl    one line per epoch: losses, lambda, validation metrics, seconds
-    checkpoint.pt    everything needed to resume after the last finished epoch (weights, optimiser, RNGs)
+    checkpoint.pt    everything needed to resume after the last finished epoch (weights, optimiser, RNGs);
+                     while training, the one it replaced stays beside it as checkpoint.prev.pt
     results.json     the final record: selected epoch, validation and test metrics, cost, and the method's
                      own `report` (e.g. CANet's routing and FLOPs)
 
@@ -27,8 +28,9 @@ The method's hooks: `prepare(split)` runs once before the first epoch (also on r
 `epoch_indices(epoch, ...)` gives each epoch's samples (default: all of them, shuffled with the seeded
 generator, so curricula like ckd's plug in without touching the loop).
 
-Every file is written atomically; ``resume=True`` continues from checkpoint.pt and, on CPU with the same
-seed, reproduces the uninterrupted run to floating-point rounding (a CPU reduction may sum in another order
+Every file is written atomically; ``resume=True`` continues from checkpoint.pt (verified on load; a damaged
+one falls back to checkpoint.prev.pt, one epoch older: `flame_core.files`) and, on CPU with the same seed,
+reproduces the uninterrupted run to floating-point rounding (a CPU reduction may sum in another order
 when its tensors lie at other addresses). A non-finite loss stops the run with a clear message and leaves
 the last good checkpoint in place.
 """
@@ -46,6 +48,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from flame_core.data import Split
+from flame_core.files import CHECKPOINT, PREVIOUS, FileError, load_checkpoint, save_checkpoint
 from flame_core.methods import Method
 from flame_core.metrics import encode_ranks, evaluate_views
 from flame_core.utils import atomic_json, atomic_torch_save, atomic_write, seed_everything
@@ -198,9 +201,21 @@ def _set_rng_state(state: dict, gens: list[torch.Generator]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def load_weights(method: Method, state: dict, path: Path) -> None:
+    """Load a checkpoint's weights; weights of other settings (sizes, method) raise FileError naming the file."""
+    try:
+        method.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError) as err:
+        first = str(err).strip().splitlines()[0]
+        raise FileError(f"{path}: weights of other settings than this run's ({first}); resume with the settings "
+                        "that wrote it, or start afresh with --overwrite") from None  # fmt: skip
+
+
 def selected_weights(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[dict, int]:
     """The selected weights of a finished run directory (one replica's) and the epoch they come from."""
-    ckpt = torch.load(Path(run_dir) / "checkpoint.pt", map_location=device, weights_only=False)
+    ckpt = load_checkpoint(run_dir, device, keys=("best_weights", "state"), log=lambda s: None)
+    if ckpt is None:
+        raise FileError(f"{Path(run_dir) / CHECKPOINT}: no such file (expected the selected weights of a run)")
     return ckpt["best_weights"][0], ckpt["state"]["replicas"][0]["best_epoch"]
 
 
@@ -236,22 +251,24 @@ def train_stacked(method: Method, split: Split, stack_dir: str | Path, run_dirs:
 def _train(method: Method, split: Split, ckpt_dir: Path | None, dirs: list[Path | None], resume: bool,
            on_epoch: Callable[[list[dict]], None] | None, log: Callable[[str], None]) -> list[dict]:  # fmt: skip
     cfg, S, seeds = method.cfg, method.replicas, method.seeds
-    ckpt_path = ckpt_dir / "checkpoint.pt" if ckpt_dir else None
+    ckpt_path = ckpt_dir / CHECKPOINT if ckpt_dir else None
     opt = make_optimizer(method, split.train_targets.device)
     gens = [torch.Generator().manual_seed(s) for s in seeds]
     reps = [{"best": float("-inf"), "best_epoch": 0, "bad": 0, "history": [], "seconds": 0.0, "stopped": False}
             for _ in range(S)]  # fmt: skip
     best, start = [method.replica_state(s) for s in range(S)], 0
-    if resume and ckpt_path is not None and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=split.train_targets.device, weights_only=False)
-        if "optimizer" not in ckpt:
+    ckpt = None
+    if resume and ckpt_dir is not None:
+        ckpt = load_checkpoint(ckpt_dir, split.train_targets.device, keys=("method", "best_weights", "state"), log=log)
+        if ckpt is not None and "optimizer" not in ckpt:
             raise ValueError(f"{ckpt_path}: the selected weights of a replica trained stacked; resume the stacked "
                              "run (the same --seeds) instead")  # fmt: skip
-        method.load_state_dict(ckpt["method"])
+    if ckpt is not None:
+        load_weights(method, ckpt["method"], ckpt_path)
         opt.load_state_dict(ckpt["optimizer"])
         best, reps, start = ckpt["best_weights"], ckpt["state"]["replicas"], ckpt["state"]["epoch"]
         _set_rng_state(ckpt["rng"], gens)
-        log(f"resumed from {ckpt_path} after epoch {start}")
+        log(f"resumed from {ckpt_dir} after epoch {start}")
     else:
         seed_everything(seeds[0])
     _write_configs(method, ckpt_dir, dirs)
@@ -290,16 +307,19 @@ def _train(method: Method, split: Split, ckpt_dir: Path | None, dirs: list[Path 
             log(("" if S == 1 else f"seed {seeds[s]}  ") + _epoch_line(row, rep, list(losses)))
             rows.append(row)
         start = epoch
-        if ckpt_path:
-            atomic_torch_save(ckpt_path, {"method": method.state_dict(), "optimizer": opt.state_dict(),
-                                          "best_weights": best, "state": {"epoch": epoch, "replicas": reps},
-                                          "rng": _rng_state(gens)})  # fmt: skip
+        if ckpt_dir:
+            save_checkpoint(ckpt_dir, {"method": method.state_dict(), "optimizer": opt.state_dict(),
+                                       "best_weights": best, "state": {"epoch": epoch, "replicas": reps},
+                                       "rng": _rng_state(gens)})  # fmt: skip
         for d, rep in zip(dirs, reps):
             if d:
                 atomic_write(d / "history.jsonl", "".join(json.dumps(r) + "\n" for r in rep["history"]))
         if on_epoch:
             on_epoch(rows)
-    return _finish(method, split, best, reps, dirs, stacked=S > 1)
+    out = _finish(method, split, best, reps, dirs, stacked=S > 1)
+    if ckpt_dir:
+        (ckpt_dir / PREVIOUS).unlink(missing_ok=True)  # finished: the last checkpoint holds the selection
+    return out
 
 
 def _write_configs(method: Method, ckpt_dir: Path | None, dirs: list[Path | None]) -> None:
@@ -354,7 +374,7 @@ def _finish(method: Method, split: Split, best: list[dict], reps: list[dict], di
         if d:
             if stacked:  # the replica's own checkpoint: its selected weights, in the form of a one-replica run
                 state = {"epoch": len(rep["history"]), "replicas": [rep]}
-                atomic_torch_save(d / "checkpoint.pt", {"method": best[s], "best_weights": [best[s]], "state": state})
+                atomic_torch_save(d / CHECKPOINT, {"method": best[s], "best_weights": [best[s]], "state": state})
             atomic_json(d / "results.json", results)
         out.append(results)
     return out

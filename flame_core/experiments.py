@@ -26,10 +26,11 @@ from typing import Callable
 import torch
 
 from flame_core.anchor import anchor_key, cached_anchor_results, load_anchor, pretrain_anchor
+from flame_core.backbone import SASRecStack
 from flame_core.config import ModelConfig, TrainConfig
 from flame_core.data import Interactions, Split, build_split, load_dataset
-from flame_core.engine import evaluate, selected_weights, train, train_stacked
-from flame_core.backbone import SASRecStack
+from flame_core.engine import evaluate, load_weights, selected_weights, train, train_stacked
+from flame_core.files import CHECKPOINT, read_json, require
 from flame_core.methods import Method, Single, build_method
 from flame_core.registry import method_class
 from flame_core.utils import atomic_json, file_lock, portable_command, resolve_device, sha256_file
@@ -183,11 +184,12 @@ def run_seeds(dataset: str, model: ModelConfig, cfg: TrainConfig, seeds: list[in
             train(method, split, out_dir=d, resume=True, log=log)
     trained = {d for _, d in todo}
     experiments = []
-    for s, d in zip(seeds, dirs):
-        method, pretrained = build(data, split, model, cfg.replace(seed=s), frozen, log=log)
-        method.load_state_dict(selected_weights(d, split.test_targets.device)[0])
+    for s, d in zip(seeds, dirs):  # the anchor was just logged for a run trained here
+        quiet = (lambda line: None) if d in trained else log
+        method, pretrained = build(data, split, model, cfg.replace(seed=s), frozen, log=quiet)
+        load_weights(method, selected_weights(d, split.test_targets.device)[0], d / CHECKPOINT)
         method.eval()
-        results = json.loads((d / "results.json").read_text())
+        results = read_json(d / "results.json", "the results of a finished run")
         experiments.append(Experiment(results, method, data, split, d, d not in trained, pretrained))
     return experiments
 
@@ -239,5 +241,15 @@ def record(results: dict, data: Interactions, model: ModelConfig, cfg: TrainConf
 
 def load_records(root: str | Path = "results") -> list[dict]:
     """Every record under `root` (sorted by dataset, method, seed); an absent folder gives []."""
-    records = [json.loads(p.read_text()) for p in sorted(Path(root).glob("*/*.json"))]
+    records = [_read_record(p) for p in sorted(Path(root).glob("*/*.json"))]
     return sorted(records, key=lambda r: (r["dataset"], r["method"], r["seed"]))
+
+
+RECORD_KEYS = ("dataset", "method", "seed", "profile", "valid", "test", "history")  # what readers of records use
+
+
+def _read_record(path: Path) -> dict:
+    what = "a results record written by `python -m flame_core train --record` or `sweep`"
+    rec = read_json(path, what)
+    require(rec, RECORD_KEYS, path, what)
+    return rec
