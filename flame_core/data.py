@@ -6,8 +6,9 @@
 - :func:`load_movielens_100k`: MovieLens-100K read from the installed ``recbole`` package (never copied
   into the repository), sorted, 5-core filtered and remapped.
 - :func:`synthetic`: a small seeded dataset with known multi-interest structure, for unit tests.
-- :func:`load_dataset`: a name or a path; the shared datasets are found by name in the folder named by
-  the environment variable ``FLAME_DATA_DIR`` (read at call time, e.g. ``../shared/data``).
+- :func:`load_dataset`: a name or a path; the release's datasets (and any ``NAME.txt``) are found by name
+  in the data folder: ``$FLAME_DATA_DIR`` (read at call time, e.g. ``../shared/data``), else the folder that
+  ``python -m flame_core datasets fetch`` fills (`flame_core.release`).
 
 Splitting (:func:`build_split`): each user's last ``keep`` items form the window ``w`` (default
 ``max_len + 3``, the official release's truncation). Every prefix of ``w[:-2]`` predicts its next item
@@ -29,9 +30,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flame_core import release
+
 MIN_ITEMS = 3  # fewest items that split: a validation input, a validation target, a test target
 CORE = 5  # k of the k-core filter applied to MovieLens-100K
+ML_100K = {"users": 943, "items": 1349, "interactions": 99287}  # after the 5-core filter (a test checks them)
+SYNTHETIC = {"users": 200, "items": 100, "interactions": 3666}  # synthetic() with its defaults
 INSTALL_HINT = "pip install --no-deps recbole==1.2.1"
+MAX_ID = 2**63 - 1  # ids are stored as int64
+SPARSE_FACTOR, SPARSE_FLOOR = 4, 1_000_000  # refused: a largest item id above both 4x the distinct ids and 1e6
 
 
 class DatasetError(ValueError):
@@ -98,6 +105,8 @@ def _parse_ids(parts: list[str], line: str, where: str) -> list[int]:
 def _check_line(ids: list[int], where: str, seen: dict[int, int], lineno: int) -> None:
     """Validate one parsed line: positive ids, a new user, at least one item."""
     user, items = ids[0], ids[1:]
+    if max(ids) > MAX_ID:
+        raise DatasetError(f"{where}: id {max(ids)} is too large; expected ids up to {MAX_ID} (2^63 - 1)")
     if user <= 0:
         raise DatasetError(f"{where}: expected a positive user id (ids are 1-based), got {user}")
     if user in seen:
@@ -118,22 +127,37 @@ def read_sequences(path: str | os.PathLike, name: str | None = None) -> Interact
     FileNotFoundError for a missing file.
     """
     path = Path(path)
+    if path.is_dir():
+        raise DatasetError(f"{path}: a folder, not a dataset file; expected lines 'user item item ...'")
     sequences: list[list[int]] = []
     seen: dict[int, int] = {}
-    num_items = num_dropped = lineno = 0
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
+    distinct: set[int] = set()
+    num_items = num_dropped = lineno = top_line = 0
+    with path.open("rb") as handle:  # bytes, decoded line by line, so that a bad byte names its line
+        for lineno, raw in enumerate(handle, start=1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DatasetError(f"{where}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column {err.start + 1}); "
+                                   "expected lines 'user item item ...'") from None  # fmt: skip
             parts = line.split()
             if not parts:
                 continue
-            where = f"{path}:{lineno}"
             ids = _parse_ids(parts, line, where)
             _check_line(ids, where, seen, lineno)
-            num_items = max(num_items, max(ids[1:]))
+            distinct.update(ids[1:])
+            if max(ids[1:]) > num_items:
+                num_items, top_line = max(ids[1:]), lineno
             if len(ids) - 1 < MIN_ITEMS:
                 num_dropped += 1
             else:
                 sequences.append(ids[1:])
+    if num_items > max(SPARSE_FACTOR * len(distinct), SPARSE_FLOOR):
+        raise DatasetError(
+            f"{path}:{top_line}: item id {num_items} is far above the {len(distinct)} distinct item ids of the file; "
+            f"the item table has a row per id up to the largest, so renumber the items 1..{len(distinct)}"
+        )
     if not sequences:
         raise DatasetError(
             f"{path}:{max(lineno, 1)}: no user with at least {MIN_ITEMS} items "
@@ -257,43 +281,51 @@ def synthetic(num_users: int = 200, num_items: int = 100, num_interests: int = 4
     return Interactions("synthetic", sequences, num_items, 0, source)
 
 
-def _data_dir() -> Path | None:
-    """The folder named by FLAME_DATA_DIR (read now, not at import), or None when unset."""
-    value = os.environ.get("FLAME_DATA_DIR")
-    return Path(value).expanduser() if value else None
-
-
 def available_datasets() -> list[dict]:
-    """ml-100k, then each ``*.txt`` in FLAME_DATA_DIR (name = stem): dicts of name, source, available."""
+    """Every dataset the library knows, with where it is and its state, in the order `datasets` lists them.
+
+    Each dict: name, state ("available", "fetchable", "differs" (a file of a released name whose content is
+    not the release's; used as it is), "not installed"), source (a path, a package or how to get it), and the
+    statistics recorded for it (users, items, interactions; None for a file found in the data folder only).
+    """
     movielens = _movielens_path()
-    source = str(movielens) if movielens else f"recbole package (not installed: {INSTALL_HINT})"
-    found = [{"name": "ml-100k", "source": source, "available": movielens is not None}]
-    folder = _data_dir()
-    if folder is not None and folder.is_dir():
-        found += [{"name": p.stem, "source": str(p), "available": True} for p in sorted(folder.glob("*.txt"))]
+    found = [{"name": "ml-100k", "state": "available" if movielens else "not installed",
+              "source": str(movielens) if movielens else f"the recbole package: {INSTALL_HINT}", **ML_100K},
+             {"name": "synthetic", "state": "available", "source": "generated (flame_core.data.synthetic, seeded)",
+              **SYNTHETIC}]  # fmt: skip
+    folder, _ = release.data_folder()
+    for name, entry in release.RELEASED.items():
+        state = release.state(name, folder) if folder.is_dir() else "fetchable"
+        source = f"python -m flame_core datasets fetch {name}" if state == "fetchable" else str(folder / f"{name}.txt")
+        found.append({"name": name, "state": state, "source": source, "users": entry.users, "items": entry.items,
+                      "interactions": entry.interactions})  # fmt: skip
+    if folder.is_dir():
+        for path in sorted(folder.glob("*.txt")):
+            if path.stem not in release.RELEASED:
+                found.append({"name": path.stem, "state": "available", "source": str(path), "users": None,
+                              "items": None, "interactions": None})  # fmt: skip
     return found
 
 
 def load_dataset(name_or_path: str) -> Interactions:
-    """"ml-100k", "synthetic" (default arguments), an existing file, or a name: FLAME_DATA_DIR/NAME.txt."""
+    """"ml-100k", "synthetic" (default arguments), an existing file, or a name: NAME.txt in the data folder
+    ($FLAME_DATA_DIR, else the default that `python -m flame_core datasets fetch` fills)."""
     if name_or_path == "ml-100k":
         return load_movielens_100k()
     if name_or_path == "synthetic":
         return synthetic()
     if Path(name_or_path).is_file():
         return read_sequences(name_or_path)
-    folder = _data_dir()
-    if folder is not None:
-        candidate = folder / f"{name_or_path}.txt"
-        if candidate.is_file():
-            return read_sequences(candidate, name=name_or_path)
-    names = [d["name"] for d in available_datasets() if d["available"]] + ["synthetic"]
-    where = f"FLAME_DATA_DIR={folder}" if folder is not None else "FLAME_DATA_DIR is not set"
-    raise DatasetError(
-        f"unknown dataset {name_or_path!r}: not a file and not a name in the data folder ({where}). "
-        f"Available: {', '.join(names)}. Set FLAME_DATA_DIR to the folder holding the .txt files, "
-        "e.g. FLAME_DATA_DIR=../shared/data."
-    )
+    folder, how = release.data_folder()
+    candidate = folder / f"{name_or_path}.txt"
+    if candidate.is_file():
+        return read_sequences(candidate, name=name_or_path)
+    names = [d["name"] for d in available_datasets() if d["state"] in ("available", "differs")]
+    where = f"{folder} ({how})" + ("" if folder.is_dir() else ", which does not exist")
+    hint = (f"Fetch it: python -m flame_core datasets fetch {name_or_path}" if name_or_path in release.RELEASED
+            else "Set FLAME_DATA_DIR to the folder holding NAME.txt files, or give a path")  # fmt: skip
+    raise DatasetError(f"unknown dataset {name_or_path!r}: not a file and not in the data folder {where}. "
+                       f"Available: {', '.join(names)}. {hint}.")  # fmt: skip
 
 
 @dataclass

@@ -33,6 +33,11 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
+def cache_dir() -> Path:
+    """$FLAME_CACHE_DIR, else ~/.cache/flame_core: pretrained anchors, and fetched datasets by default."""
+    return Path(os.environ.get("FLAME_CACHE_DIR") or Path.home() / ".cache" / "flame_core")
+
+
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
     """Write a file so that readers see the old or the new content, never a partial one."""
     path = Path(path)

@@ -18,6 +18,7 @@ from flame_core.data import (
     read_sequences,
     synthetic,
 )
+from flame_core.release import RELEASED
 
 
 def write(tmp_path: Path, text: str, name: str = "toy.txt") -> Path:
@@ -46,6 +47,8 @@ def tensor(rows) -> torch.Tensor:
         ("1 1 2 3\n2 4 5 6\n1 7 8 9\n", 3, "duplicate user 1 (first seen on line 1)"),
         ("1 1 2 3\n2\n", 2, "user 2 has no items"),
         ("1 1 2 3\n\n\n2 4 x 6\n", 4, "got 'x'"),  # blank lines still count
+        ("1 1 2 3\n2 4 9223372036854775808 6\n", 2, "id 9223372036854775808 is too large"),  # beyond int64
+        ("1 1 2 3\n2 4 5000000 6\n3 7 8 9\n", 2, "far above the 9 distinct item ids"),  # a 5M-row table
     ],
 )
 def test_parser_errors_name_file_and_line(tmp_path, text, line, fragment):
@@ -56,6 +59,15 @@ def test_parser_errors_name_file_and_line(tmp_path, text, line, fragment):
     assert message.startswith(f"{path}:{line}: ")
     assert "toy.txt" in message and f":{line}:" in message
     assert fragment in message
+
+
+def test_parser_names_the_line_of_a_byte_that_is_not_utf8(tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes(b"1 1 2 3\n2 4 5 6\n3 7 \xe9 8\n")
+    with pytest.raises(DatasetError, match=rf"^{path}:3: not UTF-8 text \(byte 0xe9 at column 5\)"):
+        read_sequences(path)
+    with pytest.raises(DatasetError, match="a folder, not a dataset file"):
+        read_sequences(tmp_path)
 
 
 def test_parser_drops_short_users_and_ignores_blank_lines(tmp_path):
@@ -179,11 +191,12 @@ def raw_movielens(path: str) -> list[tuple[str, str, float]]:
 
 def test_movielens_100k():
     source = available_datasets()[0]
-    if not source["available"]:
+    if source["state"] != "available":
         pytest.skip("recbole's ml-100k.inter is not installed (pip install --no-deps recbole==1.2.1)")
     data = load_movielens_100k()
     rows = raw_movielens(source["source"])
     assert data.name == "ml-100k" and data.num_dropped == 0
+    assert {k: data.stats()[k] for k in data_module.ML_100K} == data_module.ML_100K  # what `datasets` lists
     assert len(data.sequences) == len({r[0] for r in rows}) and data.num_items == len({r[1] for r in rows})
     assert sum(map(len, data.sequences)) == len(rows)
     counts = Counter(i for s in data.sequences for i in s)
@@ -208,17 +221,21 @@ def test_movielens_missing_package_says_how_to_install(monkeypatch):
     monkeypatch.setattr(data_module, "_movielens_path", lambda: None)
     with pytest.raises(DatasetError, match=r"pip install --no-deps recbole==1\.2\.1"):
         load_dataset("ml-100k")
-    assert available_datasets()[0]["available"] is False
+    assert available_datasets()[0]["state"] == "not installed"
 
 
 
 def test_load_dataset_by_name_path_and_unknown(tmp_path, monkeypatch):
     write(tmp_path, "1 1 2 3\n", name="mini.txt")
     monkeypatch.setenv("FLAME_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("FLAME_CACHE_DIR", str(tmp_path / "cache"))
     assert load_dataset("mini").sequences == [[1, 2, 3]]
     assert load_dataset(str(tmp_path / "mini.txt")).name == "mini"
-    assert load_dataset("synthetic").name == "synthetic"
-    assert [d["name"] for d in available_datasets()] == ["ml-100k", "mini"]
+    assert load_dataset("synthetic").stats() == {"dataset": "synthetic", **data_module.SYNTHETIC,
+                                                  "mean_length": 18.33, "dropped_users": 0}  # fmt: skip
+    listed = {d["name"]: d["state"] for d in available_datasets()}
+    assert list(listed) == ["ml-100k", "synthetic", *RELEASED, "mini"]
+    assert listed["synthetic"] == listed["mini"] == "available" and listed["amazon-toys"] == "fetchable"
     with pytest.raises(DatasetError) as info:
         load_dataset("no-such-data")
     message = str(info.value)

@@ -1,0 +1,136 @@
+"""The official FLAME release's datasets: where they come from, their checksums, and fetching them.
+
+The FLAME paper (Kim et al., SIGIR 2026, arXiv:2604.04038) released its code and preprocessed datasets in
+the public repository woo-joo/FLAME_SIGIR26 on GitHub. :func:`fetch` downloads a dataset file from that
+repository at a fixed commit, checks it against the SHA-256 recorded here and stores it in the data folder
+(:func:`data_folder`), where ``load_dataset(NAME)`` and ``python -m flame_core datasets`` find it. A download
+that fails or does not match keeps nothing; an existing file is never overwritten.
+
+The release also holds ``datasets/ml-1m.txt``; we have not verified that file, so it is not listed (it
+cannot be fetched without a checksum to check it against).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from flame_core.utils import cache_dir, sha256_file
+
+REPOSITORY = "woo-joo/FLAME_SIGIR26"
+COMMIT = "9e874bb0f7f462251755a57cc34596db2cadcd05"
+BASE_URL = f"https://raw.githubusercontent.com/{REPOSITORY}/{COMMIT}/"
+URL_VARIABLE = "FLAME_RELEASE_URL"  # another base URL (a mirror); the checksums still decide
+TIMEOUT = 60  # seconds without data before a download is abandoned
+
+
+class FetchError(ValueError):
+    """A dataset could not be fetched: unknown name, network failure or checksum mismatch; nothing was kept."""
+
+
+@dataclass(frozen=True)
+class ReleasedDataset:
+    """One dataset file of the release: its path in the repository, size, SHA-256 and statistics."""
+
+    name: str
+    path: str
+    size: int
+    sha256: str
+    users: int
+    items: int
+    interactions: int
+
+    def url(self, base: str | None = None) -> str:
+        base = base or os.environ.get(URL_VARIABLE) or BASE_URL
+        return base.rstrip("/") + "/" + self.path
+
+
+RELEASED = {d.name: d for d in (
+    ReleasedDataset("amazon-beauty", "datasets/amazon-beauty.txt", 1090094,
+                    "59ed0b9bd561c3adf98da6d29b5c4cdd8dad233426418bf5facc17bb9a684ed7", 22363, 12101, 198502),
+    ReleasedDataset("amazon-toys", "datasets/amazon-toys.txt", 922156,
+                    "45608e642b0d04e3e02a6009e93c5723164a1fb227147579558ae619d774c9a5", 19412, 11924, 167597),
+    ReleasedDataset("amazon-sports", "datasets/amazon-sports.txt", 1707513,
+                    "3d59d5998586e1b49f817812c1625627c0f09a5186f62ba70df610ed3e9d2e5d", 35598, 18357, 296337),
+    ReleasedDataset("amazon-games", "datasets/amazon-games.txt", 1233867,
+                    "7e1af03e3e27b31ff548a5fe0d06847b07fdb0d2ff3f1179cda909755ddf9d75", 24303, 10672, 231780),
+    ReleasedDataset("yelp", "datasets/yelp.txt", 1977155,
+                    "20c961eea837e0a401bbfde2b6549d875ebbe6294e5e7ee2ca07a6f52cf3d2d2", 29915, 21572, 345186),
+)}  # fmt: skip
+
+
+def data_folder() -> tuple[Path, str]:
+    """The data folder and how it was chosen: $FLAME_DATA_DIR when set (read now), else CACHE/data, CACHE being
+    $FLAME_CACHE_DIR or ~/.cache/flame_core."""
+    value = os.environ.get("FLAME_DATA_DIR")
+    if value:
+        return Path(value).expanduser(), "FLAME_DATA_DIR"
+    return cache_dir() / "data", "default: FLAME_DATA_DIR is not set"
+
+
+def state(name: str, folder: Path | None = None) -> str:
+    """'available' (the file is there and matches the release), 'fetchable' (not there) or 'differs' (a file
+    of that name whose content is not the release's: it is used as it is, and never overwritten)."""
+    path = (folder or data_folder()[0]) / f"{name}.txt"
+    if not path.is_file():
+        return "fetchable"
+    return "available" if sha256_file(path) == RELEASED[name].sha256 else "differs"
+
+
+def fetch(name: str, folder: str | os.PathLike | None = None, base_url: str | None = None,
+          log: Callable[[str], None] = print) -> Path:  # fmt: skip
+    """Download released dataset `name` into `folder` (default: :func:`data_folder`) and return its path.
+
+    The bytes are checked against the recorded SHA-256 before the file appears under its name (written to a
+    temporary file, then renamed); on any failure the temporary file is removed and FetchError says why.
+    """
+    if name not in RELEASED:
+        raise FetchError(f"unknown dataset {name!r}; the release's datasets: {', '.join(RELEASED)}")
+    entry = RELEASED[name]
+    folder = Path(folder) if folder is not None else data_folder()[0]
+    target = folder / f"{name}.txt"
+    if target.exists():
+        found = state(name, folder)
+        if found == "available":
+            log(f"{name}: already in {target} (SHA-256 checked)")
+            return target
+        raise FetchError(f"{target}: exists but is not the release's file (SHA-256 {sha256_file(target)[:12]}..., "
+                         f"expected {entry.sha256[:12]}...); move it away to fetch the release's")  # fmt: skip
+    url = entry.url(base_url)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise FetchError(f"{folder}: cannot create the data folder ({err.strerror})") from None
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".download")
+    try:
+        digest, size = hashlib.sha256(), 0
+        with os.fdopen(fd, "wb") as out:
+            try:
+                with urllib.request.urlopen(url, timeout=TIMEOUT) as response:  # noqa: S310 - http(s) URLs only
+                    for block in iter(lambda: response.read(1 << 16), b""):
+                        digest.update(block)
+                        size += len(block)
+                        out.write(block)
+            except urllib.error.HTTPError as err:
+                raise FetchError(f"{url}: HTTP {err.code} {err.reason}; nothing kept") from None
+            except (urllib.error.URLError, socket.timeout, ConnectionError) as err:
+                reason = getattr(err, "reason", err)
+                raise FetchError(f"{url}: cannot download ({reason}); nothing kept. Check the network, or download "
+                                 f"the file by hand into {folder}/ (its SHA-256: {entry.sha256})") from None  # fmt: skip
+            out.flush()
+            os.fsync(out.fileno())
+        if digest.hexdigest() != entry.sha256:
+            raise FetchError(f"{url}: the download ({size:,} bytes) does not match the release's SHA-256 "
+                             f"(got {digest.hexdigest()[:12]}..., expected {entry.sha256[:12]}...); nothing kept")  # fmt: skip
+        os.replace(tmp, target)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    log(f"{name}: {size:,} bytes from {url}, SHA-256 checked, stored as {target}")
+    return target
