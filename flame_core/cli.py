@@ -19,17 +19,31 @@ import time
 import typing
 from pathlib import Path
 
-from flame_core import sweep
+from flame_core import release, sweep
 from flame_core.anchor import pretrain_anchor
-from flame_core.config import CONCERNS, SETTING_OWNER, ConfigError, ModelConfig, TrainConfig
+from flame_core.config import CHOICES, CONCERNS, SETTING_OWNER, ConfigError, ModelConfig, TrainConfig
 from flame_core.data import DatasetError, available_datasets, load_dataset
-from flame_core.engine import TrainingDiverged, evaluate, selected_weights
+from flame_core.engine import TrainingDiverged, evaluate, load_weights, selected_weights
 from flame_core.experiments import evaluate_network, load, pretrained_metrics, record, run_seeds
+from flame_core.files import CHECKPOINT, read_json, require
 from flame_core.methods import build_method
 from flame_core.metrics import format_table
 from flame_core.registry import REGISTRY, method_class
 from flame_core.utils import portable_command, resolve_device
 
+DATASETS_HELP = f"""The data folder is $FLAME_DATA_DIR when set, else CACHE/data (CACHE: $FLAME_CACHE_DIR or
+~/.cache/flame_core). A dataset NAME is NAME.txt there ('user item item ...' per line); ml-100k comes with the
+recbole package and synthetic is generated.
+
+fetch downloads the preprocessed datasets of the official FLAME release (Kim et al., SIGIR 2026,
+arXiv:2604.04038) from the public repository {release.REPOSITORY} at commit {release.COMMIT[:12]}, checks each
+file's SHA-256 against the one recorded in flame_core and stores it in the data folder.
+
+examples:
+  python -m flame_core datasets
+  python -m flame_core datasets fetch amazon-toys
+  python -m flame_core datasets fetch all
+"""
 EXAMPLES = """examples:
   python -m flame_core datasets
   python -m flame_core train --method flame --dataset ml-100k --epochs 30
@@ -55,13 +69,18 @@ def _parse_int_tuple(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text.split(","))
 
 
-def _shown(value) -> str:
-    """A default as a user types it on the command line."""
+def _shown(value, hint=None) -> str:
+    """A default as a user types it on the command line (an unset switch: 'unset')."""
     if value is None:
-        return "none"
+        return "unset" if hint == bool | None else "none"
     if isinstance(value, tuple):
         return ",".join(map(str, value))
     return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _typed(text: str, flag: str) -> str:
+    """A field's comment in the words of the command line: none, --no-FLAG, instead of Python's None, False."""
+    return re.sub(r"\bFalse\b", "--no-" + flag[2:], re.sub(r"\bNone\b", "none", text))
 
 
 def _add_options(parser: argparse.ArgumentParser, title: str, cls, names: tuple[str, ...] | None = None) -> None:
@@ -72,7 +91,8 @@ def _add_options(parser: argparse.ArgumentParser, title: str, cls, names: tuple[
         if (names is not None and f.name not in names) or f.name in CONCERNS:
             continue
         flag, hint = "--" + f.name.replace("_", "-"), hints[f.name]
-        kwargs = {"default": argparse.SUPPRESS, "help": f"{helps.get(f.name, '')} (default: {_shown(f.default)})"}
+        text = "one of the methods listed above" if f.name == "method" else _typed(helps.get(f.name, ""), flag)
+        kwargs = {"default": argparse.SUPPRESS, "help": f"{text} (default: {_shown(f.default, hint)})"}
         if hint in (bool, bool | None):
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         elif hint == int | None:
@@ -80,9 +100,12 @@ def _add_options(parser: argparse.ArgumentParser, title: str, cls, names: tuple[
         elif typing.get_origin(hint) is tuple:
             group.add_argument(flag, type=_parse_int_tuple, metavar="INT,INT,...", **kwargs)
         elif f.name == "method":
-            group.add_argument(flag, choices=list(REGISTRY), metavar="METHOD", **kwargs)
+            group.add_argument(flag, choices=list(REGISTRY), metavar="{" + ",".join(REGISTRY) + "}", **kwargs)
+        elif f.name in CHOICES:
+            group.add_argument(flag, choices=CHOICES[f.name], **kwargs)
         else:
-            group.add_argument(flag, type=hint, **kwargs)
+            group.add_argument(flag, type=hint, metavar=f.name.upper() if hint is str else hint.__name__.upper(),
+                               **kwargs)  # fmt: skip
 
 
 def _configs(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
@@ -142,7 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", metavar="PATH", required=True,
                    help="a run directory (its selected weights), a released anchor .pt or a cached anchor")  # fmt: skip
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
-    sub.add_parser("datasets", help="list the datasets that are available, with their statistics")
+    p = sub.add_parser("datasets", help="list the datasets with their state, or fetch the release's",
+                       description=DATASETS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("action", nargs="?", choices=["list", "fetch"], default="list",
+                   help="list (default) or fetch")  # fmt: skip
+    p.add_argument("names", nargs="*", metavar="NAME", help=f"with fetch: {', '.join(release.RELEASED)} or all")
+    p.add_argument("--url", metavar="URL", help=f"fetch from this base URL (a mirror holding datasets/NAME.txt) "
+                   f"instead of the release's (${release.URL_VARIABLE}, else {release.BASE_URL})")  # fmt: skip
     p = sub.add_parser("sweep", help="run a grid of datasets x methods x seeds under a profile, a record per run",
                        description=sweep.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--profile", default="full", help="protocol settings: full (the paper's: 200 epochs, patience 30, "
@@ -170,8 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="ml-100k",
-                   help="a name (ml-100k, synthetic, or FILE in $FLAME_DATA_DIR) or a path "
-                   "(default: ml-100k)")  # fmt: skip
+                   help="a name that `python -m flame_core datasets` lists (ml-100k, synthetic, the release's "
+                   "amazon-beauty, amazon-toys, amazon-sports, amazon-games, yelp once fetched, or NAME for "
+                   "NAME.txt in the data folder) or a path to a 'user item item ...' file (default: ml-100k)")  # fmt: skip
     _add_options(p, "the SASRec backbone (defaults: the official release)", ModelConfig)
 
 
@@ -200,7 +230,9 @@ def cmd_train(args) -> int:
         print(f"{cfg.method}: {len(seeds)} seeds {how} ({', '.join(map(str, seeds))})")
     runs = run_seeds(args.dataset, model, cfg, seeds, root=args.runs, frozen=args.frozen, out=args.out)
     rows = {f"{name} test": metrics for name, metrics in pretrained_metrics(runs[0].method, split).items()}
-    print(f"{cfg.method}: {runs[0].results['parameters']} parameters")
+    params = runs[0].results["parameters"]
+    frozen = f" and {params['frozen']:,} frozen" if params["frozen"] else ""
+    print(f"{cfg.method}: {params['trainable']:,} trainable{frozen} parameters")
     for p in runs[0].pretrained:
         print(f"pretrained {p['name']}: {p['file']}" + (f" (seed {p['seed']})" if "seed" in p else ""))
     for run in runs:
@@ -208,8 +240,9 @@ def cmd_train(args) -> int:
         rows[f"{name} valid (epoch {run.results['best_epoch']})"] = run.results["valid"]
         rows[f"{name} test"] = run.results["test"]
     epochs = ", ".join(str(run.results["epochs_run"]) for run in runs)
+    plural = "s" if len(runs) > 1 or runs[0].results["epochs_run"] != 1 else ""
     print(f"\nfull ranking over {data.num_items} items, leave-one-out, {data.name}, seed {', '.join(map(str, seeds))}, "
-          f"{epochs} epochs run, selected on valid NDCG@20; metrics in percent")  # fmt: skip
+          f"{epochs} epoch{plural} run, selected on valid NDCG@20; metrics in percent")  # fmt: skip
     print(format_table(rows))
     for run in runs:
         results = run.results
@@ -240,14 +273,16 @@ def cmd_pretrain(args) -> int:
 def cmd_evaluate(args) -> int:
     weights = Path(args.weights)
     if weights.is_dir():  # a run directory: rebuild its method from config.json, take the selected weights
-        saved = json.loads((weights / "config.json").read_text())
+        what = "a run's configuration (config.json of a run directory)"
+        saved = read_json(weights / "config.json", what)
+        require(saved, ("model", "train"), weights / "config.json", what)
         model, cfg = ModelConfig.from_dict(saved["model"]), TrainConfig.from_dict(saved["train"], legacy=True)
         cfg = cfg.replace(device=args.device, progress=False)
         device = resolve_device(cfg.device)
         data, split = _load(args, model, cfg.keep, device)
         method = build_method(data.num_items, model, cfg).to(device)
         selected, epoch = selected_weights(weights, device)
-        method.load_state_dict(selected)
+        load_weights(method, selected, weights / CHECKPOINT)
         t0 = time.perf_counter()
         rows = {f"{cfg.method} (epoch {epoch}) {s}": evaluate(method, split, s) for s in ("valid", "test")}
     else:
@@ -291,12 +326,34 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_datasets(args) -> int:
+    folder, how = release.data_folder()
+    if args.action == "list" and args.names:
+        raise ValueError(f"datasets: list takes no names (got {' '.join(args.names)}); to download: datasets fetch NAME")
+    if args.action == "fetch":
+        if not args.names:
+            raise ValueError(f"datasets fetch: name the datasets ({', '.join(release.RELEASED)}) or all")
+        names = list(release.RELEASED) if args.names == ["all"] else args.names
+        for name in names:
+            release.fetch(name, folder, args.url)
+        return 0
+    print(f"data folder: {folder} ({how})")
+    if not folder.is_dir():
+        missing = "FLAME_DATA_DIR names a folder that does not exist" if how == "FLAME_DATA_DIR" else "not created yet"
+        print(f"  {missing}: `python -m flame_core datasets fetch NAME` creates it and stores the release's files there")
+    rows = []
     for entry in available_datasets():
-        if not entry["available"]:
-            print(f"{entry['name']:16s} not available: {entry['source']}")
-            continue
-        stats = load_dataset(entry["name"]).stats()
-        print(f"{entry['name']:16s} " + " ".join(f"{k}={v}" for k, v in stats.items() if k != "dataset"))
+        if entry["users"] is None:  # a file of the data folder the library does not know: read it
+            try:
+                entry |= load_dataset(entry["source"]).stats()
+            except DatasetError as err:
+                entry |= {"state": "unreadable", "source": str(err)}
+        counts = [str(entry[k]) if entry.get(k) is not None else "-" for k in ("users", "items", "interactions")]
+        rows.append([entry["name"], entry["state"], *counts, entry["source"]])
+    header = ["name", "state", "users", "items", "interactions", "source"]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(5)]
+    for row in [header, *rows]:
+        cells = [c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        print("  ".join([*cells, row[5]]))
     return 0
 
 
@@ -307,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
                 "sweep": cmd_sweep}  # fmt: skip
     try:
         return commands[args.command](args)
-    except (DatasetError, ConfigError, ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # bad input (DatasetError, ConfigError, FileError, FetchError...)
         print(f"error: {err}", file=sys.stderr)
         return 2
     except TrainingDiverged as err:

@@ -25,6 +25,8 @@ PATH_ATTENTION = ("independent", "shared")
 REC_FROM = ("separate", "path")
 PAIR_WEIGHTING = ("similarity", "uniform")
 PATH_SAMPLING = ("uniform", "fixed")
+CHOICES = {"path_attention": PATH_ATTENTION, "rec_from": REC_FROM, "pair_weighting": PAIR_WEIGHTING,
+           "path_sampling": PATH_SAMPLING}  # the settings that take one of a few words (the CLI lists them)
 LEGACY_NAMES = {"split": "module_split"}  # names in records and run folders written before the rename
 
 
@@ -254,7 +256,7 @@ class TrainConfig(_Checked):
     seed: int = 42  # the learnable networks' initialisation, dropout and shuffling
     device: str = "auto"  # "cpu", "cuda", "cuda:1", or "auto" (cuda when available)
     keep: int | None = -1  # items kept per user before splitting; -1 = max_len + 3 (official), None = all
-    packed: bool | None = None  # per-token work on real tokens only; None: packed on CPU, padded on CUDA (faster there)
+    packed: bool | None = None  # per-token work on real tokens only; unset: packed on CPU, padded on CUDA (faster)
     cuda_graph: bool = True  # on CUDA, capture the whole training step as one CUDA graph where the method allows
     eval_batch_size: int = 1024
     progress: bool = True  # tqdm progress bars
