@@ -49,19 +49,31 @@ def read_torch(path: str | os.PathLike, what: str, verify: bool = False, map_loc
     """
     path = Path(path)
     _exists(path, what)
-    if verify:
-        try:
-            with zipfile.ZipFile(path) as archive:
-                bad = archive.testzip()
-        except (zipfile.BadZipFile, OSError, EOFError) as err:
-            raise FileError(f"{path}: damaged or not a torch file ({_first_line(err)}); expected {what}") from None
+    if verify and zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
         if bad is not None:
             raise FileError(f"{path}: damaged: member {bad} fails its CRC-32 check; expected {what}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises RuntimeError, UnpicklingError, EOFError, KeyError...
-        raise FileError(f"{path}: not a readable torch file, perhaps truncated ({_first_line(err)}); "
-                        f"expected {what}") from None  # fmt: skip
+        raise FileError(f"{path}: {_torch_problem(path, err)}; expected {what}") from None
+
+
+def _torch_problem(path: Path, err: Exception) -> str:
+    """Why torch.load refused a file, in a few words."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if not head:
+        return "an empty file"
+    if "Weights only load failed" in str(err):
+        if zipfile.is_zipfile(path):
+            return ("holds objects other than tensors and plain values (weights are read with weights_only=True, "
+                    "so that a file never runs code)")  # fmt: skip
+        return f"not a torch file (torch.save writes a zip archive; this file starts with {head!r})"
+    if head.startswith(b"PK"):
+        return "a truncated or damaged torch file (its zip archive cannot be read)"
+    return f"not a torch file (torch.save writes a zip archive; this file starts with {head!r})"
 
 
 def read_json(path: str | os.PathLike, what: str):
