@@ -1,11 +1,16 @@
 """The command line and the configuration's checks."""
 
 import json
+import os
+import re
+import shlex
+from pathlib import Path
 
 import pytest
 
 from flame_core.cli import main
 from flame_core.config import ConfigError, ModelConfig, TrainConfig
+from flame_core.data import available_datasets
 
 TINY = ["--dataset", "synthetic", "--hidden", "16", "--max-len", "12", "--batch-size", "128", "--no-progress"]
 
@@ -74,4 +79,37 @@ def test_a_malformed_file_names_file_and_line(tmp_path, capsys):
 
 def test_datasets_lists_the_embedded_default(capsys):
     assert main(["datasets"]) == 0
-    assert "ml-100k" in capsys.readouterr().out
+    assert "\nml-100k " in capsys.readouterr().out
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def quick_start() -> tuple[list[str], list[str]]:
+    """Command 1's train arguments and the sample output README shows for it."""
+    text = README.read_text()
+    section = text[text.index("## Quick start") : text.index("## The command line")]
+    blocks = re.findall(r"```(\w*)\n(.*?)```", section, flags=re.S)
+    command = next(body for lang, body in blocks if lang == "bash" and "flame_core train" in body)
+    sample = next(body for lang, body in blocks if lang == "")
+    train = command[command.index("python -m flame_core train") :].splitlines()[0]
+    return shlex.split(train)[3:], sample.strip("\n").splitlines()
+
+
+def shape(line: str) -> str:
+    """A printed line with its numbers and run keys masked and its spacing collapsed."""
+    line = re.sub(r"(?<=-)[0-9a-f]{12,16}(?=[./])", "KEY", line)
+    return " ".join(re.sub(r"\d[\d,]*(\.\d+)?", "N", line).split())
+
+
+def test_readme_sample_output_is_what_command_1_prints(tmp_path, capsys, monkeypatch):
+    argv, sample = quick_start()
+    assert argv[:3] == ["train", "--method", "flame"] and "ml-100k" in argv and len(sample) >= 6
+    if available_datasets()[0]["state"] != "available" and not os.environ.get("CI"):
+        pytest.skip("ml-100k needs recbole (pip install --no-deps recbole==1.2.1)")
+    monkeypatch.setenv("FLAME_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)  # runs/ relative, as in the README
+    argv[argv.index("--epochs") + 1] = "2"  # the same command on a budget a test affords
+    assert main([*argv, "--max-len", "12", "--hidden", "16", "--no-progress"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert [shape(line) for line in printed[-len(sample) :]] == [shape(line) for line in sample]
