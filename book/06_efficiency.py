@@ -217,14 +217,22 @@ live_json = out / "speed.json"
 cmd = [sys.executable, str(flamebook.resolve("bench/speed.py")), "--dataset", dataset,
        "--device", device, "--steps", str(speed_steps), "--threads", str(speed_threads),
        "--no-epoch", "--json", str(live_json)]  # fmt: skip
-t0 = time.perf_counter()
-proc = subprocess.run(cmd, cwd=flamebook.repo_root(), capture_output=True, text=True)
-if proc.returncode:
-    raise RuntimeError(f"bench/speed.py failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+
+
+def benchmark() -> dict:
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=flamebook.repo_root(), capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"bench/speed.py failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return {"printed": proc.stdout.strip(), "seconds": time.perf_counter() - t0,
+            "result": json.loads(live_json.read_text())}  # fmt: skip
+
+
+bench_run = flamebook.measured(out, "speed", benchmark)  # once per book build (see flamebook.measured)
 print("$ python bench/speed.py " + " ".join(cmd[2:-2]), "--json", live_json.name)
-print(proc.stdout.strip())
-print(f"({time.perf_counter() - t0:.0f} s)")
-live = json.loads(live_json.read_text())
+print(bench_run["printed"])
+print(f"({bench_run['seconds']:.0f} s)")
+live = bench_run["result"]
 
 # %% tags=["hide-input"]
 live_steps = pd.DataFrame([{"variant": name, "layout": layout, "ms per step": row[f"{layout}_ms"]}
@@ -275,16 +283,18 @@ variants = [  # family, name, method, changes, representations
     (smp, f"FLAME {blocks}, K=2", "flame", {"module_split": blocks, "num_paths": 2}, 2),
     (smp, f"FLAME {blocks}, K=4", "flame", {"module_split": blocks, "num_paths": 4}, 4),
 ]
-rows = []
-for family, name, method, changes, reps in variants:
+
+
+def variant_row(family, name, method, changes, reps) -> dict:
     m = measure.untrained(method, data, model, dev, **changes)
-    ms = measure.step_ms(m, split, speed_steps, batch_size)
     params = m.num_parameters()
-    rows.append({"family": family, "variant": name, "representations": reps,
-                 "ms per step": ms, "activation MB": measure.activation_mb(m, split, batch_size),
-                 "trainable params": params["trainable"],
-                 "frozen params": params["frozen"]})  # fmt: skip
-scaling = pd.DataFrame(rows)
+    return {"family": family, "variant": name, "representations": reps,
+            "ms per step": measure.step_ms(m, split, speed_steps, batch_size),
+            "activation MB": measure.activation_mb(m, split, batch_size),
+            "trainable params": params["trainable"], "frozen params": params["frozen"]}  # fmt: skip
+
+
+scaling = pd.DataFrame(flamebook.measured(out, "scaling", lambda: [variant_row(*v) for v in variants]))
 single_ms = scaling.loc[scaling.variant == "Single", "ms per step"].item()
 scaling["x Single"] = scaling["ms per step"] / single_ms
 scaling.round(2)
@@ -438,13 +448,17 @@ display(Markdown("\n\n".join(lines)))
 # **Solution 1.** Both steps with one and with two threads (five timed steps each).
 
 # %% tags=["hide-cell"]
-threads_before = torch.get_num_threads()
-by_threads = {}
-for n in (1, 2):
+def steps_with_threads(n: int) -> dict:
+    before = torch.get_num_threads()
     torch.set_num_threads(n)
-    by_threads[n] = {name: measure.step_ms(measure.untrained(method, data, model, dev), split, 5, batch_size)
-                     for name, method in (("Single", "single"), ("FLAME", "flame"))}  # fmt: skip
-torch.set_num_threads(threads_before)
+    try:
+        return {name: measure.step_ms(measure.untrained(method, data, model, dev), split, 5, batch_size)
+                for name, method in (("Single", "single"), ("FLAME", "flame"))}  # fmt: skip
+    finally:
+        torch.set_num_threads(before)
+
+
+by_threads = {n: flamebook.measured(out, f"threads-{n}", lambda n=n: steps_with_threads(n)) for n in (1, 2)}
 for name in ("Single", "FLAME"):
     print(f"{name}: {by_threads[1][name]:.1f} ms with one thread, {by_threads[2][name]:.1f} ms with two "
           f"({by_threads[1][name] / by_threads[2][name]:.2f}x)")

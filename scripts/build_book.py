@@ -12,7 +12,8 @@ Steps (README, "The FLAME Book"), for each chapter book/NN_name.py named in _toc
 2. ``papermill -f book/params/PROFILE.yml --cwd <repository root>`` into _build/executed/, runtime printed;
 3. ``pytest --nbval-lax --nbval-current-env --nbval-sanitize-with book/nbval_sanitize.cfg`` on the executed
    notebook: the chapter runs a second time, every cell must succeed, and cells marked NBVAL_CHECK_OUTPUT
-   must reproduce their output. Chapters reuse finished experiments from runs_dir, so this run trains little.
+   must reproduce their output. Chapters reuse finished experiments from runs_dir, so this run trains little,
+   and the timings papermill's run measured (``flamebook.measured``, keyed by the build's FLAMEBOOK_BUILD id).
 
 then the HTML is built FROM THE EXECUTED NOTEBOOKS with execution off, so no chapter runs a third time:
 _config.yml (execution off, .ipynb allowed), a _toc.yml of the built chapters, the toc's markdown pages
@@ -262,6 +263,7 @@ def main(argv=None) -> int:
     write_manifest(manifest)
     t0 = time.perf_counter()
     env, jobs = dict(os.environ), max(1, args.jobs)
+    env["FLAMEBOOK_BUILD"] = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"  # nbval reuses papermill's timings
     if jobs > 1:
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
         LOGS.mkdir(parents=True, exist_ok=True)

@@ -55,3 +55,22 @@ def test_convergence_counts_seconds_to_singles_best_with_and_without_the_anchor(
 def test_a_released_anchor_makes_its_own_row():
     r = rec("flame", 1, [0], hist([1]), [{"origin": "file", "file": "toy.pt"}])
     assert flamebook.variant(r) == "FLAME (released anchor)" and flamebook.variant(rec("flame", 1, [0], [])) == "FLAME"
+
+
+def test_measured_once_per_build_and_afresh_outside_one(tmp_path, monkeypatch):
+    calls = []
+
+    def measure():
+        calls.append(1)
+        return {"ms": float(len(calls))}
+
+    monkeypatch.delenv("FLAMEBOOK_BUILD", raising=False)
+    assert flamebook.measured(tmp_path, "x", measure) == {"ms": 1.0}
+    assert flamebook.measured(tmp_path, "x", measure) == {"ms": 2.0}  # no build: always measured
+    assert not (tmp_path / "measured-x.json").exists()
+    monkeypatch.setenv("FLAMEBOOK_BUILD", "b1")
+    assert flamebook.measured(tmp_path, "x", measure) == {"ms": 3.0}
+    assert flamebook.measured(tmp_path, "x", measure) == {"ms": 3.0}  # the build's second execution reuses it
+    monkeypatch.setenv("FLAMEBOOK_BUILD", "b2")
+    assert flamebook.measured(tmp_path, "x", measure) == {"ms": 4.0}  # another build measures again
+    assert len(calls) == 4
