@@ -290,9 +290,11 @@ if len(conv_full):
                      "counts as not reached and leaves its speed-up out."))
     display(summary.round(2))
     lines = [f"On **{d}**, FLAME reached Single's best in {r['seeds reached']} seeds, "
-             f"{r['speed-up (s)']:.2f}x as fast as Single without its anchor's pretraining and "
-             f"{r['speed-up incl. anchor (s)']:.2f}x with it ({r['speed-up (epochs)']:.2f}x in epochs), against "
-             f"the paper's {flamebook.PAPER_SPEEDUP}x." for d, r in summary.iterrows()]  # fmt: skip
+             + (f"{r['speed-up (s)']:.2f}x as fast as Single without its anchor's pretraining and "
+                f"{r['speed-up incl. anchor (s)']:.2f}x with it ({r['speed-up (epochs)']:.2f}x in epochs), against "
+                f"the paper's {flamebook.PAPER_SPEEDUP}x." if pd.notna(r["speed-up (s)"]) else
+                f"so no speed-up can be measured there: FLAME is not faster, against the paper's "
+                f"{flamebook.PAPER_SPEEDUP}x.") for d, r in summary.iterrows()]  # fmt: skip
     display(Markdown("\n\n".join(lines)))
     curves_full = pd.concat([flamebook.record_curves(full, d, ["Single", "FLAME"]).assign(dataset=d)
                              for d in summary.index], ignore_index=True)  # fmt: skip
