@@ -17,7 +17,7 @@ from flame_core.backbone import SASRecStack, load_official
 from flame_core.config import ModelConfig, TrainConfig
 from flame_core.data import Interactions, Split
 from flame_core.engine import train
-from flame_core.files import FileError, read_torch, require
+from flame_core.files import FileError, first_line, read_torch, require
 from flame_core.methods import Single
 from flame_core.utils import atomic_torch_save, cache_dir, file_lock
 
@@ -90,6 +90,6 @@ def load_anchor(path: str | Path, model: ModelConfig, num_items: int) -> SASRecS
     try:
         net.load_state_dict(obj["state"])
     except (RuntimeError, TypeError, AttributeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise FileError(f"{path}: not an anchor for {num_items} items with these settings ({first})") from None
+        raise FileError(f"{path}: not an anchor for {num_items} items with these settings "
+                        f"({first_line(err)})") from None
     return net

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flame_core.config import ModelConfig
-from flame_core.files import FileError, read_torch, require
+from flame_core.files import FileError, first_line, read_torch, require
 
 
 @dataclass
@@ -452,8 +452,8 @@ def load_official(path: str | Path, cfg: ModelConfig, num_items: int, state: dic
     try:
         return _official_stack(sd, cfg, num_items, path)
     except (KeyError, RuntimeError, AttributeError, IndexError) as err:
-        raise FileError(f"{path}: an incomplete or inconsistent SASRec state dict ({type(err).__name__}: "
-                        f"{str(err).splitlines()[0] if str(err) else ''}); expected {what}") from None  # fmt: skip
+        raise FileError(f"{path}: an incomplete or inconsistent SASRec state dict ({first_line(err, typed=True)}); "
+                        f"expected {what}") from None  # fmt: skip
 
 
 def _official_stack(sd: dict, cfg: ModelConfig, num_items: int, path) -> SASRecStack:

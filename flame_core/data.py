@@ -147,8 +147,9 @@ def read_sequences(path: str | os.PathLike, name: str | None = None) -> Interact
             ids = _parse_ids(parts, line, where)
             _check_line(ids, where, seen, lineno)
             distinct.update(ids[1:])
-            if max(ids[1:]) > num_items:
-                num_items, top_line = max(ids[1:]), lineno
+            top = max(ids[1:])
+            if top > num_items:
+                num_items, top_line = top, lineno
             if len(ids) - 1 < MIN_ITEMS:
                 num_dropped += 1
             else:

@@ -48,7 +48,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from flame_core.data import Split
-from flame_core.files import CHECKPOINT, PREVIOUS, FileError, load_checkpoint, save_checkpoint
+from flame_core.files import CHECKPOINT, PREVIOUS, FileError, first_line, load_checkpoint, save_checkpoint
 from flame_core.methods import Method
 from flame_core.metrics import encode_ranks, evaluate_views
 from flame_core.utils import atomic_json, atomic_torch_save, atomic_write, seed_everything
@@ -206,9 +206,8 @@ def load_weights(method: Method, state: dict, path: Path) -> None:
     try:
         method.load_state_dict(state)
     except (RuntimeError, KeyError, TypeError) as err:
-        first = str(err).strip().splitlines()[0]
-        raise FileError(f"{path}: weights of other settings than this run's ({first}); resume with the settings "
-                        "that wrote it, or start afresh with --overwrite") from None  # fmt: skip
+        raise FileError(f"{path}: weights of other settings than this run's ({first_line(err)}); resume with the "
+                        "settings that wrote it, or start afresh with --overwrite") from None  # fmt: skip
 
 
 def selected_weights(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[dict, int]:

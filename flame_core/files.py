@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Callable
 
 import torch
+
+from flame_core.utils import atomic_torch_save
 
 CHECKPOINT, PREVIOUS = "checkpoint.pt", "checkpoint.prev.pt"
 CHECKPOINT_KEYS = ("method", "optimizer", "best_weights", "state", "rng")  # what a resumable checkpoint holds
@@ -30,9 +31,13 @@ class FileError(ValueError):
     """A file the program reads is missing, damaged or of the wrong kind; the message starts with its path."""
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException, typed: bool = False) -> str:
+    """The first line of an exception's message (its type's name when the message is empty), for one-line
+    errors; `typed`: prefixed with the type's name."""
     text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+    if not text:
+        return type(err).__name__
+    return f"{type(err).__name__}: {text[0]}" if typed else text[0]
 
 
 def _exists(path: Path, what: str) -> None:
@@ -104,19 +109,7 @@ def save_checkpoint(folder: str | os.PathLike, obj: dict) -> Path:
     under one of the two names (between the renames, only the previous one).
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{CHECKPOINT}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        if (folder / CHECKPOINT).exists():
-            os.replace(folder / CHECKPOINT, folder / PREVIOUS)
-        os.replace(tmp, folder / CHECKPOINT)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_torch_save(folder / CHECKPOINT, obj, previous=folder / PREVIOUS)
     return folder / CHECKPOINT
 
 

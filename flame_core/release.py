@@ -97,11 +97,11 @@ def fetch(name: str, folder: str | os.PathLike | None = None, base_url: str | No
     folder = Path(folder) if folder is not None else data_folder()[0]
     target = folder / f"{name}.txt"
     if target.exists():
-        found = state(name, folder)
-        if found == "available":
+        found = sha256_file(target)
+        if found == entry.sha256:
             log(f"{name}: already in {target} (SHA-256 checked)")
             return target
-        raise FetchError(f"{target}: exists but is not the release's file (SHA-256 {sha256_file(target)[:12]}..., "
+        raise FetchError(f"{target}: exists but is not the release's file (SHA-256 {found[:12]}..., "
                          f"expected {entry.sha256[:12]}...); move it away to fetch the release's")  # fmt: skip
     url = entry.url(base_url)
     try:

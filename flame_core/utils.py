@@ -58,14 +58,19 @@ def atomic_json(path: str | os.PathLike, obj) -> None:
     atomic_write(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def atomic_torch_save(path: str | os.PathLike, obj) -> None:
-    """torch.save through a temporary file and os.replace."""
+def atomic_torch_save(path: str | os.PathLike, obj, previous: str | os.PathLike | None = None) -> None:
+    """torch.save through a temporary file and os.replace. `previous`: the file `path` held before is renamed
+    there, once the new one is complete on disk (so one of the two names always holds a complete file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        if previous is not None and path.exists():
+            os.replace(path, previous)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
