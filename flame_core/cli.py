@@ -21,7 +21,7 @@ from pathlib import Path
 
 from flame_core import release, sweep
 from flame_core.anchor import pretrain_anchor
-from flame_core.config import CHOICES, CONCERNS, SETTING_OWNER, ConfigError, ModelConfig, TrainConfig
+from flame_core.config import CHOICES, CONCERNS, SETTING_OWNER, ModelConfig, TrainConfig
 from flame_core.data import DatasetError, available_datasets, load_dataset
 from flame_core.engine import TrainingDiverged, evaluate, load_weights, selected_weights
 from flame_core.experiments import evaluate_network, load, pretrained_metrics, record, run_seeds

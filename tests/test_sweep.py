@@ -2,6 +2,9 @@
 what is recorded, FLAME from a released anchor as its own job, the command line's dry run."""
 
 import json
+import os
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -72,3 +75,23 @@ def test_the_command_line_lists_the_plan_without_running(tmp_path, capsys):
     assert "synthetic single seeds 1,2: to run" in out and "--set epochs=1" in out
     assert main(["sweep", "--datasets", "synthetic", "--set", "epochz=1", "--dry-run"]) == 2  # a bad setting, named
     assert "epochz" in capsys.readouterr().err
+
+
+def test_the_device_script_copies_what_it_recorded_and_stops_at_its_limit(tmp_path, cache):
+    """scripts/device_sweep.sh (a slice of the table on a rented GPU), run here on the CPU."""
+    root = Path(__file__).parent.parent
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "RECORD": str(tmp_path / "rec"), "RUNS": str(tmp_path / "runs")}
+
+    def run(limit: str, seed: str) -> subprocess.CompletedProcess:
+        argv = ["bash", "scripts/device_sweep.sh", limit, "--profile", "quick", "--datasets", "synthetic", "--methods",
+                "single", "--seeds", seed, "--device", "cpu", *(f"--set={k}={v}" for k, v in TINY.items())]  # fmt: skip
+        return subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True, timeout=120)
+
+    done = run("100", "1")
+    assert done.returncode == 0, done.stdout + done.stderr
+    copied = sorted(p.name for p in (tmp_path / "out" / "results" / "synthetic").iterdir())
+    assert len(copied) == 1 and copied[0].startswith("single-seed1-") and "1 new record(s)" in done.stdout
+    assert "synthetic single seeds 1" in (tmp_path / "out" / "sweep.log").read_text()
+    cut = run("1", "1,2")  # seed 1's record is older than this call; seed 2 cannot train in a second
+    assert cut.returncode == 0 and "stopped at the limit of 1 s" in cut.stdout and "0 new record(s)" in cut.stdout
+    assert subprocess.run(["bash", "scripts/device_sweep.sh"], cwd=root, capture_output=True).returncode == 2
