@@ -65,6 +65,10 @@ RELEASED = {d.name: d for d in (
                     "20c961eea837e0a401bbfde2b6549d875ebbe6294e5e7ee2ca07a6f52cf3d2d2", 29915, 21572, 345186),
 )}  # fmt: skip
 
+# The datasets whose frozen network (the anchor) the release ships, as plain SASRec state dicts (ml-1m's data is
+# not listed above). `python -m flame_core train --frozen FILE` and `sweep --released DIR` train FLAME from them.
+RELEASED_ANCHORS = ("amazon-beauty", "amazon-games", "amazon-toys", "ml-1m")
+
 
 def data_folder() -> tuple[Path, str]:
     """The data folder and how it was chosen: $FLAME_DATA_DIR when set (read now), else CACHE/data, CACHE being

@@ -36,6 +36,9 @@ def test_the_main_table_compares_with_single_per_user_and_says_what_was_not_run(
     assert float(flame["p (Wilcoxon)"]) < 1e-6 and float(flame["gain over Single %"]) > 0
     assert table.loc[("toy", "Single"), "p (Wilcoxon)"] == "baseline"
     assert (table.loc[("toy", "EMKD")] == "not run").all() and (table.loc[("other", "FLAME")] == "not run").all()
+    released = flamebook.main_table(records, ["amazon-toys", "toy"], ["Single", "FLAME (released anchor)"])
+    assert (released.loc[("amazon-toys", "FLAME (released anchor)")] == "not run").all()  # the release has one
+    assert (released.loc[("toy", "FLAME (released anchor)")] == "no released anchor").all()
 
 
 def test_convergence_counts_seconds_to_singles_best_with_and_without_the_anchor():

@@ -22,6 +22,7 @@ from flame_core.config import ModelConfig, TrainConfig
 from flame_core.experiments import Experiment, run
 from flame_core.metrics import decode_ranks
 from flame_core.registry import display_name
+from flame_core.release import RELEASED_ANCHORS
 from flame_core.utils import atomic_json, seed_everything
 
 METRIC_KEYS = ("HR@10", "HR@20", "NDCG@10", "NDCG@20")  # the metrics the chapters' tables show
@@ -128,6 +129,8 @@ def records_summary(frame: pd.DataFrame, keys=METRIC_KEYS) -> pd.DataFrame:
 # ---- the main table and convergence from committed records -------------------------------------------------
 PAPER_SPEEDUP = 7.69  # the paper's claim: FLAME reaches Single's best validation NDCG@20 up to 7.69x faster
 NOT_RUN = "not run"
+NO_ANCHOR = "no released anchor"
+RELEASED_VARIANT = f"{display_name('flame')} (released anchor)"  # the row of FLAME trained from a released anchor
 
 
 def variant(rec: dict) -> str:
@@ -149,7 +152,8 @@ MAIN_COLUMNS = ("seeds", "converged", "NDCG@20", "HR@20", "gain over Single %", 
 def main_table(records: list[dict], datasets: list[str], variants: list[str], baseline: str = "Single") -> pd.DataFrame:
     """Dataset x method: test NDCG@20 and HR@20 (mean ± sd over seeds), seeds and how many converged, the
     gain over `baseline` in percent, and a per-user paired comparison with it on the seeds both ran (mean
-    difference of NDCG@20 in points with its 95% CI, Wilcoxon signed-rank p). Cells without records say so."""
+    difference of NDCG@20 in points with its 95% CI, Wilcoxon signed-rank p). Cells without records say so:
+    "not run", or for FLAME from the released anchor on a dataset the release ships no anchor for, that."""
     rows = []
     for dataset in datasets:
         of = lambda name: sorted((r for r in records if r["dataset"] == dataset and variant(r) == name),  # noqa: E731
@@ -157,6 +161,8 @@ def main_table(records: list[dict], datasets: list[str], variants: list[str], ba
         base = of(baseline)
         for name in variants:
             cells = _main_cells(of(name), base, name == baseline)
+            if cells["seeds"] == NOT_RUN and name == RELEASED_VARIANT and dataset not in RELEASED_ANCHORS:
+                cells = dict.fromkeys(MAIN_COLUMNS, NO_ANCHOR)
             rows.append({"dataset": dataset, "method": name, **cells})
     return pd.DataFrame(rows).set_index(["dataset", "method"])[list(MAIN_COLUMNS)]
 
