@@ -439,6 +439,20 @@ lines = [f"Test NDCG@20 after {epochs} epochs ({profile} profile, {dataset}, see
          "Seconds per epoch against Single's: " + ", ".join(f"{m} {v:.2f}x" for m, v in ratio.items())
          + f"; CANet serves its users at {canet_cost:.2f} of its largest submodel's multiply-adds, EMKD with "
          f"{int(by_method['networks at inference'].first()['EMKD'])} networks, the others with one."]  # fmt: skip
+full = [r for r in records if r["profile"] == "full"]  # the paper's protocol, whatever this build's profile
+names = [display_name(m) for m in methods]
+for d in sorted({r["dataset"] for r in full}):
+    t = flamebook.main_table(full, [d], names).loc[d]
+    ran = t[t["seeds"] != flamebook.NOT_RUN]
+    if len(ran) < 2 or "Single" not in ran.index:
+        continue
+    versus = [f"{m} {row['Δ NDCG@20 vs Single (95% CI)']} (p = {row['p (Wilcoxon)']})"
+              for m, row in ran.drop(index="Single").iterrows()]  # fmt: skip
+    lines.append(f"Under the full protocol on {d} (records, at most 200 epochs with early stopping, max_len 50): test "
+                 "NDCG@20 " + ", ".join(f"{m} {row['NDCG@20']} (seeds {row['seeds']})" for m, row in ran.iterrows())
+                 + "; per test user against Single, in points with 95% CI: " + "; ".join(versus) + ". "
+                 + (f"Not run there yet: {', '.join(t.index[t['seeds'] == flamebook.NOT_RUN])}."
+                    if len(ran) < len(t) else "Every method of this chapter has run there."))  # fmt: skip
 display(Markdown("\n\n".join(lines)))
 
 # %% [markdown]
