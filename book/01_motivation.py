@@ -191,8 +191,19 @@ if full_sets:
             ax.axhline(max(h["valid/NDCG@20"] for h in r["history"]), color="grey", lw=0.6, ls=":")
         ax.set(title=f"{d}: full records", ylabel="validation NDCG@20 (%)")
         best = part.groupby(["method", "seed"])["valid NDCG@20"].max().groupby("method").mean()
+        test = flamebook.main_table(records, [d], three).loc[d]
+        ran = [m for m in three if test.loc[m, "seeds"] != flamebook.NOT_RUN]
+        epochs_to_best = {m: np.mean([r["best_epoch"] for r in records if r["dataset"] == d
+                                      and flamebook.variant(r) == m]) for m in ran}  # fmt: skip
         notes.append(f"{d}: best validation NDCG@20, mean over seeds: "
-                     + ", ".join(f"{m} {v:.2f}" for m, v in best.items()))  # fmt: skip
+                     + ", ".join(f"{m} {best[m]:.2f} (selected epoch {epochs_to_best[m]:.0f} on average)" for m in ran)
+                     + "; test NDCG@20 " + ", ".join(f"{m} {test.loc[m, 'NDCG@20']} (seeds {test.loc[m, 'seeds']})"
+                                                    for m in ran)
+                     + "".join(f"; {m} against Single per test user {test.loc[m, 'Δ NDCG@20 vs Single (95% CI)']} "
+                               f"points (Wilcoxon p = {test.loc[m, 'p (Wilcoxon)']})"
+                               for m in ran if m != "Single" and "Single" in ran)
+                     + (f"; not run: {', '.join(m for m in three if m not in ran)}" if len(ran) < len(three) else "")
+                     + ".")
     fig.tight_layout()
     plt.show()
     print("\n".join(notes))
@@ -352,7 +363,7 @@ lines = [f"In this run ({epochs} epochs, {profile} profile, {dataset}, seed {see
          f"alone and {runs['Single'].results['test']['NDCG@20']:.2f} for Single; Ensemble-Guide reaches "
          f"{runs['Ensemble-Guide'].results['test']['NDCG@20']:.2f}. An Ensemble-Scratch epoch costs "
          f"{cost['Ensemble-Scratch']:.1f} Single epochs and an Ensemble-Guide epoch {cost['Ensemble-Guide']:.1f}.",
-         "Under the full protocol (records): " + ("; ".join(notes) if full_sets else "no record yet.")]  # fmt: skip
+         "Under the full protocol (records): " + (" ".join(notes) if full_sets else "no record yet.")]  # fmt: skip
 display(Markdown("\n\n".join(lines)))
 
 # %% [markdown]
