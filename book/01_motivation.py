@@ -199,8 +199,7 @@ if full_sets:
                      + ", ".join(f"{m} {best[m]:.2f} (selected epoch {epochs_to_best[m]:.0f} on average)" for m in ran)
                      + "; test NDCG@20 " + ", ".join(f"{m} {test.loc[m, 'NDCG@20']} (seeds {test.loc[m, 'seeds']})"
                                                     for m in ran)
-                     + "".join(f"; {m} against Single per test user {test.loc[m, 'Δ NDCG@20 vs Single (95% CI)']} "
-                               f"points (Wilcoxon p = {test.loc[m, 'p (Wilcoxon)']})"
+                     + "".join(f"; {m} against Single per test user {flamebook.versus_single(test.loc[m])}"
                                for m in ran if m != "Single" and "Single" in ran)
                      + (f"; not run: {', '.join(m for m in three if m not in ran)}" if len(ran) < len(three) else "")
                      + ".")

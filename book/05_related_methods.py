@@ -446,11 +446,10 @@ for d in sorted({r["dataset"] for r in full}):
     ran = t[t["seeds"] != flamebook.NOT_RUN]
     if len(ran) < 2 or "Single" not in ran.index:
         continue
-    versus = [f"{m} {row['Δ NDCG@20 vs Single (95% CI)']} (p = {row['p (Wilcoxon)']})"
-              for m, row in ran.drop(index="Single").iterrows()]  # fmt: skip
+    versus = [f"{m} {flamebook.versus_single(row)}" for m, row in ran.drop(index="Single").iterrows()]
     lines.append(f"Under the full protocol on {d} (records, at most 200 epochs with early stopping, max_len 50): test "
                  "NDCG@20 " + ", ".join(f"{m} {row['NDCG@20']} (seeds {row['seeds']})" for m, row in ran.iterrows())
-                 + "; per test user against Single, in points with 95% CI: " + "; ".join(versus) + ". "
+                 + "; per test user against Single, with 95% CI: " + "; ".join(versus) + ". "
                  + (f"Not run there yet: {', '.join(t.index[t['seeds'] == flamebook.NOT_RUN])}."
                     if len(ran) < len(t) else "Every method of this chapter has run there."))  # fmt: skip
 display(Markdown("\n\n".join(lines)))

@@ -167,6 +167,12 @@ def main_table(records: list[dict], datasets: list[str], variants: list[str], ba
     return pd.DataFrame(rows).set_index(["dataset", "method"])[list(MAIN_COLUMNS)]
 
 
+def versus_single(row: pd.Series) -> str:
+    """A main-table row's per-user comparison with Single, as a phrase: "+0.13 [-0.72, +0.99] points (Wilcoxon
+    p = 0.89)"."""
+    return f"{row['Δ NDCG@20 vs Single (95% CI)']} points (Wilcoxon p = {row['p (Wilcoxon)']})"
+
+
 def _main_cells(recs: list[dict], base: list[dict], is_baseline: bool) -> dict:
     if not recs:
         return dict.fromkeys(MAIN_COLUMNS, NOT_RUN)
