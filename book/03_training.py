@@ -262,6 +262,12 @@ for d in table_datasets:
                     f"{main_full.loc[(d, 'Single'), 'NDCG@20']} ({row['gain over Single %']}%; per user "
                     f"{row['Δ NDCG@20 vs Single (95% CI)']} points, Wilcoxon p = {p_text}): {verdict} Single, "
                     f"with {row['converged']} runs stopped early.")  # fmt: skip
+    others = [m for m in variants if m not in ("Single", "FLAME") and main_full.loc[(d, m), "p (Wilcoxon)"]
+              not in (flamebook.NOT_RUN, flamebook.NO_ANCHOR, "Single not run", "ranks not stored")]  # fmt: skip
+    if others:
+        findings[-1] += (" The other methods run there, against Single per test user: " + "; ".join(
+            f"{m} {main_full.loc[(d, m), 'NDCG@20']}, {flamebook.versus_single(main_full.loc[(d, m)])}"
+            for m in others) + ".")  # fmt: skip
 missing = [f"{d}" for d in table_datasets if (main_full.loc[(d, "FLAME")] == flamebook.NOT_RUN).all()]
 findings.append(f"Not run yet (no full record of FLAME): {', '.join(missing)}." if missing else
                 "Every dataset of the table has full FLAME records.")  # fmt: skip
