@@ -192,17 +192,12 @@ if full_sets:
         ax.set(title=f"{d}: full records", ylabel="validation NDCG@20 (%)")
         best = part.groupby(["method", "seed"])["valid NDCG@20"].max().groupby("method").mean()
         test = flamebook.main_table(records, [d], three).loc[d]
-        ran = [m for m in three if test.loc[m, "seeds"] != flamebook.NOT_RUN]
-        epochs_to_best = {m: np.mean([r["best_epoch"] for r in records if r["dataset"] == d
-                                      and flamebook.variant(r) == m]) for m in ran}  # fmt: skip
+        selected = {m: np.mean([r["best_epoch"] for r in records if r["dataset"] == d and flamebook.variant(r) == m])
+                    for m in best.index}  # fmt: skip
         notes.append(f"{d}: best validation NDCG@20, mean over seeds: "
-                     + ", ".join(f"{m} {best[m]:.2f} (selected epoch {epochs_to_best[m]:.0f} on average)" for m in ran)
-                     + "; test NDCG@20 " + ", ".join(f"{m} {test.loc[m, 'NDCG@20']} (seeds {test.loc[m, 'seeds']})"
-                                                    for m in ran)
-                     + "".join(f"; {m} against Single per test user {flamebook.versus_single(test.loc[m])}"
-                               for m in ran if m != "Single" and "Single" in ran)
-                     + (f"; not run: {', '.join(m for m in three if m not in ran)}" if len(ran) < len(three) else "")
-                     + ".")
+                     + ", ".join(f"{m} {best[m]:.2f} (selected epoch {selected[m]:.0f} on average)"
+                                 for m in flamebook.ran(test).index)
+                     + f"; {flamebook.records_sentence(test)}.")  # fmt: skip
     fig.tight_layout()
     plt.show()
     print("\n".join(notes))

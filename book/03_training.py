@@ -252,22 +252,19 @@ main_full
 findings = []
 for d in table_datasets:
     row = main_full.loc[(d, "FLAME")]
-    if row["NDCG@20"] == flamebook.NOT_RUN or row["gain over Single %"] in (flamebook.NOT_RUN, "Single not run"):
+    if row["NDCG@20"] == flamebook.NOT_RUN or row["gain over Single %"] in (flamebook.NOT_RUN,
+                                                                         flamebook.SINGLE_NOT_RUN):
         continue
     p_text = row["p (Wilcoxon)"]
-    significant = p_text not in ("ranks not stored",) and float(p_text) < 0.05
+    significant = p_text != flamebook.RANKS_NOT_STORED and float(p_text) < 0.05
     verdict = ("significantly better than" if significant and float(row["gain over Single %"]) > 0 else
                "significantly worse than" if significant else "not distinguishable from")  # fmt: skip
     findings.append(f"On **{d}**, FLAME reaches test NDCG@20 {row['NDCG@20']} against Single's "
                     f"{main_full.loc[(d, 'Single'), 'NDCG@20']} ({row['gain over Single %']}%; per user "
                     f"{row['Δ NDCG@20 vs Single (95% CI)']} points, Wilcoxon p = {p_text}): {verdict} Single, "
                     f"with {row['converged']} runs stopped early.")  # fmt: skip
-    others = [m for m in variants if m not in ("Single", "FLAME") and main_full.loc[(d, m), "p (Wilcoxon)"]
-              not in (flamebook.NOT_RUN, flamebook.NO_ANCHOR, "Single not run", "ranks not stored")]  # fmt: skip
-    if others:
-        findings[-1] += (" The other methods run there, against Single per test user: " + "; ".join(
-            f"{m} {main_full.loc[(d, m), 'NDCG@20']}, {flamebook.versus_single(main_full.loc[(d, m)])}"
-            for m in others) + ".")  # fmt: skip
+    if versus := flamebook.against_single(main_full.loc[d].drop(index=["Single", "FLAME"])):
+        findings[-1] += f" The other methods run there, against Single per test user: {versus}."
 missing = [f"{d}" for d in table_datasets if (main_full.loc[(d, "FLAME")] == flamebook.NOT_RUN).all()]
 findings.append(f"Not run yet (no full record of FLAME): {', '.join(missing)}." if missing else
                 "Every dataset of the table has full FLAME records.")  # fmt: skip

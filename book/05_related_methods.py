@@ -443,15 +443,9 @@ full = [r for r in records if r["profile"] == "full"]  # the paper's protocol, w
 names = [display_name(m) for m in methods]
 for d in sorted({r["dataset"] for r in full}):
     t = flamebook.main_table(full, [d], names).loc[d]
-    ran = t[t["seeds"] != flamebook.NOT_RUN]
-    if len(ran) < 2 or "Single" not in ran.index:
-        continue
-    versus = [f"{m} {flamebook.versus_single(row)}" for m, row in ran.drop(index="Single").iterrows()]
-    lines.append(f"Under the full protocol on {d} (records, at most 200 epochs with early stopping, max_len 50): test "
-                 "NDCG@20 " + ", ".join(f"{m} {row['NDCG@20']} (seeds {row['seeds']})" for m, row in ran.iterrows())
-                 + "; per test user against Single, with 95% CI: " + "; ".join(versus) + ". "
-                 + (f"Not run there yet: {', '.join(t.index[t['seeds'] == flamebook.NOT_RUN])}."
-                    if len(ran) < len(t) else "Every method of this chapter has run there."))  # fmt: skip
+    if len(ran := flamebook.ran(t)) > 1 and "Single" in ran.index:
+        lines.append(f"Under the full protocol on {d} (records, at most 200 epochs with early stopping, max_len 50): "
+                     f"{flamebook.records_sentence(t)}.")  # fmt: skip
 display(Markdown("\n\n".join(lines)))
 
 # %% [markdown]

@@ -130,6 +130,8 @@ def records_summary(frame: pd.DataFrame, keys=METRIC_KEYS) -> pd.DataFrame:
 PAPER_SPEEDUP = 7.69  # the paper's claim: FLAME reaches Single's best validation NDCG@20 up to 7.69x faster
 NOT_RUN = "not run"
 NO_ANCHOR = "no released anchor"
+SINGLE_NOT_RUN = "Single not run"  # a comparison cell where the baseline has no record
+RANKS_NOT_STORED = "ranks not stored"  # a per-user cell where the records hold no ranks
 RELEASED_VARIANT = f"{display_name('flame')} (released anchor)"  # the row of FLAME trained from a released anchor
 
 
@@ -160,17 +162,39 @@ def main_table(records: list[dict], datasets: list[str], variants: list[str], ba
                                  key=lambda r: r["seed"])  # fmt: skip
         base = of(baseline)
         for name in variants:
-            cells = _main_cells(of(name), base, name == baseline)
-            if cells["seeds"] == NOT_RUN and name == RELEASED_VARIANT and dataset not in RELEASED_ANCHORS:
+            recs = of(name)
+            if not recs and name == RELEASED_VARIANT and dataset not in RELEASED_ANCHORS:
                 cells = dict.fromkeys(MAIN_COLUMNS, NO_ANCHOR)
+            else:
+                cells = _main_cells(recs, base, name == baseline)
             rows.append({"dataset": dataset, "method": name, **cells})
     return pd.DataFrame(rows).set_index(["dataset", "method"])[list(MAIN_COLUMNS)]
 
 
-def versus_single(row: pd.Series) -> str:
-    """A main-table row's per-user comparison with Single, as a phrase: "+0.13 [-0.72, +0.99] points (Wilcoxon
-    p = 0.89)"."""
-    return f"{row['Δ NDCG@20 vs Single (95% CI)']} points (Wilcoxon p = {row['p (Wilcoxon)']})"
+def ran(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of one dataset's main table (``main_table(...).loc[dataset]``) that hold records."""
+    return table[~table["seeds"].isin([NOT_RUN, NO_ANCHOR])]
+
+
+def against_single(table: pd.DataFrame) -> str:
+    """Each row of one dataset's main table that was compared with Single per user, as a phrase:
+    "Ensemble-Guide +0.13 [-0.72, +0.99] points (Wilcoxon p = 0.89); FLAME ..."; empty when none was."""
+    no_test = [NOT_RUN, NO_ANCHOR, "baseline", SINGLE_NOT_RUN, RANKS_NOT_STORED]
+    compared = table[~table["p (Wilcoxon)"].isin(no_test)]
+    return "; ".join(f"{m} {row['Δ NDCG@20 vs Single (95% CI)']} points (Wilcoxon p = {row['p (Wilcoxon)']})"
+                     for m, row in compared.iterrows())  # fmt: skip
+
+
+def records_sentence(table: pd.DataFrame) -> str:
+    """What one dataset's main table says, as a clause: each method's test NDCG@20 with its seeds, the
+    per-user comparisons with Single, and the methods not run."""
+    rows = ran(table).iterrows()
+    parts = ["test NDCG@20 " + ", ".join(f"{m} {row['NDCG@20']} (seeds {row['seeds']})" for m, row in rows)]
+    if versus := against_single(table):
+        parts.append(f"per test user against Single: {versus}")
+    if len(missing := table.index[table["seeds"] == NOT_RUN]):
+        parts.append(f"not run: {', '.join(missing)}")
+    return "; ".join(parts)
 
 
 def _main_cells(recs: list[dict], base: list[dict], is_baseline: bool) -> dict:
@@ -181,12 +205,12 @@ def _main_cells(recs: list[dict], base: list[dict], is_baseline: bool) -> dict:
              "converged": f"{sum(r['converged'] for r in recs)}/{len(recs)}", "NDCG@20": mean_sd(ndcg),
              "HR@20": mean_sd(pd.Series([r["test"]["HR@20"] for r in recs]))}  # fmt: skip
     if is_baseline or not base:
-        return {**cells, **dict.fromkeys(MAIN_COLUMNS[4:], "baseline" if is_baseline else "Single not run")}
+        return {**cells, **dict.fromkeys(MAIN_COLUMNS[4:], "baseline" if is_baseline else SINGLE_NOT_RUN)}
     cells["gain over Single %"] = f"{100 * (ndcg.mean() / np.mean([r['test']['NDCG@20'] for r in base]) - 1):+.1f}"
     ranked = lambda rs: {r["seed"] for r in rs if r.get("test_ranks")}  # noqa: E731
     common = sorted(ranked(recs) & ranked(base))
     if not common:
-        return {**cells, **dict.fromkeys(MAIN_COLUMNS[5:], "ranks not stored")}
+        return {**cells, **dict.fromkeys(MAIN_COLUMNS[5:], RANKS_NOT_STORED)}
     c = paired_comparison(user_ndcg_over_seeds(recs, common), user_ndcg_over_seeds(base, common))
     cells["Δ NDCG@20 vs Single (95% CI)"] = f"{c['mean_diff']:+.2f} [{c['ci_low']:+.2f}, {c['ci_high']:+.2f}]"
     cells["p (Wilcoxon)"] = f"{c['wilcoxon_p']:.2g}"
