@@ -252,18 +252,12 @@ main_full
 findings = []
 for d in table_datasets:
     row = main_full.loc[(d, "FLAME")]
-    if row["NDCG@20"] == flamebook.NOT_RUN or row["gain over Single %"] in (flamebook.NOT_RUN,
-                                                                         flamebook.SINGLE_NOT_RUN):
+    if row["gain over Single %"] in (flamebook.NOT_RUN, flamebook.SINGLE_NOT_RUN):
         continue
-    p_text = row["p (Wilcoxon)"]
-    significant = p_text != flamebook.RANKS_NOT_STORED and float(p_text) < 0.05
-    delta = row["Δ NDCG@20 vs Single (95% CI)"]  # the paired test's own direction, on the seeds both ran
-    verdict = ("significantly better than" if significant and float(delta.split()[0]) > 0 else
-               "significantly worse than" if significant else "not distinguishable from")  # fmt: skip
     findings.append(f"On **{d}**, FLAME reaches test NDCG@20 {row['NDCG@20']} against Single's "
                     f"{main_full.loc[(d, 'Single'), 'NDCG@20']} ({row['gain over Single %']}%; per user on the seeds "
-                    f"both ran {delta} points, Wilcoxon p = {p_text}): {verdict} Single, "
-                    f"with {row['converged']} runs stopped early.")  # fmt: skip
+                    f"both ran {row['Δ NDCG@20 vs Single (95% CI)']} points, Wilcoxon p = {row['p (Wilcoxon)']}): "
+                    f"{flamebook.verdict(row)} Single, with {row['converged']} runs stopped early.")  # fmt: skip
     if versus := flamebook.against_single(main_full.loc[d].drop(index=["Single", "FLAME"])):
         findings[-1] += f" The other methods run there, against Single per test user: {versus}."
 missing = [f"{d}" for d in table_datasets if (main_full.loc[(d, "FLAME")] == flamebook.NOT_RUN).all()]

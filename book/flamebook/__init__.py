@@ -176,11 +176,24 @@ def ran(table: pd.DataFrame) -> pd.DataFrame:
     return table[~table["seeds"].isin([NOT_RUN, NO_ANCHOR])]
 
 
+NO_TEST = (NOT_RUN, NO_ANCHOR, "baseline", SINGLE_NOT_RUN, RANKS_NOT_STORED)  # p cells of rows not compared per user
+
+
+def verdict(row: pd.Series, alpha: float = 0.05) -> str:
+    """A main-table row against Single: "significantly better than", "significantly worse than" (Wilcoxon p
+    below `alpha`, in the direction of the paired mean difference on the seeds both ran) or "not
+    distinguishable from" (also when the row was not compared per user)."""
+    p = row["p (Wilcoxon)"]
+    if p in NO_TEST or float(p) >= alpha:
+        return "not distinguishable from"
+    better = float(row["Δ NDCG@20 vs Single (95% CI)"].split()[0]) > 0
+    return "significantly better than" if better else "significantly worse than"
+
+
 def against_single(table: pd.DataFrame) -> str:
     """Each row of one dataset's main table that was compared with Single per user, as a phrase:
     "Ensemble-Guide +0.13 [-0.72, +0.99] points (Wilcoxon p = 0.89); FLAME ..."; empty when none was."""
-    no_test = [NOT_RUN, NO_ANCHOR, "baseline", SINGLE_NOT_RUN, RANKS_NOT_STORED]
-    compared = table[~table["p (Wilcoxon)"].isin(no_test)]
+    compared = table[~table["p (Wilcoxon)"].isin(NO_TEST)]
     return "; ".join(f"{m} {row['Δ NDCG@20 vs Single (95% CI)']} points (Wilcoxon p = {row['p (Wilcoxon)']})"
                      for m, row in compared.iterrows())  # fmt: skip
 
