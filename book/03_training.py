@@ -252,11 +252,11 @@ main_full
 findings = []
 for d in table_datasets:
     row = main_full.loc[(d, "FLAME")]
-    if row["gain over Single %"] in (flamebook.NOT_RUN, flamebook.SINGLE_NOT_RUN):
+    if row[flamebook.GAIN] in (flamebook.NOT_RUN, flamebook.SINGLE_NOT_RUN):
         continue
     findings.append(f"On **{d}**, FLAME reaches test NDCG@20 {row['NDCG@20']} against Single's "
-                    f"{main_full.loc[(d, 'Single'), 'NDCG@20']} ({row['gain over Single %']}%; per user on the seeds "
-                    f"both ran {row['Δ NDCG@20 vs Single (95% CI)']} points, Wilcoxon p = {row['p (Wilcoxon)']}): "
+                    f"{main_full.loc[(d, 'Single'), 'NDCG@20']} ({row[flamebook.GAIN]}%; per user on the seeds "
+                    f"both ran {row[flamebook.DELTA]} points, Wilcoxon p = {row[flamebook.P_VALUE]}): "
                     f"{flamebook.verdict(row)} Single, with {row['converged']} runs stopped early.")  # fmt: skip
     if versus := flamebook.against_single(main_full.loc[d].drop(index=["Single", "FLAME"])):
         findings[-1] += f" The other methods run there, against Single per test user: {versus}."

@@ -147,8 +147,8 @@ def user_ndcg_over_seeds(recs: list[dict], seeds: list[int], k: int = 20) -> np.
     return np.mean([user_ndcg(decode_ranks(by_seed[s]["test_ranks"]), k) for s in seeds], axis=0)
 
 
-MAIN_COLUMNS = ("seeds", "converged", "NDCG@20", "HR@20", "gain over Single %", "Δ NDCG@20 vs Single (95% CI)",
-                "p (Wilcoxon)")  # fmt: skip
+GAIN, DELTA, P_VALUE = "gain over Single %", "Δ NDCG@20 vs Single (95% CI)", "p (Wilcoxon)"  # the comparison columns
+MAIN_COLUMNS = ("seeds", "converged", "NDCG@20", "HR@20", GAIN, DELTA, P_VALUE)
 
 
 def main_table(records: list[dict], datasets: list[str], variants: list[str], baseline: str = "Single") -> pd.DataFrame:
@@ -183,19 +183,18 @@ def verdict(row: pd.Series, alpha: float = 0.05) -> str:
     """A main-table row against Single: "significantly better than", "significantly worse than" (Wilcoxon p
     below `alpha`, in the direction of the paired mean difference on the seeds both ran) or "not
     distinguishable from" (also when the row was not compared per user)."""
-    p = row["p (Wilcoxon)"]
+    p = row[P_VALUE]
     if p in NO_TEST or float(p) >= alpha:
         return "not distinguishable from"
-    better = float(row["Δ NDCG@20 vs Single (95% CI)"].split()[0]) > 0
+    better = float(row[DELTA].split()[0]) > 0
     return "significantly better than" if better else "significantly worse than"
 
 
 def against_single(table: pd.DataFrame) -> str:
     """Each row of one dataset's main table that was compared with Single per user, as a phrase:
     "Ensemble-Guide +0.13 [-0.72, +0.99] points (Wilcoxon p = 0.89); FLAME ..."; empty when none was."""
-    compared = table[~table["p (Wilcoxon)"].isin(NO_TEST)]
-    return "; ".join(f"{m} {row['Δ NDCG@20 vs Single (95% CI)']} points (Wilcoxon p = {row['p (Wilcoxon)']})"
-                     for m, row in compared.iterrows())  # fmt: skip
+    compared = table[~table[P_VALUE].isin(NO_TEST)]
+    return "; ".join(f"{m} {row[DELTA]} points (Wilcoxon p = {row[P_VALUE]})" for m, row in compared.iterrows())
 
 
 def records_sentence(table: pd.DataFrame) -> str:
@@ -219,14 +218,14 @@ def _main_cells(recs: list[dict], base: list[dict], is_baseline: bool) -> dict:
              "HR@20": mean_sd(pd.Series([r["test"]["HR@20"] for r in recs]))}  # fmt: skip
     if is_baseline or not base:
         return {**cells, **dict.fromkeys(MAIN_COLUMNS[4:], "baseline" if is_baseline else SINGLE_NOT_RUN)}
-    cells["gain over Single %"] = f"{100 * (ndcg.mean() / np.mean([r['test']['NDCG@20'] for r in base]) - 1):+.1f}"
+    cells[GAIN] = f"{100 * (ndcg.mean() / np.mean([r['test']['NDCG@20'] for r in base]) - 1):+.1f}"
     ranked = lambda rs: {r["seed"] for r in rs if r.get("test_ranks")}  # noqa: E731
     common = sorted(ranked(recs) & ranked(base))
     if not common:
         return {**cells, **dict.fromkeys(MAIN_COLUMNS[5:], RANKS_NOT_STORED)}
     c = paired_comparison(user_ndcg_over_seeds(recs, common), user_ndcg_over_seeds(base, common))
-    cells["Δ NDCG@20 vs Single (95% CI)"] = f"{c['mean_diff']:+.2f} [{c['ci_low']:+.2f}, {c['ci_high']:+.2f}]"
-    cells["p (Wilcoxon)"] = f"{c['wilcoxon_p']:.2g}"
+    cells[DELTA] = f"{c['mean_diff']:+.2f} [{c['ci_low']:+.2f}, {c['ci_high']:+.2f}]"
+    cells[P_VALUE] = f"{c['wilcoxon_p']:.2g}"
     return cells
 
 
