@@ -36,6 +36,11 @@ def test_the_main_table_compares_with_single_per_user_and_says_what_was_not_run(
     assert float(flame[flamebook.P_VALUE]) < 1e-6 and float(flame[flamebook.GAIN]) > 0
     assert table.loc[("toy", "Single"), flamebook.P_VALUE] == "baseline"
     assert (table.loc[("toy", "EMKD")] == "not run").all() and (table.loc[("other", "FLAME")] == "not run").all()
+    one_seed = flamebook.main_table([*records, rec("emkd", 42, single_ranks[0], hist([1]))], ["toy"],
+                                    ["Single", "FLAME", "EMKD", "CKD"]).loc["toy"]  # fmt: skip
+    sentence = flamebook.records_sentence(one_seed)
+    assert f"FLAME {flame['NDCG@20']} (seeds 42, 43)" in sentence and "(seed 42);" in sentence
+    assert f"EMKD {one_seed.loc['EMKD', flamebook.DELTA]} points" in sentence and sentence.endswith("not run: CKD")
     released = flamebook.main_table(records, ["amazon-toys", "toy"], ["Single", "FLAME (released anchor)"])
     assert (released.loc[("amazon-toys", "FLAME (released anchor)")] == "not run").all()  # the release has one
     assert (released.loc[("toy", "FLAME (released anchor)")] == "no released anchor").all()

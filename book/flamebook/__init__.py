@@ -201,7 +201,8 @@ def records_sentence(table: pd.DataFrame) -> str:
     """What one dataset's main table says, as a clause: each method's test NDCG@20 with its seeds, the
     per-user comparisons with Single, and the methods not run."""
     rows = ran(table).iterrows()
-    parts = ["test NDCG@20 " + ", ".join(f"{m} {row['NDCG@20']} (seeds {row['seeds']})" for m, row in rows)]
+    seeds = lambda cell: f"seed {cell}" if "," not in cell else f"seeds {cell}"  # noqa: E731
+    parts = ["test NDCG@20 " + ", ".join(f"{m} {row['NDCG@20']} ({seeds(row['seeds'])})" for m, row in rows)]
     if versus := against_single(table):
         parts.append(f"per test user against Single: {versus}")
     if len(missing := table.index[table["seeds"] == NOT_RUN]):
