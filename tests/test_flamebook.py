@@ -41,6 +41,9 @@ def test_the_main_table_compares_with_single_per_user_and_says_what_was_not_run(
     sentence = flamebook.records_sentence(one_seed)
     assert f"FLAME {flame['NDCG@20']} (seeds 42, 43)" in sentence and "(seed 42);" in sentence
     assert f"EMKD {one_seed.loc['EMKD', flamebook.DELTA]} points" in sentence and sentence.endswith("not run: CKD")
+    unranked = [{**r, "test_ranks": None} if r["method"] == "flame" else r for r in records]
+    cells = flamebook.main_table(unranked, ["toy"], ["Single", "FLAME"]).loc[("toy", "FLAME")]
+    assert cells[flamebook.GAIN] == flame[flamebook.GAIN] and cells[flamebook.P_VALUE] == "ranks not stored"
     released = flamebook.main_table(records, ["amazon-toys", "toy"], ["Single", "FLAME (released anchor)"])
     assert (released.loc[("amazon-toys", "FLAME (released anchor)")] == "not run").all()  # the release has one
     assert (released.loc[("toy", "FLAME (released anchor)")] == "no released anchor").all()

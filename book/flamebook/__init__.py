@@ -218,12 +218,12 @@ def _main_cells(recs: list[dict], base: list[dict], is_baseline: bool) -> dict:
              "converged": f"{sum(r['converged'] for r in recs)}/{len(recs)}", "NDCG@20": mean_sd(ndcg),
              "HR@20": mean_sd(pd.Series([r["test"]["HR@20"] for r in recs]))}  # fmt: skip
     if is_baseline or not base:
-        return {**cells, **dict.fromkeys(MAIN_COLUMNS[4:], "baseline" if is_baseline else SINGLE_NOT_RUN)}
+        return {**cells, **dict.fromkeys((GAIN, DELTA, P_VALUE), "baseline" if is_baseline else SINGLE_NOT_RUN)}
     cells[GAIN] = f"{100 * (ndcg.mean() / np.mean([r['test']['NDCG@20'] for r in base]) - 1):+.1f}"
     ranked = lambda rs: {r["seed"] for r in rs if r.get("test_ranks")}  # noqa: E731
     common = sorted(ranked(recs) & ranked(base))
     if not common:
-        return {**cells, **dict.fromkeys(MAIN_COLUMNS[5:], RANKS_NOT_STORED)}
+        return {**cells, **dict.fromkeys((DELTA, P_VALUE), RANKS_NOT_STORED)}
     c = paired_comparison(user_ndcg_over_seeds(recs, common), user_ndcg_over_seeds(base, common))
     cells[DELTA] = f"{c['mean_diff']:+.2f} [{c['ci_low']:+.2f}, {c['ci_high']:+.2f}]"
     cells[P_VALUE] = f"{c['wilcoxon_p']:.2g}"
