@@ -129,6 +129,7 @@ def records_summary(frame: pd.DataFrame, keys=METRIC_KEYS) -> pd.DataFrame:
 # ---- the main table and convergence from committed records -------------------------------------------------
 PAPER_SPEEDUP = 7.69  # the paper's claim: FLAME reaches Single's best validation NDCG@20 up to 7.69x faster
 NOT_RUN = "not run"
+BASELINE = "baseline"  # the comparison cells of the baseline's own row
 NO_ANCHOR = "no released anchor"
 SINGLE_NOT_RUN = "Single not run"  # a comparison cell where the baseline has no record
 RANKS_NOT_STORED = "ranks not stored"  # a per-user cell where the records hold no ranks
@@ -176,7 +177,7 @@ def ran(table: pd.DataFrame) -> pd.DataFrame:
     return table[~table["seeds"].isin([NOT_RUN, NO_ANCHOR])]
 
 
-NO_TEST = (NOT_RUN, NO_ANCHOR, "baseline", SINGLE_NOT_RUN, RANKS_NOT_STORED)  # p cells of rows not compared per user
+NO_TEST = (NOT_RUN, NO_ANCHOR, BASELINE, SINGLE_NOT_RUN, RANKS_NOT_STORED)  # p cells of rows not compared per user
 
 
 def verdict(row: pd.Series, alpha: float = 0.05) -> str:
@@ -218,7 +219,7 @@ def _main_cells(recs: list[dict], base: list[dict], is_baseline: bool) -> dict:
              "converged": f"{sum(r['converged'] for r in recs)}/{len(recs)}", "NDCG@20": mean_sd(ndcg),
              "HR@20": mean_sd(pd.Series([r["test"]["HR@20"] for r in recs]))}  # fmt: skip
     if is_baseline or not base:
-        return {**cells, **dict.fromkeys((GAIN, DELTA, P_VALUE), "baseline" if is_baseline else SINGLE_NOT_RUN)}
+        return {**cells, **dict.fromkeys((GAIN, DELTA, P_VALUE), BASELINE if is_baseline else SINGLE_NOT_RUN)}
     cells[GAIN] = f"{100 * (ndcg.mean() / np.mean([r['test']['NDCG@20'] for r in base]) - 1):+.1f}"
     ranked = lambda rs: {r["seed"] for r in rs if r.get("test_ranks")}  # noqa: E731
     common = sorted(ranked(recs) & ranked(base))
