@@ -30,8 +30,9 @@ class NaiveBlock(nn.Module):
 
 
 class NaiveSASRec(nn.Module):
-    def __init__(self, num_items: int, max_len: int = 50, d: int = 64, layers: int = 2, heads: int = 2,
-                 dropout: float = 0.5):  # fmt: skip
+    def __init__(
+        self, num_items: int, max_len: int = 50, d: int = 64, layers: int = 2, heads: int = 2, dropout: float = 0.5
+    ):
         super().__init__()
         self.item = nn.Embedding(num_items + 1, d, padding_idx=0)
         self.pos = nn.Embedding(max_len, d)

@@ -82,9 +82,16 @@ def epoch_child(args: argparse.Namespace, replicas: int, queue) -> None:
     t0 = time.perf_counter()
     evaluate_replicas(method, split, "valid")
     valid = time.perf_counter() - t0
-    queue.put({"epoch_seconds": seconds[-1], "first_epoch_seconds": seconds[0], "valid_seconds": valid,
-               "epoch_with_valid_seconds": seconds[-1] + valid, "graph": runner.graph is not None,
-               "peak_rss_mb": peak_rss_mb()})  # fmt: skip
+    queue.put(
+        {
+            "epoch_seconds": seconds[-1],
+            "first_epoch_seconds": seconds[0],
+            "valid_seconds": valid,
+            "epoch_with_valid_seconds": seconds[-1] + valid,
+            "graph": runner.graph is not None,
+            "peak_rss_mb": peak_rss_mb(),
+        }
+    )
 
 
 def run_epoch_child(args, replicas: int) -> dict:
@@ -106,10 +113,19 @@ def run(args: argparse.Namespace) -> dict:
     model = ModelConfig()
     lengths = (split.train_inputs[:4096] > 0).sum(1).cpu()  # a sample of lengths for the FLOP count per batch
     lengths = lengths[torch.randperm(len(lengths), generator=torch.Generator().manual_seed(0))[: args.batch_size]]
-    out = {"dataset": data.name, "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
-           "machine": torch.cuda.get_device_name(device) if cuda else platform.processor() or platform.machine(),
-           "batch_size": args.batch_size, "steps": args.steps, "amp": False, "compile": args.compile,
-           "date": time.strftime("%Y-%m-%d %H:%M:%S"), "training_samples": split.train_inputs.shape[0]}  # fmt: skip
+    out = {
+        "dataset": data.name,
+        "device": str(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": torch.cuda.get_device_name(device) if cuda else platform.processor() or platform.machine(),
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "amp": False,
+        "compile": args.compile,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "training_samples": split.train_inputs.shape[0],
+    }
     out["matmul_peak_gflops"] = matmul_peak_gflops(device)
     variants = {"single": ("single", {}), "flame": ("flame", {}), "flame_rec_path": ("flame", {"rec_from": "path"})}
     rows = {}
@@ -139,10 +155,16 @@ def run(args: argparse.Namespace) -> dict:
     out["naive_over_single"] = out["naive_sasrec_ms"] / rows["single"]["best_ms"]
     out["stacked"] = {"layout": "graph" if cuda else "packed", "replicas": 3}
     for method in ("single", "flame"):
-        one, three = (step_ms(untrained(method, data, model, device, seeds=seeds), split, args.steps, args.batch_size)
-                      for seeds in (None, (42, 43, 44)))  # fmt: skip
-        out["stacked"][method] = {"x1_ms": one, "x3_ms": three, "x3_over_x1": three / one,
-                                  "x3_over_3_x1": three / (3 * one)}  # fmt: skip
+        one, three = (
+            step_ms(untrained(method, data, model, device, seeds=seeds), split, args.steps, args.batch_size)
+            for seeds in (None, (42, 43, 44))
+        )
+        out["stacked"][method] = {
+            "x1_ms": one,
+            "x3_ms": three,
+            "x3_over_x1": three / one,
+            "x3_over_3_x1": three / (3 * one),
+        }
     m = untrained("single", data, model, device)
     evaluate_replicas(m, split, "test")  # warm-up
     t0 = time.perf_counter()
@@ -156,41 +178,59 @@ def run(args: argparse.Namespace) -> dict:
         out.update({k: one[k] for k in keys})
         out["epoch_peak_rss_mb"], out["epoch_graph"] = one["peak_rss_mb"], one["graph"]
         three = run_epoch_child(args, 3)
-        out["stacked_epoch"] = {"replicas": 3, **three, "x3_over_x1": three["epoch_seconds"] / one["epoch_seconds"],
-                                "x3_over_3_x1": three["epoch_seconds"] / (3 * one["epoch_seconds"])}  # fmt: skip
+        out["stacked_epoch"] = {
+            "replicas": 3,
+            **three,
+            "x3_over_x1": three["epoch_seconds"] / one["epoch_seconds"],
+            "x3_over_3_x1": three["epoch_seconds"] / (3 * one["epoch_seconds"]),
+        }
     out["peak_rss_mb"] = peak_rss_mb()
     return out
 
 
 def table(r: dict) -> str:
     cols = [c for c in ("packed_ms", "padded_ms", "graph_ms", "compiled_padded_ms") if c in r["steps_ms"]["single"]]
-    lines = [f"speed benchmark: {r['dataset']} ({r['training_samples']:,} training samples), device {r['device']} "
-             f"({r['machine']}), torch {r['torch']}, {r['threads']} threads, batch {r['batch_size']}, "
-             f"{r['steps']} timed steps, {r['date']}",
-             f"{'step (ms)':16s} " + " ".join(f"{c[:-3]:>9s}" for c in cols)
-             + f" {'vs single':>9s} {'GFLOP/s':>8s}"]  # fmt: skip
+    lines = [
+        f"speed benchmark: {r['dataset']} ({r['training_samples']:,} training samples), device {r['device']} "
+        f"({r['machine']}), torch {r['torch']}, {r['threads']} threads, batch {r['batch_size']}, "
+        f"{r['steps']} timed steps, {r['date']}",
+        f"{'step (ms)':16s} " + " ".join(f"{c[:-3]:>9s}" for c in cols) + f" {'vs single':>9s} {'GFLOP/s':>8s}",
+    ]
     for name, row in r["steps_ms"].items():
-        lines.append(f"{name:16s} " + " ".join(f"{row[c]:9.2f}" for c in cols)
-                     + f" {row['ratio_to_single']:9.2f} {row['achieved_gflops']:8.1f}")  # fmt: skip
-    lines.append(f"{'naive SASRec':16s} {r['naive_sasrec_ms']:9.2f}  (torch.nn, padded, eager): "
-                 f"{r['naive_over_single']:.2f}x our fastest Single step")  # fmt: skip
-    lines.append(f"matmul peak {r['matmul_peak_gflops']:.1f} GFLOP/s; FLAME step reaches "
-                 f"{100 * r['steps_ms']['flame']['achieved_gflops'] / r['matmul_peak_gflops']:.2f}% of it")  # fmt: skip
+        lines.append(
+            f"{name:16s} "
+            + " ".join(f"{row[c]:9.2f}" for c in cols)
+            + f" {row['ratio_to_single']:9.2f} {row['achieved_gflops']:8.1f}"
+        )
+    lines.append(
+        f"{'naive SASRec':16s} {r['naive_sasrec_ms']:9.2f}  (torch.nn, padded, eager): "
+        f"{r['naive_over_single']:.2f}x our fastest Single step"
+    )
+    lines.append(
+        f"matmul peak {r['matmul_peak_gflops']:.1f} GFLOP/s; FLAME step reaches "
+        f"{100 * r['steps_ms']['flame']['achieved_gflops'] / r['matmul_peak_gflops']:.2f}% of it"
+    )
     st = r["stacked"]
     for method in ("single", "flame"):
         row = st[method]
-        lines.append(f"stacked seeds, {method} ({st['layout']}): 1 seed {row['x1_ms']:.2f} ms, "
-                     f"3 seeds {row['x3_ms']:.2f} ms per step = {row['x3_over_x1']:.2f}x one seed, "
-                     f"{row['x3_over_3_x1']:.2f}x three separate")  # fmt: skip
+        lines.append(
+            f"stacked seeds, {method} ({st['layout']}): 1 seed {row['x1_ms']:.2f} ms, "
+            f"3 seeds {row['x3_ms']:.2f} ms per step = {row['x3_over_x1']:.2f}x one seed, "
+            f"{row['x3_over_3_x1']:.2f}x three separate"
+        )
     lines.append(f"evaluation of all {r['eval_users']:,} users (test split): {r['eval_seconds_all_users']:.2f} s")
     if "epoch_seconds" in r:
-        lines.append(f"one full FLAME epoch: {r['epoch_seconds']:.2f} s + validation {r['valid_seconds']:.2f} s = "
-                     f"{r['epoch_with_valid_seconds']:.2f} s (first epoch {r['first_epoch_seconds']:.2f} s), "
-                     f"peak RSS {r['epoch_peak_rss_mb']:.0f} MB")  # fmt: skip
+        lines.append(
+            f"one full FLAME epoch: {r['epoch_seconds']:.2f} s + validation {r['valid_seconds']:.2f} s = "
+            f"{r['epoch_with_valid_seconds']:.2f} s (first epoch {r['first_epoch_seconds']:.2f} s), "
+            f"peak RSS {r['epoch_peak_rss_mb']:.0f} MB"
+        )
         se = r["stacked_epoch"]
-        lines.append(f"three stacked FLAME seeds: epoch {se['epoch_seconds']:.2f} s = {se['x3_over_x1']:.2f}x "
-                     "one seed's, "
-                     f"{se['x3_over_3_x1']:.2f}x three separate; peak RSS {se['peak_rss_mb']:.0f} MB")  # fmt: skip
+        lines.append(
+            f"three stacked FLAME seeds: epoch {se['epoch_seconds']:.2f} s = {se['x3_over_x1']:.2f}x "
+            "one seed's, "
+            f"{se['x3_over_3_x1']:.2f}x three separate; peak RSS {se['peak_rss_mb']:.0f} MB"
+        )
     lines.append(f"peak RSS of the benchmark process: {r['peak_rss_mb']:.0f} MB")
     return "\n".join(lines)
 
@@ -201,8 +241,11 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--steps", type=int, default=20, help="timed steps per variant (after 3 warm-up steps)")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--compile", action="store_true",
-                   help="also time torch.compile of the padded variants' loss (static shapes), eager steps around it")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time torch.compile of the padded variants' loss (static shapes), eager steps around it",
+    )
     p.add_argument("--no-epoch", action="store_true", help="skip the full-epoch measurement")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--json", default=None, help="where to write the JSON result")

@@ -94,18 +94,25 @@ print(protocol)
 # the anchor cache).
 
 # %%
-METHODS = {"Single": ("single", {}), "Ensemble-Scratch": ("ensemble_scratch", {"members": members}),
-           "Ensemble-Guide": ("ensemble_guide", {})}
-runs = {name: flamebook.experiment(dataset, method, epochs, runs_dir, max_len=max_len, device=device, seed=seed,
-                                   **changes) for name, (method, changes) in METHODS.items()}
+METHODS = {
+    "Single": ("single", {}),
+    "Ensemble-Scratch": ("ensemble_scratch", {"members": members}),
+    "Ensemble-Guide": ("ensemble_guide", {}),
+}
+runs = {
+    name: flamebook.experiment(dataset, method, epochs, runs_dir, max_len=max_len, device=device, seed=seed, **changes)
+    for name, (method, changes) in METHODS.items()
+}
 data, split = runs["Single"].data, runs["Single"].split
 colors = sns.color_palette(n_colors=3 + members)
 PALETTE = dict(zip(METHODS, colors))  # one colour per method in every figure; members get the next ones
 print(f"{data.name}: {data.stats()}")
 for name, run in runs.items():
     res = run.results
-    print(f"{name:17s} {'reused' if run.reused else 'trained'}: {res['epochs_run']} epochs, "
-          f"{res['train_seconds']:.1f} s of training, selected epoch {res['best_epoch']}")
+    print(
+        f"{name:17s} {'reused' if run.reused else 'trained'}: {res['epochs_run']} epochs, "
+        f"{res['train_seconds']:.1f} s of training, selected epoch {res['best_epoch']}"
+    )
 
 # %% [markdown]
 # ## Training curves, member by member
@@ -113,6 +120,7 @@ for name, run in runs.items():
 # Every epoch ends with a full-ranking evaluation on the validation split. For Ensemble-Scratch the
 # engine also evaluates each member alone (`valid/member{k}/NDCG@20` in the history), so we can see
 # whether the ensemble is better than its members, and how far apart the members are.
+
 
 # %% tags=["hide-input"]
 def curves(runs: dict) -> pd.DataFrame:
@@ -123,12 +131,28 @@ def curves(runs: dict) -> pd.DataFrame:
         for row in run.results["history"]:
             seconds += row["train_seconds"]
             label = f"{name} (mean of members)" if run.method.served_networks > 1 else name
-            rows.append({"method": name, "curve": label, "kind": "inference model", "epoch": row["epoch"],
-                         "seconds": seconds, "NDCG@20": row["valid/NDCG@20"]})
+            rows.append(
+                {
+                    "method": name,
+                    "curve": label,
+                    "kind": "inference model",
+                    "epoch": row["epoch"],
+                    "seconds": seconds,
+                    "NDCG@20": row["valid/NDCG@20"],
+                }
+            )
             for key in sorted(k for k in row if k.startswith("valid/member")):
                 member = key.split("/")[1]
-                rows.append({"method": name, "curve": f"{name} {member}", "kind": "member alone",
-                             "epoch": row["epoch"], "seconds": seconds, "NDCG@20": row[key]})
+                rows.append(
+                    {
+                        "method": name,
+                        "curve": f"{name} {member}",
+                        "kind": "member alone",
+                        "epoch": row["epoch"],
+                        "seconds": seconds,
+                        "NDCG@20": row[key],
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -137,13 +161,27 @@ curve_df.pivot(index="curve", columns="epoch", values="NDCG@20").round(2)
 
 # %% tags=["hide-input"]
 models = curve_df[curve_df.kind == "inference model"]
-curve_palette = {**{c: PALETTE[m] for c, m in zip(models.curve, models.method)},
-                 **{f"Ensemble-Scratch member{k}": colors[3 + k] for k in range(members)}}
+curve_palette = {
+    **{c: PALETTE[m] for c, m in zip(models.curve, models.method)},
+    **{f"Ensemble-Scratch member{k}": colors[3 + k] for k in range(members)},
+}
 fig, ax = plt.subplots(figsize=(10, 4.5))
-sns.lineplot(data=curve_df, x="epoch", y="NDCG@20", hue="curve", style="kind", markers=True, dashes={
-    "inference model": "", "member alone": (3, 2)}, palette=curve_palette, ax=ax)
-ax.set(ylabel="validation NDCG@20 (%)", xticks=sorted(curve_df.epoch.unique()),
-       title=f"Validation NDCG@20 per epoch, {dataset}, seed {seed}, {epochs} epochs, profile '{profile}'")
+sns.lineplot(
+    data=curve_df,
+    x="epoch",
+    y="NDCG@20",
+    hue="curve",
+    style="kind",
+    markers=True,
+    dashes={"inference model": "", "member alone": (3, 2)},
+    palette=curve_palette,
+    ax=ax,
+)
+ax.set(
+    ylabel="validation NDCG@20 (%)",
+    xticks=sorted(curve_df.epoch.unique()),
+    title=f"Validation NDCG@20 per epoch, {dataset}, seed {seed}, {epochs} epochs, profile '{profile}'",
+)
 ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
 fig.tight_layout()
 fig.savefig(out / "curves.png", dpi=120)
@@ -155,16 +193,32 @@ plt.show()
 
 # %% tags=["hide-input"]
 hex_palette = {curve: mcolors.to_hex(c) for curve, c in curve_palette.items()}
-fig = px.line(curve_df, x="epoch", y="NDCG@20", color="curve", line_dash="kind", markers=True,
-              color_discrete_map=hex_palette, hover_data={"seconds": ":.1f", "NDCG@20": ":.2f"},
-              title=f"Validation NDCG@20 (%) per epoch: {dataset}, seed {seed}, profile '{profile}'")
+fig = px.line(
+    curve_df,
+    x="epoch",
+    y="NDCG@20",
+    color="curve",
+    line_dash="kind",
+    markers=True,
+    color_discrete_map=hex_palette,
+    hover_data={"seconds": ":.1f", "NDCG@20": ":.2f"},
+    title=f"Validation NDCG@20 (%) per epoch: {dataset}, seed {seed}, profile '{profile}'",
+)
 fig.update_layout(xaxis={"dtick": 1}, legend_title_text="", height=450)
 fig.show()
 
 # %% tags=["hide-input"]
-fig = px.line(curve_df, x="seconds", y="NDCG@20", color="curve", line_dash="kind", markers=True,
-              color_discrete_map=hex_palette, hover_data={"epoch": True, "NDCG@20": ":.2f"},
-              title="Validation NDCG@20 (%) against cumulative training seconds (same runs)")
+fig = px.line(
+    curve_df,
+    x="seconds",
+    y="NDCG@20",
+    color="curve",
+    line_dash="kind",
+    markers=True,
+    color_discrete_map=hex_palette,
+    hover_data={"epoch": True, "NDCG@20": ":.2f"},
+    title="Validation NDCG@20 (%) against cumulative training seconds (same runs)",
+)
 fig.update_layout(legend_title_text="", height=450)
 fig.show()
 
@@ -185,19 +239,25 @@ if full_sets:
     notes = []
     for ax, d in zip(axes[0], full_sets):
         part = flamebook.record_curves(records, d, three)
-        sns.lineplot(part, x="epoch", y="valid NDCG@20", hue="method", units="seed", estimator=None,
-                     palette=PALETTE, ax=ax)  # fmt: skip
+        sns.lineplot(
+            part, x="epoch", y="valid NDCG@20", hue="method", units="seed", estimator=None, palette=PALETTE, ax=ax
+        )
         for r in (r for r in records if r["dataset"] == d and flamebook.variant(r) == "Single"):
             ax.axhline(max(h["valid/NDCG@20"] for h in r["history"]), color="grey", lw=0.6, ls=":")
         ax.set(title=f"{d}: full records", ylabel="validation NDCG@20 (%)")
         best = part.groupby(["method", "seed"])["valid NDCG@20"].max().groupby("method").mean()
         test = flamebook.main_table(records, [d], three).loc[d]
-        selected = {m: np.mean([r["best_epoch"] for r in records if r["dataset"] == d and flamebook.variant(r) == m])
-                    for m in best.index}  # fmt: skip
-        notes.append(f"{d}: best validation NDCG@20, mean over seeds: "
-                     + ", ".join(f"{m} {best[m]:.2f} (selected epoch {selected[m]:.0f} on average)"
-                                 for m in flamebook.ran(test).index)
-                     + f"; {flamebook.records_sentence(test)}.")  # fmt: skip
+        selected = {
+            m: np.mean([r["best_epoch"] for r in records if r["dataset"] == d and flamebook.variant(r) == m])
+            for m in best.index
+        }
+        notes.append(
+            f"{d}: best validation NDCG@20, mean over seeds: "
+            + ", ".join(
+                f"{m} {best[m]:.2f} (selected epoch {selected[m]:.0f} on average)" for m in flamebook.ran(test).index
+            )
+            + f"; {flamebook.records_sentence(test)}."
+        )
     fig.tight_layout()
     plt.show()
     print("\n".join(notes))
@@ -216,14 +276,20 @@ else:
 # %%
 anchor = {which: anchor_metrics(runs["Ensemble-Guide"].method, split, which) for which in ("valid", "test")}
 scratch_test = runs["Ensemble-Scratch"].results["test"]
-bars = [{"model": f"Ensemble-Scratch member{k}", "group": "Ensemble-Scratch",
-         "NDCG@20": scratch_test[f"member{k}/NDCG@20"]} for k in range(members)]
-bars += [{"model": "Ensemble-Scratch (mean of members)", "group": "Ensemble-Scratch",
-          "NDCG@20": scratch_test["NDCG@20"]},
-         {"model": "Single", "group": "Single", "NDCG@20": runs["Single"].results["test"]["NDCG@20"]},
-         {"model": "frozen anchor (alone)", "group": "Ensemble-Guide", "NDCG@20": anchor["test"]["NDCG@20"]},
-         {"model": "Ensemble-Guide (learnable, kept)", "group": "Ensemble-Guide",
-          "NDCG@20": runs["Ensemble-Guide"].results["test"]["NDCG@20"]}]
+bars = [
+    {"model": f"Ensemble-Scratch member{k}", "group": "Ensemble-Scratch", "NDCG@20": scratch_test[f"member{k}/NDCG@20"]}
+    for k in range(members)
+]
+bars += [
+    {"model": "Ensemble-Scratch (mean of members)", "group": "Ensemble-Scratch", "NDCG@20": scratch_test["NDCG@20"]},
+    {"model": "Single", "group": "Single", "NDCG@20": runs["Single"].results["test"]["NDCG@20"]},
+    {"model": "frozen anchor (alone)", "group": "Ensemble-Guide", "NDCG@20": anchor["test"]["NDCG@20"]},
+    {
+        "model": "Ensemble-Guide (learnable, kept)",
+        "group": "Ensemble-Guide",
+        "NDCG@20": runs["Ensemble-Guide"].results["test"]["NDCG@20"],
+    },
+]
 bar_df = pd.DataFrame(bars)
 bar_df.round(2)
 
@@ -232,16 +298,22 @@ fig, ax = plt.subplots(figsize=(8, 3.8))
 sns.barplot(data=bar_df, y="model", x="NDCG@20", hue="group", palette=PALETTE, dodge=False, legend=False, ax=ax)
 for container in ax.containers:
     ax.bar_label(container, fmt="%.2f", padding=2, fontsize=8)
-ax.set(xlabel="test NDCG@20 (%)", ylabel="", xlim=(0, 1.15 * bar_df["NDCG@20"].max()),
-       title=f"Members vs ensembles, test split, {dataset}, seed {seed}, {epochs} epochs")
+ax.set(
+    xlabel="test NDCG@20 (%)",
+    ylabel="",
+    xlim=(0, 1.15 * bar_df["NDCG@20"].max()),
+    title=f"Members vs ensembles, test split, {dataset}, seed {seed}, {epochs} epochs",
+)
 fig.tight_layout()
 fig.savefig(out / "members.png", dpi=120)
 plt.show()
 
 # %%
 single_valid = runs["Single"].results["valid"]["NDCG@20"]
-print(f"anchor alone, valid NDCG@20 {anchor['valid']['NDCG@20']:.2f} vs the Single run's selected epoch "
-      f"{single_valid:.2f} (difference {anchor['valid']['NDCG@20'] - single_valid:+.4f})")
+print(
+    f"anchor alone, valid NDCG@20 {anchor['valid']['NDCG@20']:.2f} vs the Single run's selected epoch "
+    f"{single_valid:.2f} (difference {anchor['valid']['NDCG@20'] - single_valid:+.4f})"
+)
 
 # %% [markdown]
 # ## Two losses and the weight between them
@@ -257,7 +329,9 @@ loss_rows = []
 for name, run in runs.items():
     per_net = run.method.served_networks  # rec sums over an ensemble's members
     for row in run.results["history"]:
-        loss_rows.append({"method": name, "epoch": row["epoch"], "term": "rec (per network)", "value": row["rec"] / per_net})
+        loss_rows.append(
+            {"method": name, "epoch": row["epoch"], "term": "rec (per network)", "value": row["rec"] / per_net}
+        )
         if "align" in row:
             loss_rows.append({"method": name, "epoch": row["epoch"], "term": "align", "value": row["align"]})
 loss_df = pd.DataFrame(loss_rows)
@@ -267,14 +341,26 @@ loss_df = pd.DataFrame(loss_rows)
 horizon = runs["Ensemble-Guide"].method.cfg.align.anneal_epochs
 epochs_R = np.arange(1, horizon + 1)
 schedule = pd.DataFrame({"epoch": epochs_R, "lambda": [lambda_schedule(e, horizon) for e in epochs_R]})
-logged = pd.DataFrame([{"epoch": r["epoch"], "lambda": r["lambda"], "method": name}
-                       for name, run in runs.items() if name != "Single" for r in run.results["history"]])
-lambda_error = max(abs(r["lambda"] - lambda_schedule(r["epoch"], horizon)) for name, run in runs.items()
-                   if name != "Single" for r in run.results["history"])
+logged = pd.DataFrame(
+    [
+        {"epoch": r["epoch"], "lambda": r["lambda"], "method": name}
+        for name, run in runs.items()
+        if name != "Single"
+        for r in run.results["history"]
+    ]
+)
+lambda_error = max(
+    abs(r["lambda"] - lambda_schedule(r["epoch"], horizon))
+    for name, run in runs.items()
+    if name != "Single"
+    for r in run.results["history"]
+)
 
 fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
 for ax, term in zip(axes[:2], ["rec (per network)", "align"]):
-    sns.lineplot(data=loss_df[loss_df.term == term], x="epoch", y="value", hue="method", palette=PALETTE, marker="o", ax=ax)
+    sns.lineplot(
+        data=loss_df[loss_df.term == term], x="epoch", y="value", hue="method", palette=PALETTE, marker="o", ax=ax
+    )
     ax.set(title=f"training {term}", ylabel="mean loss per epoch", xticks=range(1, epochs + 1))
 sns.lineplot(data=schedule, x="epoch", y="lambda", ax=axes[2], color="grey", label=f"lambda_schedule, R = {horizon}")
 sns.scatterplot(data=logged, x="epoch", y="lambda", hue="method", style="method", palette=PALETTE, s=70, ax=axes[2])
@@ -296,35 +382,50 @@ print(f"largest difference between the logged lambda and lambda_schedule: {lambd
 # and the median epoch, which is less sensitive to a busy machine), inference seconds per 1,000 users,
 # the trainable parameters, and the networks evaluated at inference.
 
+
 # %% tags=["hide-input"]
 def results_table(runs: dict) -> pd.DataFrame:
     rows = {}
     for name, run in runs.items():
         res = run.results
         nets = run.method.served_networks
-        rows[name] = {**{f"test {k}": res["test"][k] for k in ("HR@10", "HR@20", "NDCG@10", "NDCG@20")},
-                      "valid NDCG@20": res["valid"]["NDCG@20"], "selected epoch": res["best_epoch"],
-                      "train s": res["train_seconds"],
-                      "s / epoch": float(np.median([row["train_seconds"] for row in res["history"]])),
-                      "infer s / 1k users": res["inference_seconds_per_1000_users"],
-                      "trainable params": res["parameters"]["trainable"], "networks at inference": nets}
+        rows[name] = {
+            **{f"test {k}": res["test"][k] for k in ("HR@10", "HR@20", "NDCG@10", "NDCG@20")},
+            "valid NDCG@20": res["valid"]["NDCG@20"],
+            "selected epoch": res["best_epoch"],
+            "train s": res["train_seconds"],
+            "s / epoch": float(np.median([row["train_seconds"] for row in res["history"]])),
+            "infer s / 1k users": res["inference_seconds_per_1000_users"],
+            "trainable params": res["parameters"]["trainable"],
+            "networks at inference": nets,
+        }
     return pd.DataFrame(rows).T
 
 
 table = results_table(runs)
-display(Markdown(f"**Table 1.** Single vs Ensemble-Scratch ({members} members) vs Ensemble-Guide. Protocol: "
-                 f"{protocol}. Seconds are wall-clock on this machine and vary with its load."))
-table.style.format({c: "{:.2f}" for c in table.columns if c not in ("selected epoch", "trainable params",
-                                                                     "networks at inference")} | {
-    "selected epoch": "{:.0f}", "trainable params": "{:,.0f}", "networks at inference": "{:.0f}"})
+display(
+    Markdown(
+        f"**Table 1.** Single vs Ensemble-Scratch ({members} members) vs Ensemble-Guide. Protocol: "
+        f"{protocol}. Seconds are wall-clock on this machine and vary with its load."
+    )
+)
+table.style.format(
+    {c: "{:.2f}" for c in table.columns if c not in ("selected epoch", "trainable params", "networks at inference")}
+    | {"selected epoch": "{:.0f}", "trainable params": "{:,.0f}", "networks at inference": "{:.0f}"}
+)
 
 # %% tags=["remove-input"]
 guide_valid = runs["Ensemble-Guide"].results["valid"]["NDCG@20"]
 lambdas = ", ".join(f"{r['lambda']:.2f}" for r in runs["Ensemble-Guide"].results["history"])
-print(f"Ensemble-Guide's validation NDCG@20 is {guide_valid:.2f} against Single's {single_valid:.2f} "
-      f"({guide_valid - single_valid:+.2f} points) after {epochs} epochs, trained with lambda = {lambdas}: "
-      + ("in this budget the guide has not helped." if guide_valid < single_valid
-         else "in this budget the guide is ahead."))
+print(
+    f"Ensemble-Guide's validation NDCG@20 is {guide_valid:.2f} against Single's {single_valid:.2f} "
+    f"({guide_valid - single_valid:+.2f} points) after {epochs} epochs, trained with lambda = {lambdas}: "
+    + (
+        "in this budget the guide has not helped."
+        if guide_valid < single_valid
+        else "in this budget the guide is ahead."
+    )
+)
 
 # %% [markdown]
 # What to read in it (the numbers above are computed by this run; with a budget of a few epochs they are
@@ -352,12 +453,14 @@ print(f"Ensemble-Guide's validation NDCG@20 is {guide_valid:.2f} against Single'
 # %% tags=["remove-input"]
 cost = table["s / epoch"] / table.loc["Single", "s / epoch"]
 best_member = max(scratch_test[f"member{k}/NDCG@20"] for k in range(members))
-lines = [f"In this run ({epochs} epochs, {profile} profile, {dataset}, seed {seed}): Ensemble-Scratch serves the mean "
-         f"of its members at test NDCG@20 {scratch_test['NDCG@20']:.2f}, against {best_member:.2f} for its best member "
-         f"alone and {runs['Single'].results['test']['NDCG@20']:.2f} for Single; Ensemble-Guide reaches "
-         f"{runs['Ensemble-Guide'].results['test']['NDCG@20']:.2f}. An Ensemble-Scratch epoch costs "
-         f"{cost['Ensemble-Scratch']:.1f} Single epochs and an Ensemble-Guide epoch {cost['Ensemble-Guide']:.1f}.",
-         "Under the full protocol (records): " + (" ".join(notes) if full_sets else "no record yet.")]  # fmt: skip
+lines = [
+    f"In this run ({epochs} epochs, {profile} profile, {dataset}, seed {seed}): Ensemble-Scratch serves the mean "
+    f"of its members at test NDCG@20 {scratch_test['NDCG@20']:.2f}, against {best_member:.2f} for its best member "
+    f"alone and {runs['Single'].results['test']['NDCG@20']:.2f} for Single; Ensemble-Guide reaches "
+    f"{runs['Ensemble-Guide'].results['test']['NDCG@20']:.2f}. An Ensemble-Scratch epoch costs "
+    f"{cost['Ensemble-Scratch']:.1f} Single epochs and an Ensemble-Guide epoch {cost['Ensemble-Guide']:.1f}.",
+    "Under the full protocol (records): " + (" ".join(notes) if full_sets else "no record yet."),
+]
 display(Markdown("\n\n".join(lines)))
 
 # %% [markdown]
@@ -386,26 +489,38 @@ display(Markdown("\n\n".join(lines)))
 
 # %% tags=["hide-cell"]
 second = seeds[1] if len(seeds) > 1 else seed + 1
-runs2 = {name: flamebook.experiment(dataset, method, epochs, runs_dir, max_len=max_len, device=device, seed=second,
-                                    **changes) for name, (method, changes) in METHODS.items()}  # fmt: skip
-by_seed = pd.DataFrame({s: {name: r.results["valid"]["NDCG@20"] for name, r in rs.items()}
-                        for s, rs in ((seed, runs), (second, runs2))})  # fmt: skip
+runs2 = {
+    name: flamebook.experiment(
+        dataset, method, epochs, runs_dir, max_len=max_len, device=device, seed=second, **changes
+    )
+    for name, (method, changes) in METHODS.items()
+}
+by_seed = pd.DataFrame(
+    {s: {name: r.results["valid"]["NDCG@20"] for name, r in rs.items()} for s, rs in ((seed, runs), (second, runs2))}
+)
 order = {s: list(by_seed[s].sort_values(ascending=False).index) for s in by_seed}
 print(by_seed.round(2))
-print(f"order by validation NDCG@20, seed {seed}: {order[seed]}; seed {second}: {order[second]} -> "
-      + ("the same order" if order[seed] == order[second] else "the order changes with the seed"))
+print(
+    f"order by validation NDCG@20, seed {seed}: {order[seed]}; seed {second}: {order[second]} -> "
+    + ("the same order" if order[seed] == order[second] else "the order changes with the seed")
+)
 
 # %% [markdown]
 # **Solution 2.** Four members against the two of the chapter.
 
 # %% tags=["hide-cell"]
-four = flamebook.experiment(dataset, "ensemble_scratch", epochs, runs_dir, max_len=max_len, device=device,
-                            seed=seed, members=4)  # fmt: skip
+four = flamebook.experiment(
+    dataset, "ensemble_scratch", epochs, runs_dir, max_len=max_len, device=device, seed=seed, members=4
+)
 t2, t4 = runs["Ensemble-Scratch"].results, four.results
-print(f"members' test NDCG@20 with 2: {[round(t2['test'][f'member{k}/NDCG@20'], 2) for k in range(2)]}, "
-      f"with 4: {[round(t4['test'][f'member{k}/NDCG@20'], 2) for k in range(4)]}")
-print(f"ensemble test NDCG@20: {t2['test']['NDCG@20']:.2f} (2 members) vs {t4['test']['NDCG@20']:.2f} (4); "
-      f"Ensemble-Guide {runs['Ensemble-Guide'].results['test']['NDCG@20']:.2f}")
+print(
+    f"members' test NDCG@20 with 2: {[round(t2['test'][f'member{k}/NDCG@20'], 2) for k in range(2)]}, "
+    f"with 4: {[round(t4['test'][f'member{k}/NDCG@20'], 2) for k in range(4)]}"
+)
+print(
+    f"ensemble test NDCG@20: {t2['test']['NDCG@20']:.2f} (2 members) vs {t4['test']['NDCG@20']:.2f} (4); "
+    f"Ensemble-Guide {runs['Ensemble-Guide'].results['test']['NDCG@20']:.2f}"
+)
 print(f"training seconds: {t2['train_seconds']:.1f} vs {t4['train_seconds']:.1f}")
 
 # %% [markdown]
@@ -413,12 +528,27 @@ print(f"training seconds: {t2['train_seconds']:.1f} vs {t4['train_seconds']:.1f}
 # alignment term stops counting within the budget.
 
 # %% tags=["hide-cell"]
-compressed = flamebook.experiment(dataset, "ensemble_guide", epochs, runs_dir, max_len=max_len, device=device,
-                                  seed=seed, anneal_epochs=epochs)  # fmt: skip
-print(pd.DataFrame([{"schedule": name, "epoch": h["epoch"], "lambda": h["lambda"], "align": h["align"],
-                     "lambda x align": h["lambda"] * h["align"], "valid NDCG@20": h["valid/NDCG@20"]}
-                    for name, run in (("R = 200 (default)", runs["Ensemble-Guide"]), (f"R = {epochs}", compressed))
-                    for h in run.results["history"]]).round(4).to_string(index=False))  # fmt: skip
+compressed = flamebook.experiment(
+    dataset, "ensemble_guide", epochs, runs_dir, max_len=max_len, device=device, seed=seed, anneal_epochs=epochs
+)
+print(
+    pd.DataFrame(
+        [
+            {
+                "schedule": name,
+                "epoch": h["epoch"],
+                "lambda": h["lambda"],
+                "align": h["align"],
+                "lambda x align": h["lambda"] * h["align"],
+                "valid NDCG@20": h["valid/NDCG@20"],
+            }
+            for name, run in (("R = 200 (default)", runs["Ensemble-Guide"]), (f"R = {epochs}", compressed))
+            for h in run.results["history"]
+        ]
+    )
+    .round(4)
+    .to_string(index=False)
+)
 
 # %% [markdown]
 # **Solution 4.** An anchor trained for one epoch (the same as the command line's `pretrain`), then
@@ -427,36 +557,59 @@ print(pd.DataFrame([{"schedule": name, "epoch": h["epoch"], "lambda": h["lambda"
 # %% tags=["hide-cell"]
 weak_model, weak_cfg = flamebook.configs("single", 1, max_len, device=device, seed=0)
 _, weak_path = pretrain_anchor(data, split, weak_model, weak_cfg, log=lambda s: None)
-weak = flamebook.experiment(dataset, "ensemble_guide", epochs, runs_dir, max_len=max_len, device=device, seed=seed,
-                            frozen=str(weak_path))  # fmt: skip
+weak = flamebook.experiment(
+    dataset, "ensemble_guide", epochs, runs_dir, max_len=max_len, device=device, seed=seed, frozen=str(weak_path)
+)
 weak_anchor = anchor_metrics(weak.method, split, "valid")["NDCG@20"]
-print(f"the weak anchor alone: valid NDCG@20 {weak_anchor:.2f} "
-      f"(the chapter's anchor: {anchor['valid']['NDCG@20']:.2f})")
-print(f"Ensemble-Guide with the weak anchor: valid NDCG@20 {weak.results['valid']['NDCG@20']:.2f}; with the "
-      f"chapter's: {runs['Ensemble-Guide'].results['valid']['NDCG@20']:.2f}; Single: {single_valid:.2f}")
+print(
+    f"the weak anchor alone: valid NDCG@20 {weak_anchor:.2f} (the chapter's anchor: {anchor['valid']['NDCG@20']:.2f})"
+)
+print(
+    f"Ensemble-Guide with the weak anchor: valid NDCG@20 {weak.results['valid']['NDCG@20']:.2f}; with the "
+    f"chapter's: {runs['Ensemble-Guide'].results['valid']['NDCG@20']:.2f}; Single: {single_valid:.2f}"
+)
 
 # %% tags=["remove-cell"]
 random_ndcg20 = 100 * sum(1 / np.log2(r + 2) for r in range(20)) / data.num_items  # a random ranking's expectation
 member_test = {f"member{k}": scratch_test[f"member{k}/NDCG@20"] for k in range(members)}
-member_rows = sum(1 for r in runs["Ensemble-Scratch"].results["history"] for k in range(members)
-                  if f"valid/member{k}/NDCG@20" in r)
+member_rows = sum(
+    1 for r in runs["Ensemble-Scratch"].results["history"] for k in range(members) if f"valid/member{k}/NDCG@20" in r
+)
 checks = [
-    {"name": "every method learns: smallest valid NDCG@20 over a random ranking's",
-     "value": min(run.results["valid"]["NDCG@20"] for run in runs.values()) / random_ndcg20,
-     "op": ">", "bound": 2.0},
-    {"name": "validation rows with a member's NDCG@20", "value": member_rows, "op": "==",
-     "bound": members * runs["Ensemble-Scratch"].results["epochs_run"]},
-    *[{"name": f"Ensemble-Scratch {k} test NDCG@20", "value": v, "op": ">", "bound": 0.0} for k, v in member_test.items()],
-    *[{"name": f"{name} test NDCG@20", "value": run.results["test"]["NDCG@20"], "op": ">", "bound": 0.0}
-      for name, run in runs.items()],
+    {
+        "name": "every method learns: smallest valid NDCG@20 over a random ranking's",
+        "value": min(run.results["valid"]["NDCG@20"] for run in runs.values()) / random_ndcg20,
+        "op": ">",
+        "bound": 2.0,
+    },
+    {
+        "name": "validation rows with a member's NDCG@20",
+        "value": member_rows,
+        "op": "==",
+        "bound": members * runs["Ensemble-Scratch"].results["epochs_run"],
+    },
+    *[
+        {"name": f"Ensemble-Scratch {k} test NDCG@20", "value": v, "op": ">", "bound": 0.0}
+        for k, v in member_test.items()
+    ],
+    *[
+        {"name": f"{name} test NDCG@20", "value": run.results["test"]["NDCG@20"], "op": ">", "bound": 0.0}
+        for name, run in runs.items()
+    ],
     {"name": "logged lambda minus lambda_schedule (max abs)", "value": lambda_error, "op": "<", "bound": 1e-9},
 ]
 metrics = {
-    "chapter": "01_motivation", "dataset": dataset, "profile": profile, "epochs": epochs, "seed": seed,
-    "max_len": max_len, "members": members,
+    "chapter": "01_motivation",
+    "dataset": dataset,
+    "profile": profile,
+    "epochs": epochs,
+    "seed": seed,
+    "max_len": max_len,
+    "members": members,
     "valid_ndcg20": {name: run.results["valid"]["NDCG@20"] for name, run in runs.items()},
     "test_ndcg20": {name: run.results["test"]["NDCG@20"] for name, run in runs.items()},
-    "member_test_ndcg20": member_test, "anchor_test_ndcg20": anchor["test"]["NDCG@20"],
+    "member_test_ndcg20": member_test,
+    "anchor_test_ndcg20": anchor["test"]["NDCG@20"],
     "train_seconds": {name: run.results["train_seconds"] for name, run in runs.items()},
     "checks": checks,
 }

@@ -102,9 +102,18 @@ blocks_split = paths.block_split(toy_model.layers)
 SPLITS = ["net", "emb|enc", blocks_split]
 plans = {s: module_plan(s, toy_model.layers) for s in SPLITS}
 print(f"synthetic: {toy.stats()}; model: {toy_model}")
-pd.DataFrame([{"module split": s, "M": len(plan), "modules": " | ".join("+".join(stages) for stages in plan),
-               "paths": len(all_paths(len(plan))), "names": " ".join(path_name(p) for p in all_paths(len(plan)))}
-              for s, plan in plans.items()]).set_index("module split")
+pd.DataFrame(
+    [
+        {
+            "module split": s,
+            "M": len(plan),
+            "modules": " | ".join("+".join(stages) for stages in plan),
+            "paths": len(all_paths(len(plan))),
+            "names": " ".join(path_name(p) for p in all_paths(len(plan))),
+        }
+        for s, plan in plans.items()
+    ]
+).set_index("module split")
 
 # %% [markdown]
 # ## Prefix sharing
@@ -122,8 +131,10 @@ pd.DataFrame([{"module split": s, "M": len(plan), "modules": " | ".join("+".join
 M3 = len(plans[blocks_split])
 for m in range(1, M3 + 1):
     prefixes = sorted({p[:m] for p in all_paths(M3)})
-    print(f"after module {m} ({'+'.join(plans[blocks_split][m - 1])}): {len(prefixes)} states: "
-          + " ".join(path_name(p) for p in prefixes))
+    print(
+        f"after module {m} ({'+'.join(plans[blocks_split][m - 1])}): {len(prefixes)} states: "
+        + " ".join(path_name(p) for p in prefixes)
+    )
 
 # %% [markdown]
 # We check both claims by measurement. Two randomly initialised toy networks stand in for the learnable
@@ -132,6 +143,7 @@ for m in range(1, M3 + 1):
 # what it computes. For each split we evaluate all paths at once, then each path on its own, and compare.
 # (`evaluate_paths` returns $(N, P, B, D)$: one set of paths per pair of networks, $N = 1$ here; the engine
 # uses $N > 1$ to train several seeds side by side, and `[0]` takes our one pair.)
+
 
 # %% tags=["hide-input"]
 @contextlib.contextmanager
@@ -159,13 +171,26 @@ with torch.no_grad():
     for s, plan in plans.items():
         M, every = len(plan), all_paths(len(plan))
         with count_module_applications() as shared_count:
-            z = evaluate_paths(learn, frozen, plan, layout, every, 0.0, 0.0)[0]  # (2^M, B, D) of the one pair
+            z = evaluate_paths(learn, frozen, plan, layout, every, p_learn=0.0, p_frozen=0.0)[
+                0
+            ]  # (2^M, B, D) of the one pair
         with count_module_applications() as naive_count:
-            z_each = torch.cat([evaluate_paths(learn, frozen, plan, layout, [p], 0.0, 0.0)[0] for p in every])
+            z_each = torch.cat(
+                [evaluate_paths(learn, frozen, plan, layout, [p], p_learn=0.0, p_frozen=0.0)[0] for p in every]
+            )
         toy_z[s] = z
-        rows.append({"module split": s, "M": M, "paths": z.shape[0], "prefix-shared (measured)": shared_count["applications"],
-                     "2^(M+1) - 2": 2 ** (M + 1) - 2, "per path (measured)": naive_count["applications"],
-                     "M * 2^M": M * 2**M, "max |shared - per path|": (z - z_each).abs().max().item()})
+        rows.append(
+            {
+                "module split": s,
+                "M": M,
+                "paths": z.shape[0],
+                "prefix-shared (measured)": shared_count["applications"],
+                "2^(M+1) - 2": 2 ** (M + 1) - 2,
+                "per path (measured)": naive_count["applications"],
+                "M * 2^M": M * 2**M,
+                "max |shared - per path|": (z - z_each).abs().max().item(),
+            }
+        )
 sharing = pd.DataFrame(rows).set_index("module split")
 sharing
 
@@ -191,9 +216,13 @@ with torch.no_grad():
     pure = {}
     for mode in ("independent", "shared"):
         shared = mode == "shared"
-        z = evaluate_paths(learn, frozen, plans["emb|enc"], layout, all_paths(2), 0.0, 0.0, shared=shared)[0]
-        pure[mode] = {"max |LL - learnable network|": (z[0] - alone["L"]).abs().max().item(),
-                      "max |FF - frozen network|": (z[-1] - alone["F"]).abs().max().item()}
+        z = evaluate_paths(
+            learn, frozen, plans["emb|enc"], layout, all_paths(2), p_learn=0.0, p_frozen=0.0, shared=shared
+        )[0]
+        pure[mode] = {
+            "max |LL - learnable network|": (z[0] - alone["L"]).abs().max().item(),
+            "max |FF - frozen network|": (z[-1] - alone["F"]).abs().max().item(),
+        }
 attention = pd.DataFrame(pure).T
 attention
 
@@ -218,6 +247,7 @@ attention
 #
 # The same cell checks the result against the library: the paths against `evaluate_paths`, the
 # alignment term against `flame_core.losses.align_loss`, and the whole loss against `Flame.loss`.
+
 
 # %%
 def flame_loss_from_scratch(learn, frozen, seq, target, lam, tau=1.0):
@@ -255,13 +285,17 @@ flame_toy.start_epoch(1)  # lambda of epoch 1
 with torch.no_grad():
     scratch = flame_loss_from_scratch(learn, frozen, toy_inputs, toy_targets, flame_toy.lam)
     loss, align, z_scratch, pairs, sims, weights = scratch
-    z_library = evaluate_paths(learn, frozen, plans["emb|enc"], layout, all_paths(2), 0.0, 0.0)[0]  # (4, B, D)
+    z_library = evaluate_paths(learn, frozen, plans["emb|enc"], layout, all_paths(2), p_learn=0.0, p_frozen=0.0)[
+        0
+    ]  # (4, B, D)
     library_loss, _ = flame_toy.loss((toy_inputs, toy_targets))
-from_scratch = pd.Series({
-    "max |paths - evaluate_paths|": (z_scratch - z_library).abs().max().item(),
-    "|align - losses.align_loss|": abs(align - align_loss(z_library)[0]).item(),
-    "|loss - Flame.loss|": abs(loss - library_loss.sum()).item(),
-})  # fmt: skip
+from_scratch = pd.Series(
+    {
+        "max |paths - evaluate_paths|": (z_scratch - z_library).abs().max().item(),
+        "|align - losses.align_loss|": abs(align - align_loss(z_library)[0]).item(),
+        "|loss - Flame.loss|": abs(loss - library_loss.sum()).item(),
+    }
+)
 from_scratch
 
 # %% [markdown]
@@ -270,8 +304,7 @@ from_scratch
 # sum):
 
 # %% tags=["hide-input"]
-worked = pd.DataFrame({"pair": pairs, "mean similarity": sims.numpy(),
-                       "exp(-similarity)": torch.exp(-sims).numpy()})  # fmt: skip
+worked = pd.DataFrame({"pair": pairs, "mean similarity": sims.numpy(), "exp(-similarity)": torch.exp(-sims).numpy()})
 worked["weight = share"] = worked["exp(-similarity)"] / worked["exp(-similarity)"].sum()
 assert np.allclose(worked["weight = share"], weights.numpy())
 print(f"lambda at epoch 1: {flame_toy.lam:.4f}; alignment term {align.item():.4f}; loss {loss.item():.4f}")
@@ -301,9 +334,11 @@ freq_df = pd.DataFrame({"path": [path_name(p) for p in all_paths(M3)]})
 freq_df["share of draws"] = [freq[name] / len(draws) for name in freq_df.path]
 with torch.no_grad(), count_module_applications() as sampled_count:
     for d in draws[:200]:
-        evaluate_paths(learn, frozen, plans[blocks_split], layout, d, 0.0, 0.0)
-print(f"module applications per step: {sampled_count['applications'] / 200:.2f} on average for K={num_paths} "
-      f"sampled paths, {2 ** (M3 + 1) - 2} for all {2 ** M3}")
+        evaluate_paths(learn, frozen, plans[blocks_split], layout, d, p_learn=0.0, p_frozen=0.0)
+print(
+    f"module applications per step: {sampled_count['applications'] / 200:.2f} on average for K={num_paths} "
+    f"sampled paths, {2 ** (M3 + 1) - 2} for all {2**M3}"
+)
 
 # %% tags=["hide-input"]
 fig, ax = plt.subplots(figsize=(7, 3))
@@ -323,10 +358,10 @@ plt.show()
 # last-position representation of every *view*: each member of the ensemble, each path of FLAME (with
 # the selected weights, dropout off, independent attention).
 
+
 # %%
 def experiment(method: str, **changes):
-    return flamebook.experiment(dataset, method, epochs, runs_dir, max_len=max_len, device=device, seed=seed,
-                                **changes)
+    return flamebook.experiment(dataset, method, epochs, runs_dir, max_len=max_len, device=device, seed=seed, **changes)
 
 
 flame = experiment("flame")
@@ -340,6 +375,7 @@ for name, run in {"Ensemble-Scratch (members)": scratch, "FLAME (paths)": flame}
 # How alike are the views of one user? The mean cosine similarity between two views of the same user,
 # over the users above (1 = the same direction):
 
+
 # %% tags=["hide-input"]
 def mean_cosine(reps: torch.Tensor) -> pd.DataFrame:
     z = torch.nn.functional.normalize(reps.double(), dim=-1)  # (V, U, D)
@@ -349,8 +385,12 @@ def mean_cosine(reps: torch.Tensor) -> pd.DataFrame:
 for name, (names, reps) in views.items():
     cos = mean_cosine(reps)
     cos.index = cos.columns = names
-    display(Markdown(f"**{name}**: mean cosine similarity between views of the same test user "
-                     f"({reps.shape[1]} users, {dataset}, seed {seed})"))
+    display(
+        Markdown(
+            f"**{name}**: mean cosine similarity between views of the same test user "
+            f"({reps.shape[1]} users, {dataset}, seed {seed})"
+        )
+    )
     display(cos.round(3))
 
 # %% [markdown]
@@ -364,9 +404,17 @@ for name, (names, reps) in views.items():
     t = tsne(reps, names, users=tsne_users, seed=seed)
     maps.append(pd.DataFrame({"model": name, **t}))
 tsne_df = pd.concat(maps, ignore_index=True)
-fig = px.scatter(tsne_df, x="x", y="y", color="view", facet_col="model", hover_data=["user"], opacity=0.7,
-                 title=f"t-SNE of test-user representations, {tsne_users} users, {dataset}, seed {seed}, "
-                       f"{epochs} epochs, profile '{profile}'")
+fig = px.scatter(
+    tsne_df,
+    x="x",
+    y="y",
+    color="view",
+    facet_col="model",
+    hover_data=["user"],
+    opacity=0.7,
+    title=f"t-SNE of test-user representations, {tsne_users} users, {dataset}, seed {seed}, "
+    f"{epochs} epochs, profile '{profile}'",
+)
 fig.update_traces(marker={"size": 5})
 fig.update_xaxes(matches=None, showticklabels=False, title="")
 fig.update_yaxes(matches=None, showticklabels=False, title="")
@@ -397,18 +445,36 @@ variant_runs = {name: experiment(method, **changes) for name, (_, method, change
 rows = []
 for name, run in variant_runs.items():
     res = run.results
-    rows.append({"variant": name, "family": VARIANTS[name][0], "representations": run.method.aligned_views,
-                 "networks at inference": run.method.served_networks,
-                 "valid NDCG@20": res["valid"]["NDCG@20"], "test NDCG@20": res["test"]["NDCG@20"],
-                 "test HR@20": res["test"]["HR@20"],
-                 "s / epoch": float(np.median([row["train_seconds"] for row in res["history"]])),
-                 "trainable params": res["parameters"]["trainable"]})
+    rows.append(
+        {
+            "variant": name,
+            "family": VARIANTS[name][0],
+            "representations": run.method.aligned_views,
+            "networks at inference": run.method.served_networks,
+            "valid NDCG@20": res["valid"]["NDCG@20"],
+            "test NDCG@20": res["test"]["NDCG@20"],
+            "test HR@20": res["test"]["HR@20"],
+            "s / epoch": float(np.median([row["train_seconds"] for row in res["history"]])),
+            "trainable params": res["parameters"]["trainable"],
+        }
+    )
 reps_df = pd.DataFrame(rows).set_index("variant")
-display(Markdown(f"**Table 1.** Number of representations against accuracy and cost. Protocol: {protocol}. "
-                 "Seconds per epoch: the median over the epochs run of the wall-clock training time (validation "
-                 "excluded) on this machine; they vary with its load."))
-reps_df.style.format({"valid NDCG@20": "{:.2f}", "test NDCG@20": "{:.2f}", "test HR@20": "{:.2f}",
-                      "s / epoch": "{:.1f}", "trainable params": "{:,.0f}"})
+display(
+    Markdown(
+        f"**Table 1.** Number of representations against accuracy and cost. Protocol: {protocol}. "
+        "Seconds per epoch: the median over the epochs run of the wall-clock training time (validation "
+        "excluded) on this machine; they vary with its load."
+    )
+)
+reps_df.style.format(
+    {
+        "valid NDCG@20": "{:.2f}",
+        "test NDCG@20": "{:.2f}",
+        "test HR@20": "{:.2f}",
+        "s / epoch": "{:.1f}",
+        "trainable params": "{:,.0f}",
+    }
+)
 
 # %% tags=["hide-input"]
 plot_df = reps_df.reset_index()
@@ -416,8 +482,16 @@ plot_df["sampled"] = plot_df.variant.str.contains("sampled").map({True: "K sampl
 fig, axes = plt.subplots(1, 2, figsize=(12, 4))
 for ax, col in zip(axes, ["test NDCG@20", "s / epoch"]):
     sns.lineplot(data=plot_df[plot_df.sampled == "all"], x="representations", y=col, hue="family", marker="o", ax=ax)
-    sns.scatterplot(data=plot_df[plot_df.sampled != "all"], x="representations", y=col, color="C0", marker="X",
-                    s=120, ax=ax, label=f"FLAME, K={num_paths} of {2 ** (1 + flame.method.model_cfg.layers)} sampled")
+    sns.scatterplot(
+        data=plot_df[plot_df.sampled != "all"],
+        x="representations",
+        y=col,
+        color="C0",
+        marker="X",
+        s=120,
+        ax=ax,
+        label=f"FLAME, K={num_paths} of {2 ** (1 + flame.method.model_cfg.layers)} sampled",
+    )
     ax.set_xscale("log", base=2)
     ax.minorticks_off()
     ax.set(xticks=sorted(plot_df.representations.unique()), xticklabels=sorted(plot_df.representations.unique()))
@@ -439,9 +513,11 @@ for n in sorted(set(paired.representations)):
     e = paired[(paired.family == "Ensemble-Scratch") & (paired.representations == n)]
     if len(f) and len(e):
         f, e = f.iloc[0], e.iloc[0]
-        print(f"{n} representations: training {f['s / epoch']:.1f} s/epoch (FLAME) vs {e['s / epoch']:.1f} "
-              f"(Ensemble-Scratch), ratio {f['s / epoch'] / e['s / epoch']:.2f}; networks at inference "
-              f"1 vs {e['networks at inference']}; test NDCG@20 {f['test NDCG@20']:.2f} vs {e['test NDCG@20']:.2f}")
+        print(
+            f"{n} representations: training {f['s / epoch']:.1f} s/epoch (FLAME) vs {e['s / epoch']:.1f} "
+            f"(Ensemble-Scratch), ratio {f['s / epoch'] / e['s / epoch']:.2f}; networks at inference "
+            f"1 vs {e['networks at inference']}; test NDCG@20 {f['test NDCG@20']:.2f} vs {e['test NDCG@20']:.2f}"
+        )
 
 # %% [markdown]
 # Read these numbers with their protocol in mind: with a budget of a few epochs and one seed,
@@ -473,18 +549,21 @@ off = {name: c[~np.eye(len(c), dtype=bool)].mean() for name, c in cos_of.items()
 best = reps_df["valid NDCG@20"].idxmax()
 flame_row, scratch_row = reps_df.loc["FLAME emb|enc"], reps_df.loc[f"Ensemble-Scratch N={scratch_members[0]}"]
 formula = (sharing["prefix-shared (measured)"] == sharing["2^(M+1) - 2"]).all()
-lines = [f"Prefix sharing evaluated the paths of the splits with {sharing['prefix-shared (measured)'].tolist()} module "
-         f"applications ({'as' if formula else 'not as'} 2^(M+1) - 2 predicts) instead of "
-         f"{sharing['per path (measured)'].tolist()}, and matched per-path evaluation to "
-         f"{sharing['max |shared - per path|'].max():.1e}.",
-         "Mean cosine similarity between two views of one user: "
-         + "; ".join(f"{name} {v:.2f}" for name, v in off.items()) + ".",
-         f"Among the variants trained here ({epochs} epochs, {profile} profile), the best validation NDCG@20 is "
-         f"{reps_df.loc[best, 'valid NDCG@20']:.2f} ({best}). FLAME emb|enc aligns {int(flame_row['representations'])} "
-         f"views at {flame_row['s / epoch']:.1f} s per epoch and serves {int(flame_row['networks at inference'])} network; "
-         f"Ensemble-Scratch with {scratch_members[0]} members takes {scratch_row['s / epoch']:.1f} s and serves "
-         f"{int(scratch_row['networks at inference'])}. With this few epochs the accuracy differences are not "
-         "evidence (chapter 3 reads the full records)."]  # fmt: skip
+lines = [
+    f"Prefix sharing evaluated the paths of the splits with {sharing['prefix-shared (measured)'].tolist()} module "
+    f"applications ({'as' if formula else 'not as'} 2^(M+1) - 2 predicts) instead of "
+    f"{sharing['per path (measured)'].tolist()}, and matched per-path evaluation to "
+    f"{sharing['max |shared - per path|'].max():.1e}.",
+    "Mean cosine similarity between two views of one user: "
+    + "; ".join(f"{name} {v:.2f}" for name, v in off.items())
+    + ".",
+    f"Among the variants trained here ({epochs} epochs, {profile} profile), the best validation NDCG@20 is "
+    f"{reps_df.loc[best, 'valid NDCG@20']:.2f} ({best}). FLAME emb|enc aligns {int(flame_row['representations'])} "
+    f"views at {flame_row['s / epoch']:.1f} s per epoch and serves {int(flame_row['networks at inference'])} network; "
+    f"Ensemble-Scratch with {scratch_members[0]} members takes {scratch_row['s / epoch']:.1f} s and serves "
+    f"{int(scratch_row['networks at inference'])}. With this few epochs the accuracy differences are not "
+    "evidence (chapter 3 reads the full records).",
+]
 display(Markdown("\n\n".join(lines)))
 
 # %% [markdown]
@@ -518,12 +597,16 @@ deep_frozen = SASRecStack(1, toy.num_items, deep, seeds=[2]).eval().requires_gra
 deep_plan = module_plan(paths.block_split(3), 3)
 deep_gen = torch.Generator().manual_seed(seed)
 with torch.no_grad(), count_module_applications() as every:
-    evaluate_paths(deep_learn, deep_frozen, deep_plan, layout, all_paths(4), 0.0, 0.0)
+    evaluate_paths(deep_learn, deep_frozen, deep_plan, layout, all_paths(4), p_learn=0.0, p_frozen=0.0)
 with torch.no_grad(), count_module_applications() as sampled:
     for _ in range(200):
-        evaluate_paths(deep_learn, deep_frozen, deep_plan, layout, sample_paths(4, 4, deep_gen), 0.0, 0.0)
-print(f"M = 4: all 16 paths take {every['applications']} module applications (formula 30, per path 64); "
-      f"K = 4 sampled paths take {sampled['applications'] / 200:.2f} on average")
+        evaluate_paths(
+            deep_learn, deep_frozen, deep_plan, layout, sample_paths(4, 4, deep_gen), p_learn=0.0, p_frozen=0.0
+        )
+print(
+    f"M = 4: all 16 paths take {every['applications']} module applications (formula 30, per path 64); "
+    f"K = 4 sampled paths take {sampled['applications'] / 200:.2f} on average"
+)
 
 # %% [markdown]
 # **Solution 2.** From the mean cosine table of FLAME's paths.
@@ -534,20 +617,33 @@ cos_f = mean_cosine(reps_f)
 cos_f.index = cos_f.columns = names_f
 nearest = cos_f["FF"].drop("FF").idxmax()
 print(cos_f.round(3))
-print(f"closest to FF: {nearest} (cosine {cos_f.loc[nearest, 'FF']:.3f}); paths that share the encoder "
-      f"(second letter) are {'closer' if cos_f.loc['LF', 'FF'] > cos_f.loc['FL', 'FF'] else 'not closer'} "
-      "to each other than paths that share only the embedding: the last module decides more")
+print(
+    f"closest to FF: {nearest} (cosine {cos_f.loc[nearest, 'FF']:.3f}); paths that share the encoder "
+    f"(second letter) are {'closer' if cos_f.loc['LF', 'FF'] > cos_f.loc['FL', 'FF'] else 'not closer'} "
+    "to each other than paths that share only the embedding: the last module decides more"
+)
 
 # %% [markdown]
 # **Solution 3.** One more run, $K = 2$, beside the runs of Table 1.
 
 # %% tags=["hide-cell"]
 k2 = experiment("flame", module_split=blocks, num_paths=2)
-k_rows = {"K=2": k2.results, f"K={num_paths}": variant_runs[f"FLAME {blocks}, K={num_paths} sampled"].results,
-          "all 8": variant_runs[f"FLAME {blocks}"].results}  # fmt: skip
-print(pd.DataFrame({k: {"valid NDCG@20": r["valid"]["NDCG@20"],
-                        "s / epoch": float(np.median([h["train_seconds"] for h in r["history"]]))}
-                    for k, r in k_rows.items()}).T.round(2))
+k_rows = {
+    "K=2": k2.results,
+    f"K={num_paths}": variant_runs[f"FLAME {blocks}, K={num_paths} sampled"].results,
+    "all 8": variant_runs[f"FLAME {blocks}"].results,
+}
+print(
+    pd.DataFrame(
+        {
+            k: {
+                "valid NDCG@20": r["valid"]["NDCG@20"],
+                "s / epoch": float(np.median([h["train_seconds"] for h in r["history"]])),
+            }
+            for k, r in k_rows.items()
+        }
+    ).T.round(2)
+)
 
 # %% [markdown]
 # **Solution 4.** Pairs grow as $V(V-1)/2$; the timing is of the loss alone, forward and backward.
@@ -571,28 +667,76 @@ print(f"a FLAME emb|enc step here takes {step_ms:.1f} ms; its alignment over 4 v
 # %% tags=["remove-cell"]
 tsne_counts = {name: int((tsne_df.model == name).sum()) for name in views}
 checks = [
-    *[{"name": f"paths of split {s}", "value": int(r["paths"]), "op": "==", "bound": 2 ** int(r["M"])}
-      for s, r in sharing.iterrows()],
-    *[{"name": f"prefix-shared module applications, {s}", "value": int(r["prefix-shared (measured)"]), "op": "==",
-       "bound": 2 ** (int(r["M"]) + 1) - 2} for s, r in sharing.iterrows()],
-    *[{"name": f"max |prefix-shared - per path|, {s}", "value": float(r["max |shared - per path|"]), "op": "<",
-       "bound": 1e-5} for s, r in sharing.iterrows()],
-    {"name": "independent attention: max |FF - frozen network|", "value": pure["independent"]["max |FF - frozen network|"],
-     "op": "<", "bound": 1e-5},
-    {"name": "independent attention: max |LL - learnable network|",
-     "value": pure["independent"]["max |LL - learnable network|"], "op": "<", "bound": 1e-5},
-    {"name": "shared attention: max |FF - frozen network|", "value": pure["shared"]["max |FF - frozen network|"],
-     "op": ">", "bound": 1e-4},
-    {"name": "sampled draws holding the pure learnable path", "value": sum(d[0] == (0,) * M3 for d in draws),
-     "op": "==", "bound": len(draws)},
-    *[{"name": f"t-SNE points, {name}", "value": tsne_counts[name], "op": "==",
-       "bound": len(views[name][0]) * min(tsne_users, views[name][1].shape[1])} for name in views],
+    *[
+        {"name": f"paths of split {s}", "value": int(r["paths"]), "op": "==", "bound": 2 ** int(r["M"])}
+        for s, r in sharing.iterrows()
+    ],
+    *[
+        {
+            "name": f"prefix-shared module applications, {s}",
+            "value": int(r["prefix-shared (measured)"]),
+            "op": "==",
+            "bound": 2 ** (int(r["M"]) + 1) - 2,
+        }
+        for s, r in sharing.iterrows()
+    ],
+    *[
+        {
+            "name": f"max |prefix-shared - per path|, {s}",
+            "value": float(r["max |shared - per path|"]),
+            "op": "<",
+            "bound": 1e-5,
+        }
+        for s, r in sharing.iterrows()
+    ],
+    {
+        "name": "independent attention: max |FF - frozen network|",
+        "value": pure["independent"]["max |FF - frozen network|"],
+        "op": "<",
+        "bound": 1e-5,
+    },
+    {
+        "name": "independent attention: max |LL - learnable network|",
+        "value": pure["independent"]["max |LL - learnable network|"],
+        "op": "<",
+        "bound": 1e-5,
+    },
+    {
+        "name": "shared attention: max |FF - frozen network|",
+        "value": pure["shared"]["max |FF - frozen network|"],
+        "op": ">",
+        "bound": 1e-4,
+    },
+    {
+        "name": "sampled draws holding the pure learnable path",
+        "value": sum(d[0] == (0,) * M3 for d in draws),
+        "op": "==",
+        "bound": len(draws),
+    },
+    *[
+        {
+            "name": f"t-SNE points, {name}",
+            "value": tsne_counts[name],
+            "op": "==",
+            "bound": len(views[name][0]) * min(tsne_users, views[name][1].shape[1]),
+        }
+        for name in views
+    ],
     {"name": "FLAME views (emb|enc)", "value": len(views["FLAME (paths)"][0]), "op": "==", "bound": 4},
-    *[{"name": f"{name} test NDCG@20", "value": r["test NDCG@20"], "op": ">", "bound": 0.0} for name, r in reps_df.iterrows()],
+    *[
+        {"name": f"{name} test NDCG@20", "value": r["test NDCG@20"], "op": ">", "bound": 0.0}
+        for name, r in reps_df.iterrows()
+    ],
 ]
 metrics = {
-    "chapter": "02_modular_ensemble", "dataset": dataset, "profile": profile, "epochs": epochs, "seed": seed,
-    "max_len": max_len, "tsne_users": tsne_users, "num_paths": num_paths,
+    "chapter": "02_modular_ensemble",
+    "dataset": dataset,
+    "profile": profile,
+    "epochs": epochs,
+    "seed": seed,
+    "max_len": max_len,
+    "tsne_users": tsne_users,
+    "num_paths": num_paths,
     "sharing": sharing.reset_index().to_dict(orient="records"),
     "representations": reps_df.reset_index().to_dict(orient="records"),
     "checks": checks,

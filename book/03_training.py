@@ -102,10 +102,13 @@ print(PROTOCOL)
 data, split = load(dataset, max_len)
 _, split_all = load(dataset, max_len, None)
 lengths = np.array([len(s) for s in data.sequences])
-truncation = pd.DataFrame({
-    "interactions": [int(lengths.sum()), int(np.minimum(lengths, max_len + 3).sum())],
-    "training samples": [split_all.train_targets.numel(), split.train_targets.numel()],
-}, index=["all items", f"last max_len + 3 = {max_len + 3} items"])
+truncation = pd.DataFrame(
+    {
+        "interactions": [int(lengths.sum()), int(np.minimum(lengths, max_len + 3).sum())],
+        "training samples": [split_all.train_targets.numel(), split.train_targets.numel()],
+    },
+    index=["all items", f"last max_len + 3 = {max_len + 3} items"],
+)
 truncation["share of interactions"] = (truncation["interactions"] / lengths.sum()).map("{:.0%}".format)
 print(data.stats())
 truncation
@@ -126,8 +129,11 @@ truncation
 # second execution of this one do not train again.
 
 # %%
-runs = {(m, s): flamebook.experiment(dataset, m, epochs, runs_dir, max_len=max_len, device=device, seed=s)
-        for m in methods for s in seeds}
+runs = {
+    (m, s): flamebook.experiment(dataset, m, epochs, runs_dir, max_len=max_len, device=device, seed=s)
+    for m in methods
+    for s in seeds
+}
 print({f"{m}/{s}": ("reused" if e.reused else "trained") for (m, s), e in runs.items()})
 
 # %% [markdown]
@@ -136,10 +142,18 @@ print({f"{m}/{s}": ("reused" if e.reused else "trained") for (m, s), e in runs.i
 # Single runs of the table.
 
 # %%
-anchor_check = pd.DataFrame([{"seed": s, "Single test NDCG@20": runs[("single", s)].results["test"]["NDCG@20"],
-                              "anchor test NDCG@20": anchor_metrics(flame.method, flame.split)["NDCG@20"],
-                              "anchor seed": flame.method.cfg.flame.anchor_seed}
-                             for s in seeds for flame in [runs[("flame", s)]]])
+anchor_check = pd.DataFrame(
+    [
+        {
+            "seed": s,
+            "Single test NDCG@20": runs[("single", s)].results["test"]["NDCG@20"],
+            "anchor test NDCG@20": anchor_metrics(flame.method, flame.split)["NDCG@20"],
+            "anchor seed": flame.method.cfg.flame.anchor_seed,
+        }
+        for s in seeds
+        for flame in [runs[("flame", s)]]
+    ]
+)
 anchor_check
 
 # %% [markdown]
@@ -150,15 +164,28 @@ anchor_check
 
 # %% tags=["hide-input"]
 KEYS = list(flamebook.METRIC_KEYS)
-rows = pd.DataFrame([{"method": display_name(m), "seed": s, "selected epoch": e.results["best_epoch"],
-                      **{k: e.results["test"][k] for k in KEYS}, "valid NDCG@20": e.results["valid"]["NDCG@20"]}
-                     for (m, s), e in runs.items()])
+rows = pd.DataFrame(
+    [
+        {
+            "method": display_name(m),
+            "seed": s,
+            "selected epoch": e.results["best_epoch"],
+            **{k: e.results["test"][k] for k in KEYS},
+            "valid NDCG@20": e.results["valid"]["NDCG@20"],
+        }
+        for (m, s), e in runs.items()
+    ]
+)
 
 
 main = rows.groupby("method", sort=False)[KEYS + ["valid NDCG@20"]].agg(flamebook.mean_sd)
 main.insert(0, "selected epochs", rows.groupby("method", sort=False)["selected epoch"].agg(lambda v: list(v)))
-display(Markdown(f"**Table 1.** Test metrics (percent), mean ± sd over seeds {seeds}: the four methods of the "
-                 f"book, then the related systems of chapter 5. Protocol: {PROTOCOL}."))
+display(
+    Markdown(
+        f"**Table 1.** Test metrics (percent), mean ± sd over seeds {seeds}: the four methods of the "
+        f"book, then the related systems of chapter 5. Protocol: {PROTOCOL}."
+    )
+)
 main
 
 # %% [markdown]
@@ -183,11 +210,19 @@ official = scores.clone().scatter_(1, history, 0.0)  # (U, I+1): the official co
 official[:, 0] = float("-inf")  # padding column
 ours = mask_history(scores.clone(), history)  # (U, I+1): history excluded, as everywhere in flame_core
 rank_ours, rank_official = target_ranks(ours, targets), target_ranks(official, targets)  # (U,) each
-history_effect = pd.DataFrame({"history score 0 (official)": metrics_from_ranks(rank_official),
-                               "history score -inf (ours)": metrics_from_ranks(rank_ours)}).T
+history_effect = pd.DataFrame(
+    {
+        "history score 0 (official)": metrics_from_ranks(rank_official),
+        "history score -inf (ours)": metrics_from_ranks(rank_ours),
+    }
+).T
 history_effect = history_effect.loc[:, KEYS]
-display(Markdown(f"**Table 2.** Test metrics (percent) of Single (seed {seeds[0]}) under the two history "
-                 f"conventions. Protocol otherwise as Table 1: {PROTOCOL}."))
+display(
+    Markdown(
+        f"**Table 2.** Test metrics (percent) of Single (seed {seeds[0]}) under the two history "
+        f"conventions. Protocol otherwise as Table 1: {PROTOCOL}."
+    )
+)
 history_effect.round(2)
 
 # %% [markdown]
@@ -201,9 +236,11 @@ history_effect.round(2)
 target_scores = scores.gather(1, targets[:, None]).squeeze(1)  # (U,)
 negative_share = 100 * (target_scores < 0).double().mean().item()
 changed = rank_official != rank_ours  # (U,)
-print(f"test targets with a negative score: {negative_share:.2f}% of {len(targets)} users; "
-      f"rank changed for {int(changed.sum())} users, of whom {int((changed & (rank_ours < 20)).sum())} "
-      "were in our top 20")
+print(
+    f"test targets with a negative score: {negative_share:.2f}% of {len(targets)} users; "
+    f"rank changed for {int(changed.sum())} users, of whom {int((changed & (rank_ours < 20)).sum())} "
+    "were in our top 20"
+)
 gap = history_effect.loc["history score -inf (ours)"] - history_effect.loc["history score 0 (official)"]
 gap.rename("ours minus official (points)").round(2)
 
@@ -242,10 +279,14 @@ full = [r for r in records if r["profile"] == full_profile]
 variants = ["Single", "Ensemble-Scratch", "Ensemble-Guide", "FLAME", "FLAME (released anchor)", "EMKD", "CANet", "CKD"]
 main_full = flamebook.main_table(full, table_datasets, variants)
 devices = sorted({r["device"] for r in full}) or ["-"]
-display(Markdown(f"**Table 3.** The main table: test metrics (percent) of every `{full_profile}` record in "
-                 f"`{results_dir}/` ({len(full)} runs; devices: {', '.join(devices)}). Protocol: leave-one-out, "
-                 "full ranking over all items, history excluded, selected on validation NDCG@20, at most 200 "
-                 "epochs with patience 30, max_len 50, lambda annealed over 200 epochs."))
+display(
+    Markdown(
+        f"**Table 3.** The main table: test metrics (percent) of every `{full_profile}` record in "
+        f"`{results_dir}/` ({len(full)} runs; devices: {', '.join(devices)}). Protocol: leave-one-out, "
+        "full ranking over all items, history excluded, selected on validation NDCG@20, at most 200 "
+        "epochs with patience 30, max_len 50, lambda annealed over 200 epochs."
+    )
+)
 main_full
 
 # %% tags=["remove-input"]
@@ -254,15 +295,20 @@ for d in table_datasets:
     row = main_full.loc[(d, "FLAME")]
     if row[flamebook.GAIN] in (flamebook.NOT_RUN, flamebook.SINGLE_NOT_RUN):
         continue
-    findings.append(f"On **{d}**, FLAME reaches test NDCG@20 {row['NDCG@20']} against Single's "
-                    f"{main_full.loc[(d, 'Single'), 'NDCG@20']} ({row[flamebook.GAIN]}%; per user on the seeds "
-                    f"both ran {row[flamebook.DELTA]} points, Wilcoxon p = {row[flamebook.P_VALUE]}): "
-                    f"{flamebook.verdict(row)} Single, with {row['converged']} runs stopped early.")  # fmt: skip
+    findings.append(
+        f"On **{d}**, FLAME reaches test NDCG@20 {row['NDCG@20']} against Single's "
+        f"{main_full.loc[(d, 'Single'), 'NDCG@20']} ({row[flamebook.GAIN]}%; per user on the seeds "
+        f"both ran {row[flamebook.DELTA]} points, Wilcoxon p = {row[flamebook.P_VALUE]}): "
+        f"{flamebook.verdict(row)} Single, with {row['converged']} runs stopped early."
+    )
     if versus := flamebook.against_single(main_full.loc[d].drop(index=["Single", "FLAME"])):
         findings[-1] += f" The other methods run there, against Single per test user: {versus}."
 missing = [f"{d}" for d in table_datasets if (main_full.loc[(d, "FLAME")] == flamebook.NOT_RUN).all()]
-findings.append(f"Not run yet (no full record of FLAME): {', '.join(missing)}." if missing else
-                "Every dataset of the table has full FLAME records.")  # fmt: skip
+findings.append(
+    f"Not run yet (no full record of FLAME): {', '.join(missing)}."
+    if missing
+    else "Every dataset of the table has full FLAME records."
+)
 display(Markdown("\n\n".join(findings)))
 
 # %% [markdown]
@@ -277,28 +323,52 @@ display(Markdown("\n\n".join(findings)))
 # other work, so their seconds are noisier than their epochs.
 
 # %% tags=["hide-input"]
-conv_full = pd.concat([flamebook.convergence_vs_single(full, d).assign(dataset=d) for d in table_datasets] +
-                      [pd.DataFrame()], ignore_index=True)  # fmt: skip
+conv_full = pd.concat(
+    [flamebook.convergence_vs_single(full, d).assign(dataset=d) for d in table_datasets] + [pd.DataFrame()],
+    ignore_index=True,
+)
 if len(conv_full):
-    summary = conv_full.groupby("dataset")[["Single epochs", "FLAME epochs", "Single s", "FLAME s", "anchor s",
-                                            "speed-up (epochs)", "speed-up (s)", "speed-up incl. anchor (s)"]].mean()
+    summary = conv_full.groupby("dataset")[
+        [
+            "Single epochs",
+            "FLAME epochs",
+            "Single s",
+            "FLAME s",
+            "anchor s",
+            "speed-up (epochs)",
+            "speed-up (s)",
+            "speed-up incl. anchor (s)",
+        ]
+    ].mean()
     summary["seeds reached"] = conv_full.groupby("dataset")["reached"].agg(lambda v: f"{int(v.sum())}/{len(v)}")
-    display(Markdown(f"**Table 4.** Epochs and training seconds to Single's best validation NDCG@20, means over "
-                     f"the seeds both ran; speed-up = Single's / FLAME's (above 1: FLAME is faster; the paper "
-                     f"claims up to {flamebook.PAPER_SPEEDUP}). A seed where FLAME never reaches Single's best "
-                     "counts as not reached and leaves its speed-up out."))
+    display(
+        Markdown(
+            f"**Table 4.** Epochs and training seconds to Single's best validation NDCG@20, means over "
+            f"the seeds both ran; speed-up = Single's / FLAME's (above 1: FLAME is faster; the paper "
+            f"claims up to {flamebook.PAPER_SPEEDUP}). A seed where FLAME never reaches Single's best "
+            "counts as not reached and leaves its speed-up out."
+        )
+    )
     display(summary.round(2))
-    lines = [f"On **{d}**, FLAME reached Single's best in {r['seeds reached']} seeds, "
-             + (f"{r['speed-up (s)']:.2f}x as fast as Single without its anchor's pretraining and "
-                f"{r['speed-up incl. anchor (s)']:.2f}x with it ({r['speed-up (epochs)']:.2f}x in epochs), against "
-                f"the paper's {flamebook.PAPER_SPEEDUP}x." if pd.notna(r["speed-up (s)"]) else
-                f"so no speed-up can be measured there: FLAME is not faster, against the paper's "
-                f"{flamebook.PAPER_SPEEDUP}x.") for d, r in summary.iterrows()]  # fmt: skip
+    lines = [
+        f"On **{d}**, FLAME reached Single's best in {r['seeds reached']} seeds, "
+        + (
+            f"{r['speed-up (s)']:.2f}x as fast as Single without its anchor's pretraining and "
+            f"{r['speed-up incl. anchor (s)']:.2f}x with it ({r['speed-up (epochs)']:.2f}x in epochs), against "
+            f"the paper's {flamebook.PAPER_SPEEDUP}x."
+            if pd.notna(r["speed-up (s)"])
+            else f"so no speed-up can be measured there: FLAME is not faster, against the paper's "
+            f"{flamebook.PAPER_SPEEDUP}x."
+        )
+        for d, r in summary.iterrows()
+    ]
     display(Markdown("\n\n".join(lines)))
-    curves_full = pd.concat([flamebook.record_curves(full, d, ["Single", "FLAME"]).assign(dataset=d)
-                             for d in summary.index], ignore_index=True)  # fmt: skip
+    curves_full = pd.concat(
+        [flamebook.record_curves(full, d, ["Single", "FLAME"]).assign(dataset=d) for d in summary.index],
+        ignore_index=True,
+    )
     fig, axes = plt.subplots(len(summary), 2, figsize=(11, 3.6 * len(summary)), squeeze=False)
-    for (d, ax_row) in zip(summary.index, axes):
+    for d, ax_row in zip(summary.index, axes):
         part = curves_full[curves_full["dataset"] == d]
         for ax, x in zip(ax_row, ("epoch", "seconds")):
             sns.lineplot(part, x=x, y="valid NDCG@20", hue="method", units="seed", estimator=None, ax=ax)
@@ -310,8 +380,12 @@ if len(conv_full):
     plt.show()
 else:
     summary = pd.DataFrame()
-    display(Markdown("No dataset has full records of both Single and FLAME yet: the comparison appears here "
-                     "once the sweep above has recorded them."))
+    display(
+        Markdown(
+            "No dataset has full records of both Single and FLAME yet: the comparison appears here "
+            "once the sweep above has recorded them."
+        )
+    )
 
 # %% [markdown]
 # ## Every committed record
@@ -324,9 +398,13 @@ else:
 if records:
     recs = flamebook.records_frame(records)
     grouped = flamebook.records_summary(recs)
-    display(Markdown(f"**Table 5.** Test metrics (percent) of the {len(records)} committed records in "
-                     f"`{results_dir}/`, by dataset, method and profile (mean ± sd where a group has several "
-                     "seeds)."))
+    display(
+        Markdown(
+            f"**Table 5.** Test metrics (percent) of the {len(records)} committed records in "
+            f"`{results_dir}/`, by dataset, method and profile (mean ± sd where a group has several "
+            "seeds)."
+        )
+    )
     display(grouped)
 else:
     recs = pd.DataFrame()
@@ -342,13 +420,33 @@ else:
 # as the anchor cache stores them.
 
 # %% tags=["hide-input"]
-curves = pd.DataFrame([{"method": display_name(m), "seed": s, "epoch": row["epoch"],
-                        "valid NDCG@20": row["valid/NDCG@20"], "seconds": row["train_seconds"]} for (m, s), e in runs.items() for row in e.results["history"]])
+curves = pd.DataFrame(
+    [
+        {
+            "method": display_name(m),
+            "seed": s,
+            "epoch": row["epoch"],
+            "valid NDCG@20": row["valid/NDCG@20"],
+            "seconds": row["train_seconds"],
+        }
+        for (m, s), e in runs.items()
+        for row in e.results["history"]
+    ]
+)
 curves["training seconds"] = curves.groupby(["method", "seed"])["seconds"].cumsum()
 fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
 sns.lineplot(curves, x="epoch", y="valid NDCG@20", hue="method", marker="o", errorbar="sd", ax=axes[0])
-sns.lineplot(curves, x="training seconds", y="valid NDCG@20", hue="method", units="seed", estimator=None,
-             marker="o", ax=axes[1], legend=False)
+sns.lineplot(
+    curves,
+    x="training seconds",
+    y="valid NDCG@20",
+    hue="method",
+    units="seed",
+    estimator=None,
+    marker="o",
+    ax=axes[1],
+    legend=False,
+)
 axes[0].set_xticks(sorted(curves["epoch"].unique()))
 fig.suptitle(f"Validation NDCG@20 (%), {dataset}, seeds {seeds}, budget {epochs} epochs, profile '{profile}'")
 fig.tight_layout()
@@ -363,18 +461,31 @@ fig.savefig(out / "convergence.png", dpi=120)
 # seconds per epoch.
 
 # %% tags=["hide-input"]
-conv = pd.DataFrame([{"method": display_name(m), "seed": s, **convergence(e.results["history"], fraction=fraction),
-                      "pretraining seconds": pretraining_seconds(e.method, e.data)}
-                     for (m, s), e in runs.items()])
+conv = pd.DataFrame(
+    [
+        {
+            "method": display_name(m),
+            "seed": s,
+            **convergence(e.results["history"], fraction=fraction),
+            "pretraining seconds": pretraining_seconds(e.method, e.data),
+        }
+        for (m, s), e in runs.items()
+    ]
+)
 conv["seconds incl. pretraining"] = conv["seconds"] + conv["pretraining seconds"]
 conv_table = conv.groupby("method", sort=False)[["best", "epochs", "seconds", "seconds incl. pretraining"]].mean()
 conv_table["FLAME speed-up"] = conv_table["seconds"] / conv_table.loc["FLAME", "seconds"]
-conv_table["FLAME speed-up incl. pretraining"] = (conv_table["seconds incl. pretraining"]
-                                                  / conv_table.loc["FLAME", "seconds incl. pretraining"])
-display(Markdown(f"**Table 6.** Epochs and training seconds to reach {fraction:.0%} of each run's best "
-                 f"validation NDCG@20 (means over seeds {seeds}); FLAME speed-up = the method's seconds / FLAME's "
-                 "seconds (above 1: FLAME gets there faster). "
-                 f"Protocol: {PROTOCOL}."))
+conv_table["FLAME speed-up incl. pretraining"] = (
+    conv_table["seconds incl. pretraining"] / conv_table.loc["FLAME", "seconds incl. pretraining"]
+)
+display(
+    Markdown(
+        f"**Table 6.** Epochs and training seconds to reach {fraction:.0%} of each run's best "
+        f"validation NDCG@20 (means over seeds {seeds}); FLAME speed-up = the method's seconds / FLAME's "
+        "seconds (above 1: FLAME gets there faster). "
+        f"Protocol: {PROTOCOL}."
+    )
+)
 conv_table.round(2)
 
 # %% [markdown]
@@ -385,11 +496,25 @@ conv_table.round(2)
 
 # %% tags=["hide-input"]
 if records:
-    rec_conv = pd.DataFrame([{"method": display_name(r["method"]), "dataset": r["dataset"],
-                              "profile": r["profile"], "seed": r["seed"], "converged": r["converged"],
-                              **convergence(r["history"], fraction=fraction)} for r in records])
-    display(Markdown(f"**Table 7.** Convergence of the committed records in `{results_dir}/` ({fraction:.0%} "
-                     "of each run's best validation NDCG@20; seconds exclude any anchor pretraining)."))
+    rec_conv = pd.DataFrame(
+        [
+            {
+                "method": display_name(r["method"]),
+                "dataset": r["dataset"],
+                "profile": r["profile"],
+                "seed": r["seed"],
+                "converged": r["converged"],
+                **convergence(r["history"], fraction=fraction),
+            }
+            for r in records
+        ]
+    )
+    display(
+        Markdown(
+            f"**Table 7.** Convergence of the committed records in `{results_dir}/` ({fraction:.0%} "
+            "of each run's best validation NDCG@20; seconds exclude any anchor pretraining)."
+        )
+    )
     display(rec_conv.round(2))
 else:
     rec_conv = pd.DataFrame()
@@ -402,17 +527,36 @@ else:
 # %% tags=["hide-input"]
 inter = curves.assign(source=f"this chapter ({profile})")
 if records:
-    rec_curves = pd.DataFrame([{"method": display_name(r["method"]), "seed": r["seed"],
-                                "epoch": row["epoch"], "valid NDCG@20": row["valid/NDCG@20"],
-                                "seconds": row["train_seconds"], "source": f"record ({r['profile']})"}
-                               for r in records if r["dataset"] == dataset for row in r["history"]])
+    rec_curves = pd.DataFrame(
+        [
+            {
+                "method": display_name(r["method"]),
+                "seed": r["seed"],
+                "epoch": row["epoch"],
+                "valid NDCG@20": row["valid/NDCG@20"],
+                "seconds": row["train_seconds"],
+                "source": f"record ({r['profile']})",
+            }
+            for r in records
+            if r["dataset"] == dataset
+            for row in r["history"]
+        ]
+    )
     if len(rec_curves):
         rec_curves["training seconds"] = rec_curves.groupby(["method", "seed"])["seconds"].cumsum()
         inter = pd.concat([inter, rec_curves], ignore_index=True)
 inter["run"] = inter["method"] + " seed " + inter["seed"].astype(str) + ", " + inter["source"]
-fig = px.line(inter, x="training seconds", y="valid NDCG@20", color="method", line_group="run",
-              line_dash="source", markers=True, hover_data=["run", "epoch"],
-              title=f"Validation NDCG@20 (%) against training seconds, {dataset}")
+fig = px.line(
+    inter,
+    x="training seconds",
+    y="valid NDCG@20",
+    color="method",
+    line_group="run",
+    line_dash="source",
+    markers=True,
+    hover_data=["run", "epoch"],
+    title=f"Validation NDCG@20 (%) against training seconds, {dataset}",
+)
 fig.show()
 
 # %% [markdown]
@@ -429,13 +573,18 @@ fig.show()
 # %% tags=["remove-input"]
 valid_by_method = rows.groupby("method", sort=False)["valid NDCG@20"].mean()
 flame_valid, single_valid = valid_by_method["FLAME"], valid_by_method["Single"]
-quick = (f"In this chapter's own runs ({epochs} epochs, profile '{profile}', {dataset}, seeds {seeds}) the best "
-         f"mean validation NDCG@20 is {valid_by_method.max():.2f} ({valid_by_method.idxmax()}); FLAME reaches "
-         f"{flame_valid:.2f} against Single's {single_valid:.2f}. A budget this short, with lambda near 1, shows how "
-         "training starts, not where it ends, and decides nothing about the methods.")  # fmt: skip
-full_note = ("From the full records: " + " ".join(findings)) if len(full) else (
-    "No full-profile record exists yet, so this build cannot say whether FLAME beats Single.")  # fmt: skip
-speed_note = (" ".join(lines) if len(summary) else "Convergence speed-ups need full records of both methods.")
+quick = (
+    f"In this chapter's own runs ({epochs} epochs, profile '{profile}', {dataset}, seeds {seeds}) the best "
+    f"mean validation NDCG@20 is {valid_by_method.max():.2f} ({valid_by_method.idxmax()}); FLAME reaches "
+    f"{flame_valid:.2f} against Single's {single_valid:.2f}. A budget this short, with lambda near 1, shows how "
+    "training starts, not where it ends, and decides nothing about the methods."
+)
+full_note = (
+    ("From the full records: " + " ".join(findings))
+    if len(full)
+    else ("No full-profile record exists yet, so this build cannot say whether FLAME beats Single.")
+)
+speed_note = " ".join(lines) if len(summary) else "Convergence speed-ups need full records of both methods."
 display(Markdown("\n\n".join([quick, full_note, speed_note])))
 
 # %% [markdown]
@@ -467,8 +616,12 @@ for d in table_datasets:
     per_seed = flamebook.convergence_vs_single(full, d)
     if len(per_seed):
         answered = True
-        print(f"{d}:\n" + per_seed[["seed", "Single best valid NDCG@20", "Single epochs", "FLAME epochs",
-                                      "reached"]].round(2).to_string(index=False))  # fmt: skip
+        print(
+            f"{d}:\n"
+            + per_seed[["seed", "Single best valid NDCG@20", "Single epochs", "FLAME epochs", "reached"]]
+            .round(2)
+            .to_string(index=False)
+        )
 if not answered:
     print("no dataset has full records of both Single and FLAME yet; rerun after the sweep has recorded them")
 
@@ -477,15 +630,22 @@ if not answered:
 # near full weight.
 
 # %% tags=["hide-cell"]
-compressed = flamebook.experiment(dataset, "flame", epochs, runs_dir, max_len=max_len, device=device, seed=seeds[0],
-                                  anneal_epochs=epochs)  # fmt: skip
+compressed = flamebook.experiment(
+    dataset, "flame", epochs, runs_dir, max_len=max_len, device=device, seed=seeds[0], anneal_epochs=epochs
+)
 default, single_run = runs[("flame", seeds[0])], runs[("single", seeds[0])]
-print(pd.DataFrame({"lambda (R = 200)": [h["lambda"] for h in default.results["history"]],
-                    f"lambda (R = {epochs})": [h["lambda"] for h in compressed.results["history"]],
-                    "valid NDCG@20 (R = 200)": [h["valid/NDCG@20"] for h in default.results["history"]],
-                    f"valid NDCG@20 (R = {epochs})": [h["valid/NDCG@20"] for h in compressed.results["history"]],
-                    "Single": [h["valid/NDCG@20"] for h in single_run.results["history"]]},
-                   index=pd.RangeIndex(1, epochs + 1, name="epoch")).round(3))  # fmt: skip
+print(
+    pd.DataFrame(
+        {
+            "lambda (R = 200)": [h["lambda"] for h in default.results["history"]],
+            f"lambda (R = {epochs})": [h["lambda"] for h in compressed.results["history"]],
+            "valid NDCG@20 (R = 200)": [h["valid/NDCG@20"] for h in default.results["history"]],
+            f"valid NDCG@20 (R = {epochs})": [h["valid/NDCG@20"] for h in compressed.results["history"]],
+            "Single": [h["valid/NDCG@20"] for h in single_run.results["history"]],
+        },
+        index=pd.RangeIndex(1, epochs + 1, name="epoch"),
+    ).round(3)
+)
 
 # %% [markdown]
 # **Solution 3.** The same re-ranking with FLAME's scores.
@@ -496,20 +656,33 @@ with torch.no_grad():
     f_scores = torch.cat([flame_run.method.scores(inputs[i : i + 1024]) for i in range(0, len(inputs), 1024)])
 f_official = f_scores.clone().scatter_(1, history, 0.0)
 f_official[:, 0] = float("-inf")
-f_gap = {k: metrics_from_ranks(target_ranks(mask_history(f_scores.clone(), history), targets))[k]
-         - metrics_from_ranks(target_ranks(f_official, targets))[k] for k in KEYS}  # fmt: skip
+f_gap = {
+    k: metrics_from_ranks(target_ranks(mask_history(f_scores.clone(), history), targets))[k]
+    - metrics_from_ranks(target_ranks(f_official, targets))[k]
+    for k in KEYS
+}
 f_negative = 100 * (f_scores.gather(1, targets[:, None]) < 0).double().mean().item()
 print(pd.DataFrame({"Single": gap, "FLAME": pd.Series(f_gap)}).round(3))
-print(f"targets with a negative score: Single {negative_share:.1f}%, FLAME {f_negative:.1f}% (the gap grows with "
-      "that share: it depends on the scale the method gives its scores)")
+print(
+    f"targets with a negative score: Single {negative_share:.1f}%, FLAME {f_negative:.1f}% (the gap grows with "
+    "that share: it depends on the scale the method gives its scores)"
+)
 
 # %% [markdown]
 # **Solution 4.** The convergence table at two more fractions.
 
 # %% tags=["hide-cell"]
 for frac in (0.8, 0.99):
-    c = pd.DataFrame([{"method": display_name(m), **convergence(e.results["history"], fraction=frac)}
-                      for (m, s), e in runs.items()]).groupby("method", sort=False)["seconds"].mean()
+    c = (
+        pd.DataFrame(
+            [
+                {"method": display_name(m), **convergence(e.results["history"], fraction=frac)}
+                for (m, s), e in runs.items()
+            ]
+        )
+        .groupby("method", sort=False)["seconds"]
+        .mean()
+    )
     print(f"fraction {frac}: FLAME speed-up = " + ", ".join(f"{m} {v / c['FLAME']:.2f}" for m, v in c.items()))
 
 # %% [markdown]
@@ -518,53 +691,100 @@ for frac in (0.8, 0.99):
 # %% tags=["hide-cell"]
 wide = flamebook.experiment(dataset, "single", 1, runs_dir, max_len=50, device=device, seed=seeds[0])
 narrow = runs[("single", seeds[0])]
-print(f"training samples: {len(narrow.split.train_targets):,} at max_len {max_len}, "
-      f"{len(wide.split.train_targets):,} at max_len 50")
-print(f"seconds per epoch: {narrow.results['history'][0]['train_seconds']:.1f} vs "
-      f"{wide.results['history'][0]['train_seconds']:.1f}; valid NDCG@20 after one epoch: "
-      f"{narrow.results['history'][0]['valid/NDCG@20']:.2f} vs {wide.results['history'][0]['valid/NDCG@20']:.2f}")
+print(
+    f"training samples: {len(narrow.split.train_targets):,} at max_len {max_len}, "
+    f"{len(wide.split.train_targets):,} at max_len 50"
+)
+print(
+    f"seconds per epoch: {narrow.results['history'][0]['train_seconds']:.1f} vs "
+    f"{wide.results['history'][0]['train_seconds']:.1f}; valid NDCG@20 after one epoch: "
+    f"{narrow.results['history'][0]['valid/NDCG@20']:.2f} vs {wide.results['history'][0]['valid/NDCG@20']:.2f}"
+)
 
 # %% tags=["remove-cell"]
 random_ndcg20 = 100 * sum(1 / np.log2(r + 2) for r in range(20)) / runs[("single", seeds[0])].data.num_items
 all_metrics = rows[KEYS + ["valid NDCG@20"]].to_numpy()
 metrics = {
-    "chapter": "03_training", "dataset": dataset, "profile": profile, "epochs": epochs, "seeds": seeds,
+    "chapter": "03_training",
+    "dataset": dataset,
+    "profile": profile,
+    "epochs": epochs,
+    "seeds": seeds,
     "max_len": max_len,
     "test": rows.groupby("method", sort=False)[KEYS].mean().to_dict(orient="index"),
     "valid_NDCG@20": valid_by_method.to_dict(),
     "convergence": conv_table.reset_index().to_dict(orient="records"),
-    "history_convention": history_effect.to_dict(orient="index"), "negative_target_share": negative_share,
-    "records": len(records), "full_records": len(full),
+    "history_convention": history_effect.to_dict(orient="index"),
+    "negative_target_share": negative_share,
+    "records": len(records),
+    "full_records": len(full),
     "main_table": main_full.reset_index().to_dict(orient="records"),
     "convergence_full": summary.reset_index().to_dict(orient="records"),
     "checks": [
         {"name": "methods present", "value": int(rows["method"].nunique()), "op": "==", "bound": len(methods)},
         {"name": "runs present", "value": len(runs), "op": "==", "bound": len(methods) * len(seeds)},
-        {"name": "every method learns: lowest mean valid NDCG@20 over a random ranking's",
-         "value": float(valid_by_method.min() / random_ndcg20), "op": ">", "bound": 2.0},
-        {"name": "main table: a row per dataset and method", "value": len(main_full), "op": "==",
-         "bound": len(table_datasets) * len(variants)},
-        {"name": "main table: cells without a record say 'not run' (or 'no released anchor')",
-         "value": int(sum(main_full.loc[(d, v)].isin([flamebook.NOT_RUN, flamebook.NO_ANCHOR]).all() == any(
-             r["dataset"] == d and flamebook.variant(r) == v for r in full) for d in table_datasets for v in variants)),
-         "op": "==", "bound": 0},
-        {"name": "records of the full profile that stored per-user ranks", "op": "==", "bound": len(full),
-         "value": sum(bool(r.get("test_ranks")) for r in full)},
+        {
+            "name": "every method learns: lowest mean valid NDCG@20 over a random ranking's",
+            "value": float(valid_by_method.min() / random_ndcg20),
+            "op": ">",
+            "bound": 2.0,
+        },
+        {
+            "name": "main table: a row per dataset and method",
+            "value": len(main_full),
+            "op": "==",
+            "bound": len(table_datasets) * len(variants),
+        },
+        {
+            "name": "main table: cells without a record say 'not run' (or 'no released anchor')",
+            "value": int(
+                sum(
+                    main_full.loc[(d, v)].isin([flamebook.NOT_RUN, flamebook.NO_ANCHOR]).all()
+                    == any(r["dataset"] == d and flamebook.variant(r) == v for r in full)
+                    for d in table_datasets
+                    for v in variants
+                )
+            ),
+            "op": "==",
+            "bound": 0,
+        },
+        {
+            "name": "records of the full profile that stored per-user ranks",
+            "op": "==",
+            "bound": len(full),
+            "value": sum(bool(r.get("test_ranks")) for r in full),
+        },
         {"name": "metrics >= 0", "value": float(all_metrics.min()), "op": ">=", "bound": 0.0},
         {"name": "metrics <= 100", "value": float(all_metrics.max()), "op": "<=", "bound": 100.0},
         {"name": "convergence epochs positive", "value": int(conv["epochs"].min()), "op": ">", "bound": 0},
         {"name": "convergence seconds positive", "value": float(conv["seconds"].min()), "op": ">", "bound": 0.0},
-        {"name": "history excluded never lowers HR@20",
-         "value": float(history_effect.loc["history score -inf (ours)", "HR@20"]
-                        - history_effect.loc["history score 0 (official)", "HR@20"]), "op": ">=", "bound": 0.0},
-        {"name": "one anchor for every seed (spread of its test NDCG@20 over the FLAME runs)",
-         "value": float(anchor_check["anchor test NDCG@20"].max() - anchor_check["anchor test NDCG@20"].min()),
-         "op": "<=", "bound": 1e-6 if device == "cpu" else 0.05},
-        {"name": "anchor seed differs from every learnable seed",
-         "value": int(anchor_check["anchor seed"].isin(seeds).sum()), "op": "==", "bound": 0},
-        {"name": "records carry provenance",
-         "value": sum(all(r.get(k) for k in ("command", "git", "date", "dataset_stats")) for r in records),
-         "op": "==", "bound": len(records)},
+        {
+            "name": "history excluded never lowers HR@20",
+            "value": float(
+                history_effect.loc["history score -inf (ours)", "HR@20"]
+                - history_effect.loc["history score 0 (official)", "HR@20"]
+            ),
+            "op": ">=",
+            "bound": 0.0,
+        },
+        {
+            "name": "one anchor for every seed (spread of its test NDCG@20 over the FLAME runs)",
+            "value": float(anchor_check["anchor test NDCG@20"].max() - anchor_check["anchor test NDCG@20"].min()),
+            "op": "<=",
+            "bound": 1e-6 if device == "cpu" else 0.05,
+        },
+        {
+            "name": "anchor seed differs from every learnable seed",
+            "value": int(anchor_check["anchor seed"].isin(seeds).sum()),
+            "op": "==",
+            "bound": 0,
+        },
+        {
+            "name": "records carry provenance",
+            "value": sum(all(r.get(k) for k in ("command", "git", "date", "dataset_stats")) for r in records),
+            "op": "==",
+            "bound": len(records),
+        },
     ],
 }
 print(flamebook.write_metrics(output_dir, metrics))

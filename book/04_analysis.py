@@ -72,8 +72,16 @@ print(PROTOCOL)
 def experiment(method: str, seed_: int | None = None, **changes):
     """One run of this chapter's settings (the first seed unless `seed_` says otherwise; reused from
     runs_dir when it exists)."""
-    return flamebook.experiment(dataset, method, epochs, runs_dir, max_len=max_len, device=device,
-                                seed=seed if seed_ is None else seed_, **changes)  # fmt: skip
+    return flamebook.experiment(
+        dataset,
+        method,
+        epochs,
+        runs_dir,
+        max_len=max_len,
+        device=device,
+        seed=seed if seed_ is None else seed_,
+        **changes,
+    )
 
 
 # %% [markdown]
@@ -107,14 +115,31 @@ for label, method in [("Ensemble-Scratch", "ensemble_scratch"), ("FLAME", "flame
 fig, axes = plt.subplots(1, 4, figsize=(12, 4.2), gridspec_kw={"width_ratios": [2, 0.6, 4, 0.6]})
 for (ax_map, ax_diag), (label, v) in zip(zip(axes[::2], axes[1::2]), views.items()):
     per = pd.DataFrame(100 * v["per"], index=v["names"], columns=v["names"])
-    sns.heatmap(per, mask=np.eye(len(per), dtype=bool), annot=True, fmt=".1f", cmap="viridis", vmin=0,
-                square=True, cbar=False, ax=ax_map)  # fmt: skip
+    sns.heatmap(
+        per,
+        mask=np.eye(len(per), dtype=bool),
+        annot=True,
+        fmt=".1f",
+        cmap="viridis",
+        vmin=0,
+        square=True,
+        cbar=False,
+        ax=ax_map,
+    )
     ax_map.set(title=f"{label}: i hits, j misses", xlabel="view j (misses)", ylabel="view i (hits)")
-    sns.heatmap(pd.DataFrame({f"HR@{per_k}": np.diag(per)}, index=per.index), annot=True, fmt=".1f",
-                cmap="Greys", vmin=0, cbar=False, ax=ax_diag)  # fmt: skip
+    sns.heatmap(
+        pd.DataFrame({f"HR@{per_k}": np.diag(per)}, index=per.index),
+        annot=True,
+        fmt=".1f",
+        cmap="Greys",
+        vmin=0,
+        cbar=False,
+        ax=ax_diag,
+    )
     ax_diag.set(title="diagonal", ylabel="")
-fig.suptitle(f"PER maps (our reading), % of test users, K={per_k}; {dataset}, seed {seed}, "
-             f"{epochs} epochs, profile '{profile}'")
+fig.suptitle(
+    f"PER maps (our reading), % of test users, K={per_k}; {dataset}, seed {seed}, {epochs} epochs, profile '{profile}'"
+)
 fig.tight_layout()
 fig.savefig(out / "per_maps.png", dpi=120)
 
@@ -124,14 +149,25 @@ fig.savefig(out / "per_maps.png", dpi=120)
 # the mean off-diagonal entry (how much the views' errors differ).
 
 # %% tags=["hide-input"]
-hits_per_view = pd.DataFrame([{"method": label, "view": name, **metrics_from_ranks(v["ranks"][i])}
-                              for label, v in views.items() for i, name in enumerate(v["names"])])
-summary = pd.DataFrame([{
-    "method": label, "views": len(v["names"]),
-    f"best view HR@{per_k}": 100 * np.diag(v["per"]).max(),
-    f"any view HR@{per_k}": 100 * (v["ranks"] < per_k).any(0).double().mean().item(),
-    "mean off-diagonal": 100 * v["per"][~np.eye(len(v["names"]), dtype=bool)].mean(),
-} for label, v in views.items()]).set_index("method")
+hits_per_view = pd.DataFrame(
+    [
+        {"method": label, "view": name, **metrics_from_ranks(v["ranks"][i])}
+        for label, v in views.items()
+        for i, name in enumerate(v["names"])
+    ]
+)
+summary = pd.DataFrame(
+    [
+        {
+            "method": label,
+            "views": len(v["names"]),
+            f"best view HR@{per_k}": 100 * np.diag(v["per"]).max(),
+            f"any view HR@{per_k}": 100 * (v["ranks"] < per_k).any(0).double().mean().item(),
+            "mean off-diagonal": 100 * v["per"][~np.eye(len(v["names"]), dtype=bool)].mean(),
+        }
+        for label, v in views.items()
+    ]
+).set_index("method")
 display(Markdown(f"**Table 1.** Test metrics (percent) of every view. Protocol: {PROTOCOL}."))
 display(hits_per_view.set_index(["method", "view"]).round(2))
 display(Markdown(f"**Table 2.** PER map summaries (percent of test users). Protocol: {PROTOCOL}."))
@@ -172,17 +208,25 @@ ablation_runs = {"FLAME (defaults)": baseline, **{name: experiment("flame", **ch
 
 def row(name: str, run) -> dict:
     hist = run.results["history"]
-    return {"variant": name, "valid NDCG@20": run.results["valid"]["NDCG@20"],
-            "test NDCG@20": run.results["test"]["NDCG@20"], "test HR@20": run.results["test"]["HR@20"],
-            "selected epoch": run.results["best_epoch"],
-            "seconds per epoch": float(np.mean([h["train_seconds"] for h in hist]))}
+    return {
+        "variant": name,
+        "valid NDCG@20": run.results["valid"]["NDCG@20"],
+        "test NDCG@20": run.results["test"]["NDCG@20"],
+        "test HR@20": run.results["test"]["HR@20"],
+        "selected epoch": run.results["best_epoch"],
+        "seconds per epoch": float(np.mean([h["train_seconds"] for h in hist])),
+    }
 
 
 ablation = pd.DataFrame([row(n, r) for n, r in ablation_runs.items()]).set_index("variant")
 for key in ("valid NDCG@20", "test NDCG@20"):
     ablation[f"Δ {key}"] = ablation[key] - ablation.loc["FLAME (defaults)", key]
-display(Markdown(f"**Table 3.** FLAME ablations, one setting changed at a time (percent; seconds per epoch "
-                 f"measured on this machine, evaluation excluded). Protocol: {PROTOCOL}."))
+display(
+    Markdown(
+        f"**Table 3.** FLAME ablations, one setting changed at a time (percent; seconds per epoch "
+        f"measured on this machine, evaluation excluded). Protocol: {PROTOCOL}."
+    )
+)
 ablation.round(2)
 
 # %% tags=["hide-input"]
@@ -206,9 +250,13 @@ fig.savefig(out / "ablations.png", dpi=120)
 # history:
 
 # %% tags=["hide-input"]
-pd.DataFrame({name: [h["lambda"] for h in ablation_runs[name].results["history"]]
-              for name in ["FLAME (defaults)", "anneal = False (constant lambda_0)"]},
-             index=pd.RangeIndex(1, epochs + 1, name="epoch")).map("{:.2g}".format)
+pd.DataFrame(
+    {
+        name: [h["lambda"] for h in ablation_runs[name].results["history"]]
+        for name in ["FLAME (defaults)", "anneal = False (constant lambda_0)"]
+    },
+    index=pd.RangeIndex(1, epochs + 1, name="epoch"),
+).map("{:.2g}".format)
 
 # %% [markdown]
 # In short runs the constant-$\lambda$ ablation is therefore expected to stay close to the defaults;
@@ -224,22 +272,37 @@ pd.DataFrame({name: [h["lambda"] for h in ablation_runs[name].results["history"]
 # equals the default reuses the default runs.
 
 # %%
-sens_runs = {(float(v), s): experiment("flame", seed_=s, **{sensitivity_param: float(v)})
-             for v in sensitivity_values for s in seeds}  # fmt: skip
-sens_long = pd.DataFrame([{sensitivity_param: v, "seed": s, **row(f"{sensitivity_param} = {v:g}", r)}
-                          for (v, s), r in sens_runs.items()])  # fmt: skip
+sens_runs = {
+    (float(v), s): experiment("flame", seed_=s, **{sensitivity_param: float(v)})
+    for v in sensitivity_values
+    for s in seeds
+}
+sens_long = pd.DataFrame(
+    [{sensitivity_param: v, "seed": s, **row(f"{sensitivity_param} = {v:g}", r)} for (v, s), r in sens_runs.items()]
+)
 sensitivity = sens_long.groupby(sensitivity_param)[["valid NDCG@20", "test NDCG@20", "seconds per epoch"]].agg(
-    ["mean", "std"])  # fmt: skip
-display(Markdown(f"**Table 4.** FLAME's sensitivity to `{sensitivity_param}`: NDCG@20 (percent), mean and sd over "
-                 f"seeds {seeds}. Protocol: {PROTOCOL}."))
+    ["mean", "std"]
+)
+display(
+    Markdown(
+        f"**Table 4.** FLAME's sensitivity to `{sensitivity_param}`: NDCG@20 (percent), mean and sd over "
+        f"seeds {seeds}. Protocol: {PROTOCOL}."
+    )
+)
 display(sensitivity.round(2))
-long = sens_long.melt(id_vars=[sensitivity_param, "seed"], value_vars=["valid NDCG@20", "test NDCG@20"],
-                      var_name="evaluated on", value_name="NDCG@20")
+long = sens_long.melt(
+    id_vars=[sensitivity_param, "seed"],
+    value_vars=["valid NDCG@20", "test NDCG@20"],
+    var_name="evaluated on",
+    value_name="NDCG@20",
+)
 fig, ax = plt.subplots(figsize=(5.5, 3.6))
 sns.lineplot(long, x=sensitivity_param, y="NDCG@20", hue="evaluated on", marker="o", errorbar="sd", ax=ax)
 ax.set_xscale("log")
-ax.set_title(f"NDCG@20 (%) against {sensitivity_param} (mean ± sd over seeds {seeds}); {dataset}, {epochs} epochs, "
-             f"'{profile}'", fontsize=9)
+ax.set_title(
+    f"NDCG@20 (%) against {sensitivity_param} (mean ± sd over seeds {seeds}); {dataset}, {epochs} epochs, '{profile}'",
+    fontsize=9,
+)
 fig.tight_layout()
 fig.savefig(out / "sensitivity.png", dpi=120)
 
@@ -262,17 +325,21 @@ fig.savefig(out / "sensitivity.png", dpi=120)
 # %% tags=["remove-input"]
 moved = ablation.drop(index="FLAME (defaults)")["Δ valid NDCG@20"]
 cost = ablation["seconds per epoch"] / ablation.loc["FLAME (defaults)", "seconds per epoch"]
-per_text = [f"{m}'s {int(r['views'])} views get {r[f'any view HR@{per_k}']:.1f}% of the users right between them "
-            f"against {r[f'best view HR@{per_k}']:.1f}% for the best one "
-            f"(mean off-diagonal {r['mean off-diagonal']:.2f}%)"
-            for m, r in summary.iterrows()]  # fmt: skip
-lines = ["PER maps: " + "; ".join(per_text) + ".",
-         f"Ablations (one seed, {epochs} epochs): the largest change of validation NDCG@20 is {moved.abs().max():.2f} "
-         f"points ({moved.abs().idxmax()}); seconds per epoch range from {cost.min():.2f} to {cost.max():.2f} times "
-         "the defaults'. Differences of this size within one seed and a few epochs are not evidence of an effect.",
-         f"Sensitivity to {sensitivity_param} (mean over seeds {seeds}): validation NDCG@20 "
-         + ", ".join(f"{v:g} → {sensitivity.loc[v, ('valid NDCG@20', 'mean')]:.2f}" for v in sensitivity.index)
-         + f"; the seeds' standard deviation averages {sensitivity[('valid NDCG@20', 'std')].mean():.2f}."]  # fmt: skip
+per_text = [
+    f"{m}'s {int(r['views'])} views get {r[f'any view HR@{per_k}']:.1f}% of the users right between them "
+    f"against {r[f'best view HR@{per_k}']:.1f}% for the best one "
+    f"(mean off-diagonal {r['mean off-diagonal']:.2f}%)"
+    for m, r in summary.iterrows()
+]
+lines = [
+    "PER maps: " + "; ".join(per_text) + ".",
+    f"Ablations (one seed, {epochs} epochs): the largest change of validation NDCG@20 is {moved.abs().max():.2f} "
+    f"points ({moved.abs().idxmax()}); seconds per epoch range from {cost.min():.2f} to {cost.max():.2f} times "
+    "the defaults'. Differences of this size within one seed and a few epochs are not evidence of an effect.",
+    f"Sensitivity to {sensitivity_param} (mean over seeds {seeds}): validation NDCG@20 "
+    + ", ".join(f"{v:g} → {sensitivity.loc[v, ('valid NDCG@20', 'mean')]:.2f}" for v in sensitivity.index)
+    + f"; the seeds' standard deviation averages {sensitivity[('valid NDCG@20', 'std')].mean():.2f}.",
+]
 display(Markdown("\n\n".join(lines)))
 
 # %% [markdown]
@@ -296,6 +363,7 @@ display(Markdown("\n\n".join(lines)))
 # %% [markdown]
 # **Solution 1.** One epoch against the chapter's budget.
 
+
 # %% tags=["hide-cell"]
 def off_diagonal(per: np.ndarray) -> float:
     return 100 * per[~np.eye(len(per), dtype=bool)].mean()
@@ -303,17 +371,28 @@ def off_diagonal(per: np.ndarray) -> float:
 
 short = flamebook.experiment(dataset, "flame", 1, runs_dir, max_len=max_len, device=device, seed=seed)
 short_per = per_map(view_ranks(short.method, short.split, "test")[1], per_k)
-print(f"FLAME's mean off-diagonal PER entry: {off_diagonal(short_per):.2f}% after 1 epoch, "
-      f"{off_diagonal(views['FLAME']['per']):.2f}% after {epochs}")
+print(
+    f"FLAME's mean off-diagonal PER entry: {off_diagonal(short_per):.2f}% after 1 epoch, "
+    f"{off_diagonal(views['FLAME']['per']):.2f}% after {epochs}"
+)
 
 # %% [markdown]
 # **Solution 2.** The same ranks, two more cut-offs.
 
 # %% tags=["hide-cell"]
-by_k = pd.DataFrame([{"method": label, "K": k, "best view HR@K": 100 * np.diag(per_map(v["ranks"], k)).max(),
-                      "any view HR@K": 100 * (v["ranks"] < k).any(0).double().mean().item(),
-                      "mean off-diagonal": off_diagonal(per_map(v["ranks"], k))}
-                     for label, v in views.items() for k in (5, per_k, 50)])  # fmt: skip
+by_k = pd.DataFrame(
+    [
+        {
+            "method": label,
+            "K": k,
+            "best view HR@K": 100 * np.diag(per_map(v["ranks"], k)).max(),
+            "any view HR@K": 100 * (v["ranks"] < k).any(0).double().mean().item(),
+            "mean off-diagonal": off_diagonal(per_map(v["ranks"], k)),
+        }
+        for label, v in views.items()
+        for k in (5, per_k, 50)
+    ]
+)
 print(by_k.round(2).to_string(index=False))
 
 # %% [markdown]
@@ -323,12 +402,19 @@ print(by_k.round(2).to_string(index=False))
 second = seeds[1] if len(seeds) > 1 else seed + 1
 default2 = experiment("flame", seed_=second)
 constant2 = experiment("flame", seed_=second, anneal=False)
-delta = {s: c.results["valid"]["NDCG@20"] - d.results["valid"]["NDCG@20"]
-         for s, d, c in ((seed, baseline, ablation_runs["anneal = False (constant lambda_0)"]),
-                         (second, default2, constant2))}  # fmt: skip
+delta = {
+    s: c.results["valid"]["NDCG@20"] - d.results["valid"]["NDCG@20"]
+    for s, d, c in (
+        (seed, baseline, ablation_runs["anneal = False (constant lambda_0)"]),
+        (second, default2, constant2),
+    )
+}
 spread = abs(default2.results["valid"]["NDCG@20"] - baseline.results["valid"]["NDCG@20"])
-print("Δ valid NDCG@20 of anneal = False: " + ", ".join(f"seed {s}: {d:+.2f}" for s, d in delta.items())
-      + f"; the default runs of the two seeds differ by {spread:.2f}")
+print(
+    "Δ valid NDCG@20 of anneal = False: "
+    + ", ".join(f"seed {s}: {d:+.2f}" for s, d in delta.items())
+    + f"; the default runs of the two seeds differ by {spread:.2f}"
+)
 
 # %% [markdown]
 # **Solution 4.** The eight paths of the per-block split (the run of chapter 2, reused).
@@ -338,11 +424,16 @@ deep = experiment("flame", module_split=block_split(2))
 names8, ranks8 = view_ranks(deep.method, deep.split, "test")
 per8 = pd.DataFrame(100 * per_map(ranks8, per_k), index=names8, columns=names8)
 shared = {n: {m: len(os.path.commonprefix([n, m])) for m in names8} for n in names8}
-by_prefix = pd.DataFrame([{"shared prefix": shared[n][m], "PER": per8.loc[n, m]}
-                          for n in names8 for m in names8 if n != m]).groupby("shared prefix")["PER"].mean()
+by_prefix = (
+    pd.DataFrame([{"shared prefix": shared[n][m], "PER": per8.loc[n, m]} for n in names8 for m in names8 if n != m])
+    .groupby("shared prefix")["PER"]
+    .mean()
+)
 print(per8.round(1))
-print("mean PER entry by the length of the prefix two paths share: "
-      + ", ".join(f"{k}: {v:.2f}%" for k, v in by_prefix.items()))
+print(
+    "mean PER entry by the length of the prefix two paths share: "
+    + ", ".join(f"{k}: {v:.2f}%" for k, v in by_prefix.items())
+)
 
 # %% [markdown]
 # **Solution 5.** The InfoNCE logits are $\langle z_i, z_j \rangle / \tau$: they scale with the square of
@@ -356,8 +447,10 @@ print("mean norm per path: " + ", ".join(f"{n} {v:.2f}" for n, v in zip(names_p,
 for tau in (0.5, 1.0, 2.0):
     infonce = pairwise_infonce(reps_p, tau)[0]  # (pairs,)
     scaled = pairwise_infonce(reps_p / 2**0.5, tau / 2)[0]
-    print(f"tau {tau}: per-pair InfoNCE {infonce.mean():.3f}; representations scaled by 1/sqrt(2) with tau "
-          f"{tau / 2}: {scaled.mean():.3f} (the same); pair weights {align_loss(reps_p, tau)[1].numpy().round(3)}")
+    print(
+        f"tau {tau}: per-pair InfoNCE {infonce.mean():.3f}; representations scaled by 1/sqrt(2) with tau "
+        f"{tau / 2}: {scaled.mean():.3f} (the same); pair weights {align_loss(reps_p, tau)[1].numpy().round(3)}"
+    )
 
 # %% tags=["remove-cell"]
 flame_v, scratch_v = views["FLAME"], views["Ensemble-Scratch"]
@@ -366,29 +459,58 @@ diag_gap = max(np.abs(np.diag(v["per"]) - (v["ranks"] < per_k).double().mean(1).
 checks = [
     {"name": "PER entries >= 0", "value": float(per_all.min()), "op": ">=", "bound": 0.0},
     {"name": "PER entries <= 1", "value": float(per_all.max()), "op": "<=", "bound": 1.0},
-    {"name": f"PER diagonal = HR@{per_k} of each view (max abs difference)", "value": float(diag_gap),
-     "op": "<=", "bound": 1e-12},
+    {
+        "name": f"PER diagonal = HR@{per_k} of each view (max abs difference)",
+        "value": float(diag_gap),
+        "op": "<=",
+        "bound": 1e-12,
+    },
     {"name": "FLAME views = 4 paths", "value": len(flame_v["names"]), "op": "==", "bound": 4},
     {"name": "ablations present", "value": len(ablation_runs) - 1, "op": "==", "bound": len(ABLATIONS)},
     {"name": "ablation valid NDCG@20 > 0", "value": float(ablation["valid NDCG@20"].min()), "op": ">", "bound": 0.0},
-    {"name": "ablation seconds per epoch > 0", "value": float(ablation["seconds per epoch"].min()), "op": ">",
-     "bound": 0.0},
-    {"name": "sensitivity runs present (values x seeds)", "value": len(sens_runs), "op": "==",
-     "bound": len(set(sensitivity_values)) * len(seeds)},
+    {
+        "name": "ablation seconds per epoch > 0",
+        "value": float(ablation["seconds per epoch"].min()),
+        "op": ">",
+        "bound": 0.0,
+    },
+    {
+        "name": "sensitivity runs present (values x seeds)",
+        "value": len(sens_runs),
+        "op": "==",
+        "bound": len(set(sensitivity_values)) * len(seeds),
+    },
     {"name": "sensitivity values (at least four)", "value": len(set(sensitivity_values)), "op": ">=", "bound": 4},
 ]
 if f"HR@{per_k}" in baseline.results["test"]:  # the LL path is the network FLAME serves: same ranks as its test
-    checks.append({"name": f"PER[LL, LL] = FLAME's test HR@{per_k}",
-                   "value": abs(100 * flame_v["per"][0, 0] - baseline.results["test"][f"HR@{per_k}"]),
-                   "op": "<=", "bound": 1e-9})
+    checks.append(
+        {
+            "name": f"PER[LL, LL] = FLAME's test HR@{per_k}",
+            "value": abs(100 * flame_v["per"][0, 0] - baseline.results["test"][f"HR@{per_k}"]),
+            "op": "<=",
+            "bound": 1e-9,
+        }
+    )
 for k in range(len(scratch_v["names"])):  # each member's view ranks agree with the engine's member evaluation
-    checks.append({"name": f"member{k} NDCG@20 from view ranks = engine's",
-                   "value": abs(metrics_from_ranks(scratch_v["ranks"][k])["NDCG@20"]
-                                - scratch_v["run"].results["test"][f"member{k}/NDCG@20"]),
-                   "op": "<=", "bound": 1e-9})
+    checks.append(
+        {
+            "name": f"member{k} NDCG@20 from view ranks = engine's",
+            "value": abs(
+                metrics_from_ranks(scratch_v["ranks"][k])["NDCG@20"]
+                - scratch_v["run"].results["test"][f"member{k}/NDCG@20"]
+            ),
+            "op": "<=",
+            "bound": 1e-9,
+        }
+    )
 metrics = {
-    "chapter": "04_analysis", "dataset": dataset, "profile": profile, "epochs": epochs, "seed": seed,
-    "max_len": max_len, "per_k": per_k,
+    "chapter": "04_analysis",
+    "dataset": dataset,
+    "profile": profile,
+    "epochs": epochs,
+    "seed": seed,
+    "max_len": max_len,
+    "per_k": per_k,
     "per_maps": {label: {"views": v["names"], "map": v["per"].tolist()} for label, v in views.items()},
     "per_summary": summary.reset_index().to_dict(orient="records"),
     "ablations": ablation.reset_index().to_dict(orient="records"),

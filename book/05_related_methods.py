@@ -84,8 +84,13 @@ print(PROTOCOL)
 # %%
 # NBVAL_CHECK_OUTPUT
 cfgs = {m: flamebook.configs(m, epochs, max_len, device=device, seed=seeds[0])[1] for m in methods}
-settings = pd.DataFrame([{"method": display_name(m), "setting": name, "value": str(value)}
-                         for m in ("emkd", "canet", "ckd") for name, value in cfgs[m].settings().items()])
+settings = pd.DataFrame(
+    [
+        {"method": display_name(m), "setting": name, "value": str(value)}
+        for m in ("emkd", "canet", "ckd")
+        for name, value in cfgs[m].settings().items()
+    ]
+)
 shared = {k: getattr(cfgs["emkd"], k) for k in ("batch_size", "lr")}
 print(f"protocol: {shared}")
 settings.set_index(["method", "setting"])
@@ -128,16 +133,18 @@ def md_table(rows: dict) -> Markdown:
 # %% tags=["remove-input"]
 # NBVAL_CHECK_OUTPUT
 c = cfgs["emkd"].emkd
-md_table({
-    "what trains": f"{c.emkd_members} SASRec members (seeds s..s+{c.emkd_members - 1}), "
-                   f"{built['emkd'].num_parameters()['trainable']:,} parameters in all",
-    "losses": f"sum of members' L_rec + {c.emkd_distill_weight:g} × symmetric KL (temperature "
-              f"{c.emkd_temperature:g}) + {c.emkd_contrast_weight:g} × (intra + cross InfoNCE, tau {c.emkd_tau:g})",
-    "augmentation": f"per sequence, with probability 1/2 each: a crop keeping {c.emkd_crop:.0%} of its items, "
-                    f"or deletion of {c.emkd_mask:.0%} of them",
-    "at inference": f"sum of the {c.emkd_members} members' scores ({c.emkd_members} networks)",
-    "pretraining": "none",
-})
+md_table(
+    {
+        "what trains": f"{c.emkd_members} SASRec members (seeds s..s+{c.emkd_members - 1}), "
+        f"{built['emkd'].num_parameters()['trainable']:,} parameters in all",
+        "losses": f"sum of members' L_rec + {c.emkd_distill_weight:g} × symmetric KL (temperature "
+        f"{c.emkd_temperature:g}) + {c.emkd_contrast_weight:g} × (intra + cross InfoNCE, tau {c.emkd_tau:g})",
+        "augmentation": f"per sequence, with probability 1/2 each: a crop keeping {c.emkd_crop:.0%} of its items, "
+        f"or deletion of {c.emkd_mask:.0%} of them",
+        "at inference": f"sum of the {c.emkd_members} members' scores ({c.emkd_members} networks)",
+        "pretraining": "none",
+    }
+)
 
 # %% [markdown]
 # ## CANet: one person, one model
@@ -160,19 +167,21 @@ md_table({
 # %% tags=["remove-input"]
 # NBVAL_CHECK_OUTPUT
 c, canet_model = cfgs["canet"].canet, built["canet"]
-md_table({
-    "what trains": f"a SASRec supernet (D = {model.hidden}, {model.layers} blocks, plus input and output "
-                   f"transformations and residual scales) and a router (a 1-block SASRec with d = {ROUTER_HIDDEN}); "
-                   f"{canet_model.num_parameters()['trainable']:,} parameters in all",
-    "routing space": f"embedding size × hidden size in {set(c.canet_sizes)}, depth in "
-                     f"{set(range(1, model.layers + 1))}: {len(canet_model.routes)} submodels",
-    "losses": f"L_rec of the routed submodel + {c.canet_uniform_weight:g} × uniform routing loss + "
-              f"{c.canet_guide_weight:g} × guide loss (easy user: the smallest submodel ranks the target in "
-              f"its top {c.canet_guide_k})",
-    "router": f"Gumbel-softmax, tau {c.canet_tau:g}, hard and straight-through in training; argmax at inference",
-    "at inference": "the router and the one submodel it picks (1 network, sliced)",
-    "pretraining": "none",
-})
+md_table(
+    {
+        "what trains": f"a SASRec supernet (D = {model.hidden}, {model.layers} blocks, plus input and output "
+        f"transformations and residual scales) and a router (a 1-block SASRec with d = {ROUTER_HIDDEN}); "
+        f"{canet_model.num_parameters()['trainable']:,} parameters in all",
+        "routing space": f"embedding size × hidden size in {set(c.canet_sizes)}, depth in "
+        f"{set(range(1, model.layers + 1))}: {len(canet_model.routes)} submodels",
+        "losses": f"L_rec of the routed submodel + {c.canet_uniform_weight:g} × uniform routing loss + "
+        f"{c.canet_guide_weight:g} × guide loss (easy user: the smallest submodel ranks the target in "
+        f"its top {c.canet_guide_k})",
+        "router": f"Gumbel-softmax, tau {c.canet_tau:g}, hard and straight-through in training; argmax at inference",
+        "at inference": "the router and the one submodel it picks (1 network, sliced)",
+        "pretraining": "none",
+    }
+)
 
 # %% [markdown]
 # ## CKD: several teachers, easy samples first
@@ -192,22 +201,32 @@ md_table({
 # %% tags=["remove-input"]
 # NBVAL_CHECK_OUTPUT
 c, ckd_model = cfgs["ckd"].ckd, built["ckd"]
-teachers = pd.DataFrame([{"teacher": name, "hidden": m.hidden, "seed": t.seed, "epoch budget": t.epochs}
-                         for name, m, t in ckd_model.pretrained_specs()]).set_index("teacher")
-display(md_table({
-    "what trains": f"the student, a default SASRec (seed s), {ckd_model.num_parameters()['trainable']:,} "
-                   f"parameters; the {c.ckd_teachers} teachers are frozen "
-                   f"({ckd_model.num_parameters()['frozen']:,} parameters)",
-    "losses": f"L_rec + {c.ckd_distill_weight:g} × teacher-weighted KL to each teacher (temperature "
-              f"{c.ckd_temperature:g}, in-batch targets as candidates)",
-    "curriculum": f"c0 = {c.ckd_curriculum_start:g}, E = {c.ckd_curriculum_epochs}",
-    "at inference": "the student only (1 network)",
-    "pretraining": f"{c.ckd_teachers} teachers (below)",
-}))
+teachers = pd.DataFrame(
+    [
+        {"teacher": name, "hidden": m.hidden, "seed": t.seed, "epoch budget": t.epochs}
+        for name, m, t in ckd_model.pretrained_specs()
+    ]
+).set_index("teacher")
+display(
+    md_table(
+        {
+            "what trains": f"the student, a default SASRec (seed s), {ckd_model.num_parameters()['trainable']:,} "
+            f"parameters; the {c.ckd_teachers} teachers are frozen "
+            f"({ckd_model.num_parameters()['frozen']:,} parameters)",
+            "losses": f"L_rec + {c.ckd_distill_weight:g} × teacher-weighted KL to each teacher (temperature "
+            f"{c.ckd_temperature:g}, in-batch targets as candidates)",
+            "curriculum": f"c0 = {c.ckd_curriculum_start:g}, E = {c.ckd_curriculum_epochs}",
+            "at inference": "the student only (1 network)",
+            "pretraining": f"{c.ckd_teachers} teachers (below)",
+        }
+    )
+)
 print(f"teachers of seed {seeds[0]}:")
 display(teachers)
-print("share of the training samples per epoch c(e):",
-      {e: round(ckd_model.sample_share(e), 3) for e in range(1, epochs + 1)})
+print(
+    "share of the training samples per epoch c(e):",
+    {e: round(ckd_model.sample_share(e), 3) for e in range(1, epochs + 1)},
+)
 
 # %% [markdown]
 # Note what the last line means for this chapter's budget: with a horizon $E$ longer than the epoch
@@ -221,22 +240,34 @@ print("share of the training samples per epoch c(e):",
 # anchor cache.
 
 # %%
-runs = {(m, s): flamebook.experiment(dataset, m, epochs, runs_dir, max_len=max_len, device=device, seed=s)
-        for m in methods for s in seeds}
+runs = {
+    (m, s): flamebook.experiment(dataset, m, epochs, runs_dir, max_len=max_len, device=device, seed=s)
+    for m in methods
+    for s in seeds
+}
 print({f"{m}/{s}": ("reused" if e.reused else "trained") for (m, s), e in runs.items()})
 
 
 # %% tags=["hide-input"]
 KEYS = ["HR@20", "NDCG@10", "NDCG@20"]
-rows = pd.DataFrame([{
-    "method": display_name(m), "seed": s, **{k: e.results["test"][k] for k in KEYS},
-    "valid NDCG@20": e.results["valid"]["NDCG@20"],
-    "s / epoch": float(np.median([h["train_seconds"] for h in e.results["history"]])),
-    "infer s / 1k users": e.results["inference_seconds_per_1000_users"],
-    "trainable params": e.results["parameters"]["trainable"], "networks at inference": e.method.served_networks,
-    "pretrained networks": len(e.method.pretrained_specs()), "pretraining s": pretraining_seconds(e.method, e.data),
-    "sample share / epoch": float(np.mean([e.method.sample_share(h["epoch"]) for h in e.results["history"]])),
-} for (m, s), e in runs.items()])
+rows = pd.DataFrame(
+    [
+        {
+            "method": display_name(m),
+            "seed": s,
+            **{k: e.results["test"][k] for k in KEYS},
+            "valid NDCG@20": e.results["valid"]["NDCG@20"],
+            "s / epoch": float(np.median([h["train_seconds"] for h in e.results["history"]])),
+            "infer s / 1k users": e.results["inference_seconds_per_1000_users"],
+            "trainable params": e.results["parameters"]["trainable"],
+            "networks at inference": e.method.served_networks,
+            "pretrained networks": len(e.method.pretrained_specs()),
+            "pretraining s": pretraining_seconds(e.method, e.data),
+            "sample share / epoch": float(np.mean([e.method.sample_share(h["epoch"]) for h in e.results["history"]])),
+        }
+        for (m, s), e in runs.items()
+    ]
+)
 rows.round(2)
 
 # %% [markdown]
@@ -262,11 +293,15 @@ table["networks at inference"] = by_method["networks at inference"].first()
 table["pretrained networks"] = by_method["pretrained networks"].first()
 table["pretraining s"] = cost["pretraining s"].map("{:.1f}".format)
 table["sample share / epoch"] = cost["sample share / epoch"].map("{:.2f}".format)
-display(Markdown(f"**Table 1.** Accuracy (test, percent, mean ± sd over seeds {seeds}) and cost of FLAME and "
-                 f"the related methods. Protocol: {PROTOCOL}. Seconds are wall-clock on this machine and vary "
-                 "with its load; `pretraining s` is the training time of the anchor or teachers (from the anchor "
-                 "cache), not included in `s / epoch`; `sample share / epoch` is the share of the training samples an "
-                 "epoch visits (CKD's curriculum)."))
+display(
+    Markdown(
+        f"**Table 1.** Accuracy (test, percent, mean ± sd over seeds {seeds}) and cost of FLAME and "
+        f"the related methods. Protocol: {PROTOCOL}. Seconds are wall-clock on this machine and vary "
+        "with its load; `pretraining s` is the training time of the anchor or teachers (from the anchor "
+        "cache), not included in `s / epoch`; `sample share / epoch` is the share of the training samples an "
+        "epoch visits (CKD's curriculum)."
+    )
+)
 table
 
 # %% [markdown]
@@ -295,15 +330,26 @@ for s in seeds:
     emkd, ckd = runs[("emkd", s)], runs[("ckd", s)]
     members = {k.split("/")[0]: v for k, v in emkd.results["test"].items() if k.startswith("member")}
     parts += [{"seed": s, "method": "EMKD", "network": k, "test NDCG@20": v} for k, v in members.items()]
-    parts.append({"seed": s, "method": "EMKD", "network": "sum of members (served)",
-                  "test NDCG@20": emkd.results["test"]["NDCG@20"]})
+    parts.append(
+        {
+            "seed": s,
+            "method": "EMKD",
+            "network": "sum of members (served)",
+            "test NDCG@20": emkd.results["test"]["NDCG@20"],
+        }
+    )
     for name, metrics_ in pretrained_metrics(ckd.method, ckd.split).items():
         parts.append({"seed": s, "method": "CKD", "network": name, "test NDCG@20": metrics_["NDCG@20"]})
-    parts.append({"seed": s, "method": "CKD", "network": "student (served)",
-                  "test NDCG@20": ckd.results["test"]["NDCG@20"]})
+    parts.append(
+        {"seed": s, "method": "CKD", "network": "student (served)", "test NDCG@20": ckd.results["test"]["NDCG@20"]}
+    )
 parts = pd.DataFrame(parts)
-display(Markdown(f"**Table 2.** Test NDCG@20 (percent) of EMKD's members and CKD's teachers alone, against the "
-                 f"model each method serves. Protocol: {PROTOCOL}."))
+display(
+    Markdown(
+        f"**Table 2.** Test NDCG@20 (percent) of EMKD's members and CKD's teachers alone, against the "
+        f"model each method serves. Protocol: {PROTOCOL}."
+    )
+)
 display(parts.pivot_table(index=["method", "network"], columns="seed", values="test NDCG@20", sort=False).round(2))
 served = parts["network"].str.endswith("(served)")
 best_part = parts[~served].groupby(["method", "seed"])["test NDCG@20"].max()
@@ -325,25 +371,56 @@ print("served model minus its best part (points):", {f"{m}/{s}": round(v, 2) for
 # cost is listed beside it.
 
 # %% tags=["hide-input"]
-canet_rows = pd.DataFrame([{"seed": s, **{k: runs[("canet", s)].results["report"][k] for k in (
-    "users", "macs_per_user", "flops_per_user", "largest_macs_per_user", "relative_cost", "router_macs_per_user")}}
-    for s in seeds]).set_index("seed")
+canet_rows = pd.DataFrame(
+    [
+        {
+            "seed": s,
+            **{
+                k: runs[("canet", s)].results["report"][k]
+                for k in (
+                    "users",
+                    "macs_per_user",
+                    "flops_per_user",
+                    "largest_macs_per_user",
+                    "relative_cost",
+                    "router_macs_per_user",
+                )
+            },
+        }
+        for s in seeds
+    ]
+).set_index("seed")
 canet_rows["largest_flops_per_user"] = 2 * canet_rows["largest_macs_per_user"]
-display(Markdown(f"**Table 3.** CANet's average inference cost per test user (multiply-adds and FLOPs), "
-                 f"against its largest submodel. Protocol: {PROTOCOL}."))
-canet_rows.style.format({c: "{:,.0f}" for c in canet_rows.columns if c != "relative_cost"}
-                        | {"relative_cost": "{:.3f}"})
+display(
+    Markdown(
+        f"**Table 3.** CANet's average inference cost per test user (multiply-adds and FLOPs), "
+        f"against its largest submodel. Protocol: {PROTOCOL}."
+    )
+)
+canet_rows.style.format(
+    {c: "{:,.0f}" for c in canet_rows.columns if c != "relative_cost"} | {"relative_cost": "{:.3f}"}
+)
 
 # %% [markdown]
 # Where the users go: the share of test users per submodel (embedding size, hidden size, depth) and per
 # decision.
 
 # %% tags=["hide-input"]
-routing = pd.DataFrame([{"seed": str(s), "route": route, "share": share}
-                        for s in seeds for route, share in runs[("canet", s)].results["report"]["routes"].items()])
-decisions = pd.DataFrame([{"seed": str(s), "option": f"{d} {opt}", "share": share}
-                          for s in seeds for d in ("embedding", "hidden", "depth")
-                          for opt, share in runs[("canet", s)].results["report"][d].items()])
+routing = pd.DataFrame(
+    [
+        {"seed": str(s), "route": route, "share": share}
+        for s in seeds
+        for route, share in runs[("canet", s)].results["report"]["routes"].items()
+    ]
+)
+decisions = pd.DataFrame(
+    [
+        {"seed": str(s), "option": f"{d} {opt}", "share": share}
+        for s in seeds
+        for d in ("embedding", "hidden", "depth")
+        for opt, share in runs[("canet", s)].results["report"][d].items()
+    ]
+)
 fig, axes = plt.subplots(1, 2, figsize=(13, 4), gridspec_kw={"width_ratios": [3, 1.3]})
 sns.barplot(routing, x="route", y="share", hue="seed", ax=axes[0])
 axes[0].tick_params(axis="x", rotation=60, labelsize=8)
@@ -372,12 +449,26 @@ print("most frequent submodel per seed:", {s: f"{r.route} ({r.share:.1%} of user
 
 # %% tags=["hide-input"]
 points = rows.assign(seed=rows["seed"].astype(str))
-fig = px.scatter(points, x="s / epoch", y="NDCG@20", color="method", symbol="seed", size="networks at inference",
-                 hover_data={"valid NDCG@20": ":.2f", "HR@20": ":.2f", "infer s / 1k users": ":.3f",
-                             "trainable params": ":,", "pretrained networks": True, "pretraining s": ":.1f"},
-                 title=f"Test NDCG@20 (%) against training seconds per epoch, {dataset}, profile '{profile}'")
-fig.update_layout(height=450, xaxis_title="median training seconds per epoch (this machine)",
-                  yaxis_title="test NDCG@20 (%)")
+fig = px.scatter(
+    points,
+    x="s / epoch",
+    y="NDCG@20",
+    color="method",
+    symbol="seed",
+    size="networks at inference",
+    hover_data={
+        "valid NDCG@20": ":.2f",
+        "HR@20": ":.2f",
+        "infer s / 1k users": ":.3f",
+        "trainable params": ":,",
+        "pretrained networks": True,
+        "pretraining s": ":.1f",
+    },
+    title=f"Test NDCG@20 (%) against training seconds per epoch, {dataset}, profile '{profile}'",
+)
+fig.update_layout(
+    height=450, xaxis_title="median training seconds per epoch (this machine)", yaxis_title="test NDCG@20 (%)"
+)
 fig.show()
 
 # %% [markdown]
@@ -399,16 +490,23 @@ if records:
     recs = flamebook.records_frame(records, KEYS)
     grouped = flamebook.records_summary(recs, KEYS)
     missing = sorted(set(display_name(m) for m in ("emkd", "canet", "ckd")) - set(recs["method"]))
-    display(Markdown(f"**Table 4.** Test metrics (percent) of the {len(records)} committed records of these methods "
-                     f"in `{results_dir}/`, each group labelled with its profile, epoch budget and max_len "
-                     "(mean ± sd where a group has several seeds). `converged` is true only if every run "
-                     "stopped early on validation. "
-                     + (f"No records yet for {', '.join(missing)}." if missing else "")))
+    display(
+        Markdown(
+            f"**Table 4.** Test metrics (percent) of the {len(records)} committed records of these methods "
+            f"in `{results_dir}/`, each group labelled with its profile, epoch budget and max_len "
+            "(mean ± sd where a group has several seeds). `converged` is true only if every run "
+            "stopped early on validation. " + (f"No records yet for {', '.join(missing)}." if missing else "")
+        )
+    )
     display(grouped)
 else:
     missing = [display_name(m) for m in ("emkd", "canet", "ckd")]
-    display(Markdown(f"No records of these methods in `{results_dir}/` yet: the table stays empty until a "
-                     "command such as the one above has been run with `--record`."))
+    display(
+        Markdown(
+            f"No records of these methods in `{results_dir}/` yet: the table stays empty until a "
+            "command such as the one above has been run with `--record`."
+        )
+    )
 
 # %% [markdown]
 # ## What we learned
@@ -432,20 +530,25 @@ else:
 ndcg = by_method["NDCG@20"].mean()
 ratio = cost["s / epoch"] / cost.loc["Single", "s / epoch"]
 canet_cost = np.mean([runs[("canet", s)].results["report"]["relative_cost"] for s in seeds])
-lines = [f"Test NDCG@20 after {epochs} epochs ({profile} profile, {dataset}, seeds {seeds}): "
-         + ", ".join(f"{m} {v:.2f}" for m, v in ndcg.sort_values(ascending=False).items())
-         + f". FLAME is {'above' if ndcg['FLAME'] > ndcg['Single'] else 'below'} Single by "
-         f"{abs(ndcg['FLAME'] - ndcg['Single']):.2f} points in this budget.",
-         "Seconds per epoch against Single's: " + ", ".join(f"{m} {v:.2f}x" for m, v in ratio.items())
-         + f"; CANet serves its users at {canet_cost:.2f} of its largest submodel's multiply-adds, EMKD with "
-         f"{int(by_method['networks at inference'].first()['EMKD'])} networks, the others with one."]  # fmt: skip
+lines = [
+    f"Test NDCG@20 after {epochs} epochs ({profile} profile, {dataset}, seeds {seeds}): "
+    + ", ".join(f"{m} {v:.2f}" for m, v in ndcg.sort_values(ascending=False).items())
+    + f". FLAME is {'above' if ndcg['FLAME'] > ndcg['Single'] else 'below'} Single by "
+    f"{abs(ndcg['FLAME'] - ndcg['Single']):.2f} points in this budget.",
+    "Seconds per epoch against Single's: "
+    + ", ".join(f"{m} {v:.2f}x" for m, v in ratio.items())
+    + f"; CANet serves its users at {canet_cost:.2f} of its largest submodel's multiply-adds, EMKD with "
+    f"{int(by_method['networks at inference'].first()['EMKD'])} networks, the others with one.",
+]
 full = [r for r in records if r["profile"] == "full"]  # the paper's protocol, whatever this build's profile
 names = [display_name(m) for m in methods]
 for d in sorted({r["dataset"] for r in full}):
     t = flamebook.main_table(full, [d], names).loc[d]
     if len(ran := flamebook.ran(t)) > 1 and "Single" in ran.index:
-        lines.append(f"Under the full protocol on {d} (records, at most 200 epochs with early stopping, max_len 50): "
-                     f"{flamebook.records_sentence(t)}.")  # fmt: skip
+        lines.append(
+            f"Under the full protocol on {d} (records, at most 200 epochs with early stopping, max_len 50): "
+            f"{flamebook.records_sentence(t)}."
+        )
 display(Markdown("\n\n".join(lines)))
 
 # %% [markdown]
@@ -470,57 +573,82 @@ display(Markdown("\n\n".join(lines)))
 # **Solution 1.** Gains over the budget, from each run's history (mean over seeds).
 
 # %% tags=["hide-cell"]
-gains = pd.DataFrame([{"method": display_name(m), "gain": e.results["history"][-1]["valid/NDCG@20"]
-                       - e.results["history"][0]["valid/NDCG@20"]} for (m, s), e in runs.items()])  # fmt: skip
+gains = pd.DataFrame(
+    [
+        {
+            "method": display_name(m),
+            "gain": e.results["history"][-1]["valid/NDCG@20"] - e.results["history"][0]["valid/NDCG@20"],
+        }
+        for (m, s), e in runs.items()
+    ]
+)
 gains = gains.groupby("method", sort=False)["gain"].mean().sort_values(ascending=False)
-print("validation NDCG@20 gained from the first to the last epoch: "
-      + ", ".join(f"{m} {v:+.2f}" for m, v in gains.items()))
+print(
+    "validation NDCG@20 gained from the first to the last epoch: "
+    + ", ".join(f"{m} {v:+.2f}" for m, v in gains.items())
+)
 ckd_cfg = cfgs["ckd"].ckd
-print(f"CKD trains on {ckd_model.sample_share(epochs):.0%} of the samples at epoch {epochs}; its curriculum reaches "
-      f"all of them at epoch {ckd_cfg.ckd_curriculum_epochs}")
+print(
+    f"CKD trains on {ckd_model.sample_share(epochs):.0%} of the samples at epoch {epochs}; its curriculum reaches "
+    f"all of them at epoch {ckd_cfg.ckd_curriculum_epochs}"
+)
 
 # %% [markdown]
 # **Solution 2.** EMKD with two members beside Ensemble-Scratch with two (the run of chapter 1, reused).
 
 # %% tags=["hide-cell"]
-emkd2 = flamebook.experiment(dataset, "emkd", epochs, runs_dir, max_len=max_len, device=device, seed=seeds[0],
-                             emkd_members=2)  # fmt: skip
-scratch2 = flamebook.experiment(dataset, "ensemble_scratch", epochs, runs_dir, max_len=max_len, device=device,
-                                seed=seeds[0])  # fmt: skip
+emkd2 = flamebook.experiment(
+    dataset, "emkd", epochs, runs_dir, max_len=max_len, device=device, seed=seeds[0], emkd_members=2
+)
+scratch2 = flamebook.experiment(
+    dataset, "ensemble_scratch", epochs, runs_dir, max_len=max_len, device=device, seed=seeds[0]
+)
 for name, r in (("EMKD, 2 members", emkd2), ("Ensemble-Scratch, 2 members", scratch2)):
     res = r.results
-    print(f"{name}: test NDCG@20 {res['test']['NDCG@20']:.2f}, "
-          f"{np.median([h['train_seconds'] for h in res['history']]):.1f} s per epoch")
+    print(
+        f"{name}: test NDCG@20 {res['test']['NDCG@20']:.2f}, "
+        f"{np.median([h['train_seconds'] for h in res['history']]):.1f} s per epoch"
+    )
 
 # %% [markdown]
 # **Solution 3.** A stronger pull towards uniform routing.
 
 # %% tags=["hide-cell"]
-uniform = flamebook.experiment(dataset, "canet", epochs, runs_dir, max_len=max_len, device=device, seed=seeds[0],
-                               canet_uniform_weight=1.0)  # fmt: skip
+uniform = flamebook.experiment(
+    dataset, "canet", epochs, runs_dir, max_len=max_len, device=device, seed=seeds[0], canet_uniform_weight=1.0
+)
 for name, r in (("canet_uniform_weight 0.01 (default)", runs[("canet", seeds[0])]), ("1.0", uniform)):
     rep = r.results["report"]
     top = max(rep["routes"], key=rep["routes"].get)
-    print(f"{name}: relative cost {rep['relative_cost']:.2f}, most used route {top} "
-          f"({rep['routes'][top]:.0%} of users), test NDCG@20 {r.results['test']['NDCG@20']:.2f}")
+    print(
+        f"{name}: relative cost {rep['relative_cost']:.2f}, most used route {top} "
+        f"({rep['routes'][top]:.0%} of users), test NDCG@20 {r.results['test']['NDCG@20']:.2f}"
+    )
 
 # %% [markdown]
 # **Solution 4.** CKD with one teacher against FLAME, both from one pretrained SASRec.
 
 # %% tags=["hide-cell"]
-one_teacher = flamebook.experiment(dataset, "ckd", epochs, runs_dir, max_len=max_len, device=device, seed=seeds[0],
-                                   ckd_teachers=1)  # fmt: skip
-for name, r in (("CKD, one teacher", one_teacher), ("CKD, three teachers", runs[("ckd", seeds[0])]),
-                ("FLAME", runs[("flame", seeds[0])])):
-    print(f"{name}: test NDCG@20 {r.results['test']['NDCG@20']:.2f}, pretrained networks "
-          f"{len(r.method.pretrained_specs())}")
+one_teacher = flamebook.experiment(
+    dataset, "ckd", epochs, runs_dir, max_len=max_len, device=device, seed=seeds[0], ckd_teachers=1
+)
+for name, r in (
+    ("CKD, one teacher", one_teacher),
+    ("CKD, three teachers", runs[("ckd", seeds[0])]),
+    ("FLAME", runs[("flame", seeds[0])]),
+):
+    print(
+        f"{name}: test NDCG@20 {r.results['test']['NDCG@20']:.2f}, pretrained networks "
+        f"{len(r.method.pretrained_specs())}"
+    )
 
 # %% tags=["remove-cell"]
 test_values = rows[KEYS].to_numpy()
 seconds = cost["s / epoch"]
 shares = {s: runs[("canet", s)].results["report"] for s in seeds}
-share_error = max(abs(sum(rep[key].values()) - 1.0) for rep in shares.values()
-                  for key in ("routes", "embedding", "hidden", "depth"))
+share_error = max(
+    abs(sum(rep[key].values()) - 1.0) for rep in shares.values() for key in ("routes", "embedding", "hidden", "depth")
+)
 random_hr20 = 100 * 20 / data.num_items  # expected HR@20 of a uniformly random ranking of all items
 random_ndcg20 = 100 * sum(1 / math.log2(r + 2) for r in range(20)) / data.num_items
 print(f"random ranking of {data.num_items} items: HR@20 ≈ {random_hr20:.2f}%, NDCG@20 ≈ {random_ndcg20:.2f}%")
@@ -529,26 +657,54 @@ checks = [
     {"name": "non-finite test metrics", "value": int((~np.isfinite(test_values)).sum()), "op": "==", "bound": 0},
     {"name": "test metrics >= 0", "value": float(test_values.min()), "op": ">=", "bound": 0.0},
     {"name": "test metrics <= 100", "value": float(test_values.max()), "op": "<=", "bound": 100.0},
-    *[{"name": f"{display_name(m)} valid NDCG@20, lowest seed (random ranking: {random_ndcg20:.2f})",
-       "value": float(rows.loc[rows["method"] == display_name(m), "valid NDCG@20"].min()), "op": ">",
-       "bound": ndcg_floor}
-      for m in ("emkd", "canet", "ckd")],
-    {"name": "CANet macs per user / largest submodel's (highest seed)",
-     "value": float(canet_rows["relative_cost"].max()), "op": "<", "bound": 1.0},
+    *[
+        {
+            "name": f"{display_name(m)} valid NDCG@20, lowest seed (random ranking: {random_ndcg20:.2f})",
+            "value": float(rows.loc[rows["method"] == display_name(m), "valid NDCG@20"].min()),
+            "op": ">",
+            "bound": ndcg_floor,
+        }
+        for m in ("emkd", "canet", "ckd")
+    ],
+    {
+        "name": "CANet macs per user / largest submodel's (highest seed)",
+        "value": float(canet_rows["relative_cost"].max()),
+        "op": "<",
+        "bound": 1.0,
+    },
     {"name": "CANet routing shares sum to 1 (max abs error)", "value": share_error, "op": "<", "bound": 1e-9},
-    {"name": "EMKD networks at inference minus Single's",
-     "value": int(table.loc["EMKD", "networks at inference"] - table.loc["Single", "networks at inference"]),
-     "op": ">", "bound": 0},
-    {"name": "FLAME pretrained networks", "value": int(table.loc["FLAME", "pretrained networks"]), "op": "==",
-     "bound": 1},
-    {"name": "CKD pretrained networks", "value": int(table.loc["CKD", "pretrained networks"]), "op": "==",
-     "bound": cfgs["ckd"].ckd.ckd_teachers},
+    {
+        "name": "EMKD networks at inference minus Single's",
+        "value": int(table.loc["EMKD", "networks at inference"] - table.loc["Single", "networks at inference"]),
+        "op": ">",
+        "bound": 0,
+    },
+    {
+        "name": "FLAME pretrained networks",
+        "value": int(table.loc["FLAME", "pretrained networks"]),
+        "op": "==",
+        "bound": 1,
+    },
+    {
+        "name": "CKD pretrained networks",
+        "value": int(table.loc["CKD", "pretrained networks"]),
+        "op": "==",
+        "bound": cfgs["ckd"].ckd.ckd_teachers,
+    },
     {"name": "seconds per epoch positive", "value": float(seconds.min()), "op": ">", "bound": 0.0},
-    {"name": "pretraining seconds of FLAME and CKD known (from the anchor cache)",
-     "value": float(rows.loc[rows["method"].isin(["FLAME", "CKD"]), "pretraining s"].min()), "op": ">", "bound": 0.0},
+    {
+        "name": "pretraining seconds of FLAME and CKD known (from the anchor cache)",
+        "value": float(rows.loc[rows["method"].isin(["FLAME", "CKD"]), "pretraining s"].min()),
+        "op": ">",
+        "bound": 0.0,
+    },
 ]
 metrics = {
-    "chapter": "05_related_methods", "dataset": dataset, "profile": profile, "epochs": epochs, "seeds": seeds,
+    "chapter": "05_related_methods",
+    "dataset": dataset,
+    "profile": profile,
+    "epochs": epochs,
+    "seeds": seeds,
     "max_len": max_len,
     "test_ndcg20": {name: float(v) for name, v in by_method["NDCG@20"].mean().items()},
     "test": {name: {k: float(by_method[k].mean()[name]) for k in KEYS} for name in table.index},
@@ -556,10 +712,12 @@ metrics = {
     "epoch_seconds": {name: float(v) for name, v in seconds.items()},
     "epoch_seconds_ratio_to_single": {name: float(v / seconds["Single"]) for name, v in seconds.items()},
     "inference_seconds_per_1000_users": {name: float(v) for name, v in cost["infer s / 1k users"].items()},
-    "canet": {"macs_per_user": float(canet_rows["macs_per_user"].mean()),
-              "flops_per_user": float(canet_rows["flops_per_user"].mean()),
-              "largest_macs_per_user": float(canet_rows["largest_macs_per_user"].mean()),
-              "relative_cost": float(canet_rows["relative_cost"].mean())},
+    "canet": {
+        "macs_per_user": float(canet_rows["macs_per_user"].mean()),
+        "flops_per_user": float(canet_rows["flops_per_user"].mean()),
+        "largest_macs_per_user": float(canet_rows["largest_macs_per_user"].mean()),
+        "relative_cost": float(canet_rows["relative_cost"].mean()),
+    },
     "random_ranking": {"HR@20": random_hr20, "NDCG@20": random_ndcg20},
     "records": len(records),
     "checks": checks,

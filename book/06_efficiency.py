@@ -76,8 +76,10 @@ out = flamebook.setup(output_dir, seed=seeds[0])
 dev = resolve_device(device)
 if speed_threads:
     torch.set_num_threads(speed_threads)
-print(f"profile {profile}: dataset {dataset}, device {dev}, max_len {max_len}, "
-      f"{speed_steps} timed steps per variant, {torch.get_num_threads()} CPU thread(s)")
+print(
+    f"profile {profile}: dataset {dataset}, device {dev}, max_len {max_len}, "
+    f"{speed_steps} timed steps per variant, {torch.get_num_threads()} CPU thread(s)"
+)
 
 # %% [markdown]
 # ## Where the time goes
@@ -124,20 +126,45 @@ for path in bench_files:
     label = f"{r['dataset']}, {r['device']}{amp}, {r['threads']} threads, {r['date'][:10]}"
     assert label not in bench, f"two benchmark files read as {label!r}: {bench[label]['file']}, {path.name}"
     bench[label] = r | {"file": path.name}
-summary = pd.DataFrame([{
-    "run": label, "file": r["file"], "torch": r["torch"], "training samples": r["training_samples"],
-    "batch": r["batch_size"], "timed steps": r["steps"], "amp": r["amp"], "compile": r["compile"],
-} for label, r in bench.items()]).set_index("run")  # fmt: skip
+summary = pd.DataFrame(
+    [
+        {
+            "run": label,
+            "file": r["file"],
+            "torch": r["torch"],
+            "training samples": r["training_samples"],
+            "batch": r["batch_size"],
+            "timed steps": r["steps"],
+            "amp": r["amp"],
+            "compile": r["compile"],
+        }
+        for label, r in bench.items()
+    ]
+).set_index("run")
 print(f"{len(bench_files)} benchmark result(s) in {bench_dir}/")
 summary
 
 # %% tags=["hide-input"]
-steps = pd.DataFrame([
-    {"run": label, "variant": name, "layout": layout, "ms per step": row[f"{layout}_ms"]}
-    for label, r in bench.items() for name, row in r["steps_ms"].items() for layout in ("packed", "padded")
-])  # fmt: skip
-grid = sns.catplot(data=steps, x="variant", y="ms per step", hue="layout", col="run", kind="bar",
-                   col_wrap=min(2, max(1, len(bench))), height=3.6, aspect=1.3, sharey=False)  # fmt: skip
+steps = pd.DataFrame(
+    [
+        {"run": label, "variant": name, "layout": layout, "ms per step": row[f"{layout}_ms"]}
+        for label, r in bench.items()
+        for name, row in r["steps_ms"].items()
+        for layout in ("packed", "padded")
+    ]
+)
+grid = sns.catplot(
+    data=steps,
+    x="variant",
+    y="ms per step",
+    hue="layout",
+    col="run",
+    kind="bar",
+    col_wrap=min(2, max(1, len(bench))),
+    height=3.6,
+    aspect=1.3,
+    sharey=False,
+)
 grid.set_titles("{col_name}")
 grid.figure.suptitle("Training step time, packed vs padded layout (committed benchmark results)", y=1.03)
 plt.show()
@@ -147,13 +174,23 @@ plt.show()
 # step costs in Single steps.
 
 # %% tags=["hide-input"]
-ratios = pd.DataFrame([
-    {"run": label, "variant": name, "packed ms": row["packed_ms"], "padded ms": row["padded_ms"],
-     "packed speed-up": row["packed_speedup"], "x Single": row["ratio_to_single"],
-     "FLOPs x Single": row["gflops_per_step"] / r["steps_ms"]["single"]["gflops_per_step"],
-     "GFLOP/s": row["achieved_gflops"], "% of matmul peak": 100 * row["achieved_gflops"] / r["matmul_peak_gflops"]}
-    for label, r in bench.items() for name, row in r["steps_ms"].items()
-]).set_index(["run", "variant"])  # fmt: skip
+ratios = pd.DataFrame(
+    [
+        {
+            "run": label,
+            "variant": name,
+            "packed ms": row["packed_ms"],
+            "padded ms": row["padded_ms"],
+            "packed speed-up": row["packed_speedup"],
+            "x Single": row["ratio_to_single"],
+            "FLOPs x Single": row["gflops_per_step"] / r["steps_ms"]["single"]["gflops_per_step"],
+            "GFLOP/s": row["achieved_gflops"],
+            "% of matmul peak": 100 * row["achieved_gflops"] / r["matmul_peak_gflops"],
+        }
+        for label, r in bench.items()
+        for name, row in r["steps_ms"].items()
+    ]
+).set_index(["run", "variant"])
 ratios.round(2)
 
 # %% [markdown]
@@ -162,15 +199,21 @@ ratios.round(2)
 # seeds stacked in one model against one seed (below 3: stacking is cheaper than three separate runs).
 
 # %% tags=["hide-input"]
-gains = pd.DataFrame([{
-    "run": label,
-    "naive SASRec ms": r.get("naive_sasrec_ms"), "naive / our Single": r.get("naive_over_single"),
-    "FLAME graph ms": r["steps_ms"]["flame"].get("graph_ms"),
-    "graph speed-up (FLAME)": r["steps_ms"]["flame"].get("graph_speedup"),
-    "3 stacked Single / 1": r.get("stacked", {}).get("single", {}).get("x3_over_x1"),
-    "3 stacked FLAME / 1": r.get("stacked", {}).get("flame", {}).get("x3_over_x1"),
-    "FLAME epoch + validation s": r.get("epoch_with_valid_seconds"),
-} for label, r in bench.items()]).set_index("run")  # fmt: skip
+gains = pd.DataFrame(
+    [
+        {
+            "run": label,
+            "naive SASRec ms": r.get("naive_sasrec_ms"),
+            "naive / our Single": r.get("naive_over_single"),
+            "FLAME graph ms": r["steps_ms"]["flame"].get("graph_ms"),
+            "graph speed-up (FLAME)": r["steps_ms"]["flame"].get("graph_speedup"),
+            "3 stacked Single / 1": r.get("stacked", {}).get("single", {}).get("x3_over_x1"),
+            "3 stacked FLAME / 1": r.get("stacked", {}).get("flame", {}).get("x3_over_x1"),
+            "FLAME epoch + validation s": r.get("epoch_with_valid_seconds"),
+        }
+        for label, r in bench.items()
+    ]
+).set_index("run")
 gains.round(2)
 
 # %% [markdown]
@@ -179,11 +222,20 @@ gains.round(2)
 # `--no-epoch` have no epoch figures).
 
 # %% tags=["hide-input"]
-costs = pd.DataFrame([{
-    "run": label, "FLAME epoch s": r.get("epoch_seconds"), "epoch peak RSS MB": r.get("epoch_peak_rss_mb"),
-    "evaluation s (all users)": r["eval_seconds_all_users"], "users": r["eval_users"],
-    "benchmark peak RSS MB": r["peak_rss_mb"], "matmul peak GFLOP/s": r["matmul_peak_gflops"],
-} for label, r in bench.items()]).set_index("run")  # fmt: skip
+costs = pd.DataFrame(
+    [
+        {
+            "run": label,
+            "FLAME epoch s": r.get("epoch_seconds"),
+            "epoch peak RSS MB": r.get("epoch_peak_rss_mb"),
+            "evaluation s (all users)": r["eval_seconds_all_users"],
+            "users": r["eval_users"],
+            "benchmark peak RSS MB": r["peak_rss_mb"],
+            "matmul peak GFLOP/s": r["matmul_peak_gflops"],
+        }
+        for label, r in bench.items()
+    ]
+).set_index("run")
 costs.round(2)
 
 # %% [markdown]
@@ -214,9 +266,21 @@ plt.show()
 
 # %%
 live_json = out / "speed.json"
-cmd = [sys.executable, str(flamebook.resolve("bench/speed.py")), "--dataset", dataset,
-       "--device", device, "--steps", str(speed_steps), "--threads", str(speed_threads),
-       "--no-epoch", "--json", str(live_json)]  # fmt: skip
+cmd = [
+    sys.executable,
+    str(flamebook.resolve("bench/speed.py")),
+    "--dataset",
+    dataset,
+    "--device",
+    device,
+    "--steps",
+    str(speed_steps),
+    "--threads",
+    str(speed_threads),
+    "--no-epoch",
+    "--json",
+    str(live_json),
+]
 
 
 def benchmark() -> dict:
@@ -224,8 +288,11 @@ def benchmark() -> dict:
     proc = subprocess.run(cmd, cwd=flamebook.repo_root(), capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"bench/speed.py failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return {"printed": proc.stdout.strip(), "seconds": time.perf_counter() - t0,
-            "result": json.loads(live_json.read_text())}  # fmt: skip
+    return {
+        "printed": proc.stdout.strip(),
+        "seconds": time.perf_counter() - t0,
+        "result": json.loads(live_json.read_text()),
+    }
 
 
 bench_run = flamebook.measured(out, "speed", benchmark)  # once per book build (see flamebook.measured)
@@ -235,16 +302,23 @@ print(f"({bench_run['seconds']:.0f} s)")
 live = bench_run["result"]
 
 # %% tags=["hide-input"]
-live_steps = pd.DataFrame([{"variant": name, "layout": layout, "ms per step": row[f"{layout}_ms"]}
-                           for name, row in live["steps_ms"].items() for layout in ("packed", "padded")])  # fmt: skip
+live_steps = pd.DataFrame(
+    [
+        {"variant": name, "layout": layout, "ms per step": row[f"{layout}_ms"]}
+        for name, row in live["steps_ms"].items()
+        for layout in ("packed", "padded")
+    ]
+)
 fig, ax = plt.subplots(figsize=(6.5, 3.6))
 sns.barplot(data=live_steps, x="variant", y="ms per step", hue="layout", ax=ax)
 ax.set(title=f"Training step time, {live['dataset']} on {live['device']} (measured now)", xlabel="")
 plt.show()
 live_flame = live["steps_ms"]["flame"]
-print(f"FLAME step = {live_flame['ratio_to_single']:.2f} Single steps; "
-      f"packed layout {live_flame['packed_speedup']:.2f}x faster than padded for FLAME, "
-      f"{live['steps_ms']['single']['packed_speedup']:.2f}x for Single")  # fmt: skip
+print(
+    f"FLAME step = {live_flame['ratio_to_single']:.2f} Single steps; "
+    f"packed layout {live_flame['packed_speedup']:.2f}x faster than padded for FLAME, "
+    f"{live['steps_ms']['single']['packed_speedup']:.2f}x for Single"
+)
 
 # %% [markdown]
 # ## Scaling with the number of representations
@@ -288,10 +362,15 @@ variants = [  # family, name, method, changes, representations
 def variant_row(family, name, method, changes, reps) -> dict:
     m = measure.untrained(method, data, model, dev, **changes)
     params = m.num_parameters()
-    return {"family": family, "variant": name, "representations": reps,
-            "ms per step": measure.step_ms(m, split, speed_steps, batch_size),
-            "activation MB": measure.activation_mb(m, split, batch_size),
-            "trainable params": params["trainable"], "frozen params": params["frozen"]}  # fmt: skip
+    return {
+        "family": family,
+        "variant": name,
+        "representations": reps,
+        "ms per step": measure.step_ms(m, split, speed_steps, batch_size),
+        "activation MB": measure.activation_mb(m, split, batch_size),
+        "trainable params": params["trainable"],
+        "frozen params": params["frozen"],
+    }
 
 
 scaling = pd.DataFrame(flamebook.measured(out, "scaling", lambda: [variant_row(*v) for v in variants]))
@@ -309,27 +388,51 @@ scaling.round(2)
 
 # %% tags=["hide-input"]
 fig = px.scatter(
-    scaling, x="representations", y="ms per step", color="family", size="activation MB",
-    hover_name="variant", text="variant", size_max=28,
-    hover_data={"activation MB": ":.1f", "x Single": ":.2f", "trainable params": True,
-                "frozen params": True, "family": False},
+    scaling,
+    x="representations",
+    y="ms per step",
+    color="family",
+    size="activation MB",
+    hover_name="variant",
+    text="variant",
+    size_max=28,
+    hover_data={
+        "activation MB": ":.1f",
+        "x Single": ":.2f",
+        "trainable params": True,
+        "frozen params": True,
+        "family": False,
+    },
     title=f"Training step time vs representations ({dataset}, {dev}, max_len {max_len})",
 )
 fig.update_traces(textposition="top center", textfont_size=9)
-fig.update_layout(height=500, legend_title_text="", yaxis_title="ms per training step",
-                  xaxis_title="representations (members or paths) in the training loss")
+fig.update_layout(
+    height=500,
+    legend_title_text="",
+    yaxis_title="ms per training step",
+    xaxis_title="representations (members or paths) in the training loss",
+)
 fig.show()
 
 # %% tags=["hide-input"]
 by_name = scaling.set_index("variant")
-pairs = [(f"Ensemble-Scratch N={r}", name) for name, r in
-         [("Ensemble-Guide (net)", 2), ("FLAME emb|enc", 4), (f"FLAME {blocks}", n_paths)]]
-versus = pd.DataFrame([{
-    "representations": by_name.loc[e, "representations"], "modular": f, "ensemble": e,
-    "step time": by_name.loc[f, "ms per step"] / by_name.loc[e, "ms per step"],
-    "activation memory": by_name.loc[f, "activation MB"] / by_name.loc[e, "activation MB"],
-    "trained parameters": by_name.loc[f, "trainable params"] / by_name.loc[e, "trainable params"],
-} for e, f in pairs]).set_index("representations")  # fmt: skip
+pairs = [
+    (f"Ensemble-Scratch N={r}", name)
+    for name, r in [("Ensemble-Guide (net)", 2), ("FLAME emb|enc", 4), (f"FLAME {blocks}", n_paths)]
+]
+versus = pd.DataFrame(
+    [
+        {
+            "representations": by_name.loc[e, "representations"],
+            "modular": f,
+            "ensemble": e,
+            "step time": by_name.loc[f, "ms per step"] / by_name.loc[e, "ms per step"],
+            "activation memory": by_name.loc[f, "activation MB"] / by_name.loc[e, "activation MB"],
+            "trained parameters": by_name.loc[f, "trainable params"] / by_name.loc[e, "trainable params"],
+        }
+        for e, f in pairs
+    ]
+).set_index("representations")
 print("modular paths / conventional ensemble with as many representations:")
 versus.round(2)
 
@@ -346,8 +449,9 @@ fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
 sns.barplot(data=scaling, y="variant", x="activation MB", hue="family", ax=axes[0])
 axes[0].set(title="Saved activations of one training step", ylabel="")
 axes[0].legend(fontsize=8, loc="lower right")
-params_long = scaling.melt(id_vars=["variant"], var_name="kind", value_name="parameters",
-                           value_vars=["trainable params", "frozen params"])
+params_long = scaling.melt(
+    id_vars=["variant"], var_name="kind", value_name="parameters", value_vars=["trainable params", "frozen params"]
+)
 sns.barplot(data=params_long, y="variant", x="parameters", hue="kind", ax=axes[1])
 axes[1].set(title="Parameters", ylabel="")
 plt.tight_layout()
@@ -360,6 +464,7 @@ plt.show()
 # FLAME or Ensemble-Guide means running the learnable network alone, which is a Single SASRec. Here is the
 # full-ranking evaluation of every test user (the best of three runs; the weights are untrained, which
 # does not change the cost).
+
 
 # %% tags=["hide-input"]
 def serve_seconds(m, repeats=3):
@@ -375,9 +480,12 @@ def serve_seconds(m, repeats=3):
     return min(seconds)
 
 
-serving = [("Single", "single", {}), ("FLAME (learnable network)", "flame", {}),
-           ("Ensemble-Scratch N=2", "ensemble_scratch", {"members": 2}),
-           ("Ensemble-Scratch N=4", "ensemble_scratch", {"members": 4})]
+serving = [
+    ("Single", "single", {}),
+    ("FLAME (learnable network)", "flame", {}),
+    ("Ensemble-Scratch N=2", "ensemble_scratch", {"members": 2}),
+    ("Ensemble-Scratch N=4", "ensemble_scratch", {"members": 4}),
+]
 inference = []
 for name, method, changes in serving:
     m = measure.untrained(method, data, model, dev, **changes).eval()
@@ -389,8 +497,7 @@ inference["x Single"] = inference["seconds"] / inference.loc["Single", "seconds"
 fig, ax = plt.subplots(figsize=(6.5, 2.8))
 sns.barplot(data=inference.reset_index(), y="model", x="seconds", ax=ax)
 users = split.test_targets.shape[0]
-ax.set(title=f"Full-ranking evaluation of all {users:,} test users ({dataset}, {dev})",
-       xlabel="seconds", ylabel="")
+ax.set(title=f"Full-ranking evaluation of all {users:,} test users ({dataset}, {dev})", xlabel="seconds", ylabel="")
 plt.show()
 inference.round(3)
 
@@ -415,14 +522,16 @@ inference.round(3)
 
 # %% tags=["remove-input"]
 sc = scaling.set_index("variant")
-lines = [f"Measured here ({dev}, {dataset}, max_len {max_len}): a FLAME emb|enc step costs "
-         f"{sc.loc['FLAME emb|enc', 'x Single']:.2f} Single steps and FLAME {blocks} "
-         f"{sc.loc[f'FLAME {blocks}', 'x Single']:.2f}; Ensemble-Scratch with {n_paths} members costs "
-         f"{sc.loc[f'Ensemble-Scratch N={n_paths}', 'x Single']:.2f}. Serving FLAME takes "
-         f"{inference.loc['FLAME (learnable network)', 'x Single']:.2f} times Single's time, Ensemble-Scratch N=4 "
-         f"{inference.loc['Ensemble-Scratch N=4', 'x Single']:.2f}.",
-         f"The live benchmark: FLAME's step is {live_flame['ratio_to_single']:.2f} Single steps and the packed layout "
-         f"{live_flame['packed_speedup']:.2f}x the padded one's speed on this device."]  # fmt: skip
+lines = [
+    f"Measured here ({dev}, {dataset}, max_len {max_len}): a FLAME emb|enc step costs "
+    f"{sc.loc['FLAME emb|enc', 'x Single']:.2f} Single steps and FLAME {blocks} "
+    f"{sc.loc[f'FLAME {blocks}', 'x Single']:.2f}; Ensemble-Scratch with {n_paths} members costs "
+    f"{sc.loc[f'Ensemble-Scratch N={n_paths}', 'x Single']:.2f}. Serving FLAME takes "
+    f"{inference.loc['FLAME (learnable network)', 'x Single']:.2f} times Single's time, Ensemble-Scratch N=4 "
+    f"{inference.loc['Ensemble-Scratch N=4', 'x Single']:.2f}.",
+    f"The live benchmark: FLAME's step is {live_flame['ratio_to_single']:.2f} Single steps and the packed layout "
+    f"{live_flame['packed_speedup']:.2f}x the padded one's speed on this device.",
+]
 display(Markdown("\n\n".join(lines)))
 
 # %% [markdown]
@@ -447,21 +556,26 @@ display(Markdown("\n\n".join(lines)))
 # %% [markdown]
 # **Solution 1.** Both steps with one and with two threads (five timed steps each).
 
+
 # %% tags=["hide-cell"]
 def steps_with_threads(n: int) -> dict:
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
-        return {name: measure.step_ms(measure.untrained(method, data, model, dev), split, 5, batch_size)
-                for name, method in (("Single", "single"), ("FLAME", "flame"))}  # fmt: skip
+        return {
+            name: measure.step_ms(measure.untrained(method, data, model, dev), split, 5, batch_size)
+            for name, method in (("Single", "single"), ("FLAME", "flame"))
+        }
     finally:
         torch.set_num_threads(before)
 
 
 by_threads = {n: flamebook.measured(out, f"threads-{n}", lambda n=n: steps_with_threads(n)) for n in (1, 2)}
 for name in ("Single", "FLAME"):
-    print(f"{name}: {by_threads[1][name]:.1f} ms with one thread, {by_threads[2][name]:.1f} ms with two "
-          f"({by_threads[1][name] / by_threads[2][name]:.2f}x)")
+    print(
+        f"{name}: {by_threads[1][name]:.1f} ms with one thread, {by_threads[2][name]:.1f} ms with two "
+        f"({by_threads[1][name] / by_threads[2][name]:.2f}x)"
+    )
 
 # %% [markdown]
 # **Solution 2.** What the committed GPU results say (a solution that needs a GPU can only read them).
@@ -494,23 +608,34 @@ print(f"predicted FLAME {blocks} / Single: {predicted:.2f}; measured: {measured:
 # **Solution 4.** Activations grow linearly with the batch: every saved tensor has a batch axis.
 
 # %% tags=["hide-cell"]
-growth = pd.DataFrame({b_: {name: measure.activation_mb(measure.untrained(method, data, model, dev), split, b_)
-                            for name, method in (("Single", "single"), ("FLAME", "flame"))}
-                       for b_ in (64, 128, 256)})  # fmt: skip
+growth = pd.DataFrame(
+    {
+        b_: {
+            name: measure.activation_mb(measure.untrained(method, data, model, dev), split, b_)
+            for name, method in (("Single", "single"), ("FLAME", "flame"))
+        }
+        for b_ in (64, 128, 256)
+    }
+)
 print(growth.round(1))
 
 # %% [markdown]
 # **Solution 5.** From the step times of Table 2 (the per-block split, its sampled variants, the ensemble).
 
 # %% tags=["hide-cell"]
-k_costs = {2: by_name.loc[f"FLAME {blocks}, K=2", "ms per step"],
-           4: by_name.loc[f"FLAME {blocks}, K=4", "ms per step"],
-           n_paths: by_name.loc[f"FLAME {blocks}", "ms per step"]}  # fmt: skip
+k_costs = {
+    2: by_name.loc[f"FLAME {blocks}, K=2", "ms per step"],
+    4: by_name.loc[f"FLAME {blocks}, K=4", "ms per step"],
+    n_paths: by_name.loc[f"FLAME {blocks}", "ms per step"],
+}
 target = by_name.loc["Ensemble-Scratch N=2", "ms per step"]
 cheaper = [k for k, v in k_costs.items() if v <= target]
-print("ms per step: " + ", ".join(f"K={k} {v:.1f}" for k, v in k_costs.items())
-      + f"; Ensemble-Scratch N=2 {target:.1f}. "
-      + (f"Up to K={max(cheaper)} FLAME costs no more than it." if cheaper else "Every K here costs more."))
+print(
+    "ms per step: "
+    + ", ".join(f"K={k} {v:.1f}" for k, v in k_costs.items())
+    + f"; Ensemble-Scratch N=2 {target:.1f}. "
+    + (f"Up to K={max(cheaper)} FLAME costs no more than it." if cheaper else "Every K here costs more.")
+)
 
 # %% tags=["remove-cell"]
 ms = scaling.set_index("variant")["ms per step"]
@@ -520,34 +645,46 @@ checks = [  # asserted by tests/test_book.py
     ("benchmark result files read", len(bench_files), ">=", 1),
     ("live benchmark: FLAME step / Single step", live_flame["ratio_to_single"], "<", 6),
     # the packed layout pays on a CPU; on a GPU the captured graph of the padded step is what pays
-    ("live benchmark: FLAME padded / packed step", live_flame["packed_speedup"], ">", 1.0) if dev.type == "cpu" else
-    ("live benchmark: FLAME eager / graph step", live_flame["graph_speedup"], ">", 1.0),
+    ("live benchmark: FLAME padded / packed step", live_flame["packed_speedup"], ">", 1.0)
+    if dev.type == "cpu"
+    else ("live benchmark: FLAME eager / graph step", live_flame["graph_speedup"], ">", 1.0),
     ("FLAME emb|enc step / Single step", ms["FLAME emb|enc"] / single_ms, "<", 6),
-    (f"FLAME {blocks}: K=2 step / all {n_paths} paths",
-     ms[f"FLAME {blocks}, K=2"] / ms[f"FLAME {blocks}"], "<", 0.9),
-    (f"activations: FLAME {blocks} / FLAME emb|enc",
-     mem[f"FLAME {blocks}"] / mem["FLAME emb|enc"], ">", 1.0),
-    ("activations: FLAME emb|enc / Ensemble-Guide",
-     mem["FLAME emb|enc"] / mem["Ensemble-Guide (net)"], ">", 1.0),
-    (f"activations: FLAME {blocks} / Ensemble-Scratch N={n_paths}",
-     mem[f"FLAME {blocks}"] / mem[f"Ensemble-Scratch N={n_paths}"], "<", 1.0),
-    ("inference parameters: FLAME - Single",
-     int(serve.loc["FLAME", "parameters used"] - serve.loc["Single", "parameters used"]), "==", 0),
+    (f"FLAME {blocks}: K=2 step / all {n_paths} paths", ms[f"FLAME {blocks}, K=2"] / ms[f"FLAME {blocks}"], "<", 0.9),
+    (f"activations: FLAME {blocks} / FLAME emb|enc", mem[f"FLAME {blocks}"] / mem["FLAME emb|enc"], ">", 1.0),
+    ("activations: FLAME emb|enc / Ensemble-Guide", mem["FLAME emb|enc"] / mem["Ensemble-Guide (net)"], ">", 1.0),
+    (
+        f"activations: FLAME {blocks} / Ensemble-Scratch N={n_paths}",
+        mem[f"FLAME {blocks}"] / mem[f"Ensemble-Scratch N={n_paths}"],
+        "<",
+        1.0,
+    ),
+    (
+        "inference parameters: FLAME - Single",
+        int(serve.loc["FLAME", "parameters used"] - serve.loc["Single", "parameters used"]),
+        "==",
+        0,
+    ),
     ("inference time: FLAME / Single", float(serve.loc["FLAME", "x Single"]), "<", 2.0),
 ]
 checks = [{"name": n, "value": float(v), "op": op, "bound": b} for n, v, op, b in checks]
 live_single = live["steps_ms"]["single"]
 metrics = {
-    "chapter": "06_efficiency", "profile": profile, "dataset": dataset, "device": str(dev),
-    "max_len": max_len, "threads": torch.get_num_threads(),
+    "chapter": "06_efficiency",
+    "profile": profile,
+    "dataset": dataset,
+    "device": str(dev),
+    "max_len": max_len,
+    "threads": torch.get_num_threads(),
     "bench_files": [p.name for p in bench_files],
-    "live_bench": {"flame_over_single": live_flame["ratio_to_single"],
-                   "flame_packed_speedup": live_flame["packed_speedup"],
-                   "single_packed_speedup": live_single["packed_speedup"],
-                   "eval_seconds_all_users": live["eval_seconds_all_users"]},
+    "live_bench": {
+        "flame_over_single": live_flame["ratio_to_single"],
+        "flame_packed_speedup": live_flame["packed_speedup"],
+        "single_packed_speedup": live_single["packed_speedup"],
+        "eval_seconds_all_users": live["eval_seconds_all_users"],
+    },
     "scaling": scaling.to_dict(orient="records"),
     "inference": inference.reset_index().to_dict(orient="records"),
     "checks": checks,
-}  # fmt: skip
+}
 flamebook.write_metrics(output_dir, metrics)
 pd.DataFrame(checks)

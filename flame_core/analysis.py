@@ -21,8 +21,9 @@ from flame_core.metrics import mask_history, target_ranks
 
 
 @torch.no_grad()
-def representations(method: Method, split: Split, which: str = "test", max_users: int | None = None,
-                    batch_size: int = 1024) -> tuple[list[str], Tensor]:  # fmt: skip
+def representations(
+    method: Method, split: Split, which: str = "test", max_users: int | None = None, batch_size: int = 1024
+) -> tuple[list[str], Tensor]:
     """Every view's last-position representation of the users of a split: (names, (V, U, D)) on the CPU."""
     method.eval()
     inputs, _, _ = split.inputs(which)
@@ -66,8 +67,9 @@ def tsne(reps: Tensor, names: list[str], users: int = 300, seed: int = 0, perple
     V, U, D = reps.shape
     users = min(users, U)
     flat = reps[:, :users].reshape(V * users, D).double().numpy()  # (V*users, D)
-    coords = TSNE(n_components=2, perplexity=min(perplexity, (V * users - 1) / 3), random_state=seed,
-                  init="pca").fit_transform(flat)  # fmt: skip
+    coords = TSNE(
+        n_components=2, perplexity=min(perplexity, (V * users - 1) / 3), random_state=seed, init="pca"
+    ).fit_transform(flat)
     return {"x": coords[:, 0], "y": coords[:, 1], "view": np.repeat(names, users), "user": np.tile(np.arange(users), V)}
 
 
@@ -97,8 +99,16 @@ def paired_comparison(a: np.ndarray, b: np.ndarray) -> dict:
     half = float(stats.t.ppf(0.975, n - 1) * sem) if n > 1 else float("nan")
     t_p = float(stats.ttest_rel(a, b).pvalue) if n > 1 and sem > 0 else float("nan")
     w_p = float(stats.wilcoxon(diff).pvalue) if np.any(diff != 0) else 1.0
-    return {"users": n, "mean_diff": mean, "ci_low": mean - half, "ci_high": mean + half, "t_p": t_p,
-            "wilcoxon_p": w_p, "better": int((diff > 0).sum()), "worse": int((diff < 0).sum())}  # fmt: skip
+    return {
+        "users": n,
+        "mean_diff": mean,
+        "ci_low": mean - half,
+        "ci_high": mean + half,
+        "t_p": t_p,
+        "wilcoxon_p": w_p,
+        "better": int((diff > 0).sum()),
+        "worse": int((diff < 0).sum()),
+    }
 
 
 def time_to_reach(history: list[dict], target: float, key: str = "valid/NDCG@20") -> dict | None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from flame_core.backbone import SASRecStack, load_official
 from flame_core.config import ModelConfig, TrainConfig
@@ -32,8 +32,14 @@ def anchor_key(data: Interactions, model: ModelConfig, cfg: TrainConfig) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
-def pretrain_anchor(data: Interactions, split: Split, model: ModelConfig, cfg: TrainConfig,
-                    root: Path | None = None, log: Callable[[str], None] = print) -> tuple[SASRecStack, Path]:  # fmt: skip
+def pretrain_anchor(
+    data: Interactions,
+    split: Split,
+    model: ModelConfig,
+    cfg: TrainConfig,
+    root: Path | None = None,
+    log: Callable[[str], None] = print,
+) -> tuple[SASRecStack, Path]:
     """Return the cached anchor for these settings, training (and caching) a Single SASRec if needed.
 
     An interrupted pretraining resumes from its own checkpoint on the next call.
@@ -44,8 +50,15 @@ def pretrain_anchor(data: Interactions, split: Split, model: ModelConfig, cfg: T
         return _pretrain_or_load(data, split, model, cfg, root, key, log)
 
 
-def _pretrain_or_load(data: Interactions, split: Split, model: ModelConfig, cfg: TrainConfig, root: Path, key: str,
-                      log: Callable[[str], None]) -> tuple[SASRecStack, Path]:  # fmt: skip
+def _pretrain_or_load(
+    data: Interactions,
+    split: Split,
+    model: ModelConfig,
+    cfg: TrainConfig,
+    root: Path,
+    key: str,
+    log: Callable[[str], None],
+) -> tuple[SASRecStack, Path]:
     path, device = root / f"{data.name}-{key}.pt", split.train_targets.device
     if path.exists():
         try:
@@ -60,12 +73,22 @@ def _pretrain_or_load(data: Interactions, split: Split, model: ModelConfig, cfg:
     results = train(method, split, out_dir=root / f"{data.name}-{key}-run", resume=True, log=log)
     meta = {k: results[k] for k in ("best_epoch", "epochs_run", "valid", "test", "train_seconds")}
     settings = {"model": model.to_dict(), "train": {k: getattr(cfg, k) for k in ANCHOR_SETTINGS}}
-    atomic_torch_save(path, {"state": method.learn.state_dict(), "settings": settings, "dataset": data.stats(),
-                             "fingerprint": data.fingerprint(), "results": meta})  # fmt: skip
+    atomic_torch_save(
+        path,
+        {
+            "state": method.learn.state_dict(),
+            "settings": settings,
+            "dataset": data.stats(),
+            "fingerprint": data.fingerprint(),
+            "results": meta,
+        },
+    )
     return method.learn, path
 
 
-def cached_anchor_results(data: Interactions, model: ModelConfig, cfg: TrainConfig, root: Path | None = None) -> dict | None:
+def cached_anchor_results(
+    data: Interactions, model: ModelConfig, cfg: TrainConfig, root: Path | None = None
+) -> dict | None:
     """The pretraining results stored with the cached anchor for these settings (selected epoch, epochs run,
     validation and test metrics, training seconds), or None if it is not cached."""
     root = Path(root) if root is not None else cache_dir() / "anchors"
@@ -90,6 +113,7 @@ def load_anchor(path: str | Path, model: ModelConfig, num_items: int) -> SASRecS
     try:
         net.load_state_dict(obj["state"])
     except (RuntimeError, TypeError, AttributeError) as err:
-        raise FileError(f"{path}: not an anchor for {num_items} items with these settings "
-                        f"({first_line(err)})") from None
+        raise FileError(
+            f"{path}: not an anchor for {num_items} items with these settings ({first_line(err)})"
+        ) from None
     return net

@@ -200,8 +200,17 @@ class BlockWeights(NamedTuple):
     ln2_b: Tensor
 
 
-def transformer_block(x: Tensor, w: BlockWeights, layout: Layout | StackedLayout, heads: int, p: float, eps: float,
-                      last_only: bool, streams: int = 1, residual_scale: Tensor | None = None) -> Tensor:  # fmt: skip
+def transformer_block(
+    x: Tensor,
+    w: BlockWeights,
+    layout: Layout | StackedLayout,
+    heads: int,
+    p: float,
+    eps: float,
+    last_only: bool,
+    streams: int = 1,
+    residual_scale: Tensor | None = None,
+) -> Tensor:
     """The post-LN block: ``LN(x + dropout(attention(x)))`` then ``LN(x + dropout(FFN(x)))``, for N networks.
 
     x (N, R, T, h) -> (N, R, T, h), or (N, R, B, h) with `last_only` (queries, attention output and the
@@ -252,11 +261,23 @@ class SASRecStack(nn.Module):
         self.cfg, self.num_items = cfg, num_items
         N, D, K, F_ = num_nets, cfg.hidden, cfg.layers, 4 * cfg.hidden
         shapes = {
-            "item_emb": (num_items + 1, D), "pos_emb": (cfg.max_len, D), "emb_ln_w": (D,), "emb_ln_b": (D,),
-            "qkv_w": (K, D, 3 * D), "qkv_b": (K, 3 * D), "out_w": (K, D, D), "out_b": (K, D),
-            "ln1_w": (K, D), "ln1_b": (K, D), "ff1_w": (K, D, F_), "ff1_b": (K, F_),
-            "ff2_w": (K, F_, D), "ff2_b": (K, D), "ln2_w": (K, D), "ln2_b": (K, D),
-        }  # fmt: skip
+            "item_emb": (num_items + 1, D),
+            "pos_emb": (cfg.max_len, D),
+            "emb_ln_w": (D,),
+            "emb_ln_b": (D,),
+            "qkv_w": (K, D, 3 * D),
+            "qkv_b": (K, 3 * D),
+            "out_w": (K, D, D),
+            "out_b": (K, D),
+            "ln1_w": (K, D),
+            "ln1_b": (K, D),
+            "ff1_w": (K, D, F_),
+            "ff1_b": (K, F_),
+            "ff2_w": (K, F_, D),
+            "ff2_b": (K, D),
+            "ln2_w": (K, D),
+            "ln2_b": (K, D),
+        }
         for name, shape in shapes.items():
             self.register_parameter(name, nn.Parameter(torch.zeros(N, *shape)))
         self.reset_parameters(seeds if seeds is not None else list(range(N)))
@@ -297,13 +318,25 @@ class SASRecStack(nn.Module):
             w, b = qkv_w[:, :h].view(N, h, 3, D)[..., :h], qkv_b.view(N, 3, D)[..., :h]  # (N, h, 3, h), (N, 3, h)
             q_w, kv_w, q_b, kv_b = w[:, :, 0], w[:, :, 1:].reshape(N, h, 2 * h), b[:, 0], b[:, 1:].reshape(N, 2 * h)
         return BlockWeights(
-            q_w, q_b, kv_w, kv_b, self.out_w[:, i, :h, :h], self.out_b[:, i, :h], self.ln1_w[:, i, :h],
-            self.ln1_b[:, i, :h], self.ff1_w[:, i, :h, : 4 * h], self.ff1_b[:, i, : 4 * h],
-            self.ff2_w[:, i, : 4 * h, :h], self.ff2_b[:, i, :h], self.ln2_w[:, i, :h], self.ln2_b[:, i, :h],
-        )  # fmt: skip
+            q_w,
+            q_b,
+            kv_w,
+            kv_b,
+            self.out_w[:, i, :h, :h],
+            self.out_b[:, i, :h],
+            self.ln1_w[:, i, :h],
+            self.ln1_b[:, i, :h],
+            self.ff1_w[:, i, :h, : 4 * h],
+            self.ff1_b[:, i, : 4 * h],
+            self.ff2_w[:, i, : 4 * h, :h],
+            self.ff2_b[:, i, :h],
+            self.ln2_w[:, i, :h],
+            self.ln2_b[:, i, :h],
+        )
 
-    def block(self, i: int, x: Tensor, layout: Layout | StackedLayout, p: float, last_only: bool,
-              streams: int = 1) -> Tensor:  # fmt: skip
+    def block(
+        self, i: int, x: Tensor, layout: Layout | StackedLayout, p: float, last_only: bool, streams: int = 1
+    ) -> Tensor:
         """Transformer block i on x (N, R, T, D) -> (N, R, T, D), or (N, R, B, D) when last_only.
 
         Rows R are independent inputs for the same network (path prefixes); consecutive groups of
@@ -311,7 +344,9 @@ class SASRecStack(nn.Module):
         """
         p = p if self.training else 0.0
         w, cfg = self.block_weights(i), self.cfg
-        return transformer_block(x, w, layout, cfg.heads, p, cfg.ln_eps, last_only, streams)
+        return transformer_block(
+            x, w, layout, heads=cfg.heads, p=p, eps=cfg.ln_eps, last_only=last_only, streams=streams
+        )
 
     def encode(self, layout: Layout | StackedLayout, p: float) -> Tensor:
         """Whole networks: last-position representations (N, B, D)."""
@@ -330,8 +365,9 @@ class SASRecStack(nn.Module):
         return scores.view(*z.shape[:-1], -1)  # (N, ..., I+1)
 
 
-def _attention(q: Tensor, kv: Tensor, layout: Layout | StackedLayout, heads: int, p: float, streams: int,
-               last_only: bool) -> Tensor:  # fmt: skip
+def _attention(
+    q: Tensor, kv: Tensor, layout: Layout | StackedLayout, heads: int, p: float, streams: int, last_only: bool
+) -> Tensor:
     """Causal multi-head attention of token queries over the real keys of their own sequence.
 
     q (N, R, Tq, D) with Tq = T, or B last-position queries in sorted order; kv (N, R, T, 2D).
@@ -348,8 +384,9 @@ def _attention(q: Tensor, kv: Tensor, layout: Layout | StackedLayout, heads: int
     return torch.cat(out)  # (N, R, Tq, D)
 
 
-def _part_attention(q: Tensor, kv: Tensor, layout: Layout, heads: int, p: float, streams: int,
-                    last_only: bool) -> Tensor:  # fmt: skip
+def _part_attention(
+    q: Tensor, kv: Tensor, layout: Layout, heads: int, p: float, streams: int, last_only: bool
+) -> Tensor:
     out = []
     for bucket in layout.buckets:
         q_k = q[:, :, bucket.rows if last_only else bucket.tokens]  # (N, R, B_k or T_k, D)
@@ -357,8 +394,9 @@ def _part_attention(q: Tensor, kv: Tensor, layout: Layout, heads: int, p: float,
     return out[0] if len(out) == 1 else torch.cat(out, dim=2)  # (N, R, Tq, D)
 
 
-def _bucket_attention(q: Tensor, kv: Tensor, bucket: Bucket, heads: int, p: float, streams: int,
-                      last_only: bool) -> Tensor:  # fmt: skip
+def _bucket_attention(
+    q: Tensor, kv: Tensor, bucket: Bucket, heads: int, p: float, streams: int, last_only: bool
+) -> Tensor:
     N, R, T, D2 = kv.shape
     (B, W), C, E = bucket.real.shape, streams, D2 // 2 // heads
     G = N * R // C
@@ -452,8 +490,9 @@ def load_official(path: str | Path, cfg: ModelConfig, num_items: int, state: dic
     try:
         return _official_stack(sd, cfg, num_items, path)
     except (KeyError, RuntimeError, AttributeError, IndexError) as err:
-        raise FileError(f"{path}: an incomplete or inconsistent SASRec state dict ({first_line(err, typed=True)}); "
-                        f"expected {what}") from None  # fmt: skip
+        raise FileError(
+            f"{path}: an incomplete or inconsistent SASRec state dict ({first_line(err, typed=True)}); expected {what}"
+        ) from None
 
 
 def _official_stack(sd: dict, cfg: ModelConfig, num_items: int, path) -> SASRecStack:

@@ -77,8 +77,9 @@ class CANet(Method):
         super().__init__(num_items, model, train)
         sizes, D = train.canet.canet_sizes, model.hidden
         if max(sizes) > D or any(s % model.heads for s in sizes):
-            raise ConfigError(f"canet_sizes {sizes}: sizes must be <= hidden ({D}) and divisible by "
-                              f"heads ({model.heads})")  # fmt: skip
+            raise ConfigError(
+                f"canet_sizes {sizes}: sizes must be <= hidden ({D}) and divisible by heads ({model.heads})"
+            )
         self.routes: list[Route] = list(itertools.product(sizes, sizes, range(1, model.layers + 1)))
         self.options = [len(sizes), len(sizes), model.layers]  # choices per decision: e, h, depth
         self.net = SASRecStack(1, num_items, model, seeds=[train.seed])
@@ -101,8 +102,16 @@ class CANet(Method):
         x = linear(x, self.in_w[None, :e, :h], self.in_b[None, :h])[:, None]  # (1, 1, T, h)
         for i in range(depth):  # block i sliced to hidden size h, with its residual scales
             p_i = p if self.training else 0.0
-            x = transformer_block(x, net.block_weights(i, h), layout, self.model_cfg.heads, p_i, net.cfg.ln_eps,
-                                  last_only=i == depth - 1, residual_scale=self.res_scale[i])  # fmt: skip
+            x = transformer_block(
+                x,
+                net.block_weights(i, h),
+                layout,
+                heads=self.model_cfg.heads,
+                p=p_i,
+                eps=net.cfg.ln_eps,
+                last_only=i == depth - 1,
+                residual_scale=self.res_scale[i],
+            )
         return linear(x[:, 0], self.cls_w[None, :h, :e], self.cls_b[None, :e])[0]  # (B, e)
 
     def widened(self, route: Route, seq: Tensor, p: float) -> Tensor:
@@ -196,9 +205,15 @@ def routing_report(route: Tensor, n: Tensor, routes: list[Route], num_items: int
         return {str(v): sum(s for s, r in zip(share, routes) if r[k] == v) for v in sorted({r[k] for r in routes})}
 
     return {
-        "split": "test", "users": int(n.shape[0]), "macs_per_user": macs, "flops_per_user": 2 * macs,
-        "largest_macs_per_user": full, "relative_cost": macs / full,
+        "split": "test",
+        "users": int(n.shape[0]),
+        "macs_per_user": macs,
+        "flops_per_user": 2 * macs,
+        "largest_macs_per_user": full,
+        "relative_cost": macs / full,
         "router_macs_per_user": router_macs(n.double(), options).mean().item(),
         "routes": {f"e{e}-h{h}-d{d}": s for s, (e, h, d) in zip(share, routes)},
-        "embedding": by(0), "hidden": by(1), "depth": by(2),
-    }  # fmt: skip
+        "embedding": by(0),
+        "hidden": by(1),
+        "depth": by(2),
+    }

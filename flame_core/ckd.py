@@ -44,7 +44,7 @@ class CKD(Method):
         self.teachers = nn.ModuleList(
             SASRecStack(1, num_items, spec_model, seeds=[spec_cfg.seed]).requires_grad_(False)
             for _, spec_model, spec_cfg in self.pretrained_specs()
-        )  # fmt: skip
+        )
         self.has_teachers = False
         self.easy_order: Tensor | None = None  # (X,) training samples from easiest to hardest, set by prepare
 

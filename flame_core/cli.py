@@ -104,8 +104,9 @@ def _add_options(parser: argparse.ArgumentParser, title: str, cls, names: tuple[
         elif f.name in CHOICES:
             group.add_argument(flag, choices=CHOICES[f.name], **kwargs)
         else:
-            group.add_argument(flag, type=hint, metavar=f.name.upper() if hint is str else hint.__name__.upper(),
-                               **kwargs)  # fmt: skip
+            group.add_argument(
+                flag, type=hint, metavar=f.name.upper() if hint is str else hint.__name__.upper(), **kwargs
+            )
 
 
 def _configs(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
@@ -118,8 +119,11 @@ def _configs(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
     reads = REGISTRY[cfg.method].concerns if args.command == "train" else ("flame",)
     for key in (k for k in given if k in SETTING_OWNER and SETTING_OWNER[k] not in reads):
         users = [m for m, info in REGISTRY.items() if SETTING_OWNER[key] in info.concerns]
-        print(f"note: --{key.replace('_', '-')} is a setting of {', '.join(users)}; --method {cfg.method} does not "
-              "read it", file=sys.stderr)  # fmt: skip
+        print(
+            f"note: --{key.replace('_', '-')} is a setting of {', '.join(users)}; --method {cfg.method} does not "
+            "read it",
+            file=sys.stderr,
+        )
     return model, cfg
 
 
@@ -128,25 +132,46 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m flame_core",
         description="FLAME: frozen and learnable networks with aligned modular ensemble, for sequential "
         "recommendation.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     methods = "\n".join(f"  {name:17s} {info.summary}" for name, info in REGISTRY.items())
-    p = sub.add_parser("train", help="train a method, select on validation, test once, print the results table",
-                       description=f"methods (--method):\n{methods}",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = sub.add_parser(
+        "train",
+        help="train a method, select on validation, test once, print the results table",
+        description=f"methods (--method):\n{methods}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _common(p)
-    p.add_argument("--seeds", metavar="S,S,...", type=_parse_int_tuple,
-                   help="train these seeds (replaces --seed): stacked in one model for single, ensemble_scratch, "
-                   "ensemble_guide and flame, each with its own early stopping, run directory and record")  # fmt: skip
-    p.add_argument("--frozen", metavar="PATH", help="anchor weights for flame/ensemble_guide (released or cached); "
-                   "default: pretrain a Single SASRec with the same settings and --anchor-seed, cached by settings "
-                   "(ckd's teachers likewise)")  # fmt: skip
-    p.add_argument("--runs", metavar="DIR", default="runs", help="where runs live: DIR/DATASET/METHOD-seedSEED-KEY, "
-                   "KEY naming the data and settings; a finished run with the same key is reused, an interrupted one "
-                   "resumed (default: runs)")  # fmt: skip
-    p.add_argument("--out", metavar="DIR", help="an explicit run directory instead (with several seeds: the stacked "
-                   "checkpoint's folder, each seed in DIR/seedSEED)")  # fmt: skip
+    p.add_argument(
+        "--seeds",
+        metavar="S,S,...",
+        type=_parse_int_tuple,
+        help="train these seeds (replaces --seed): stacked in one model for single, ensemble_scratch, "
+        "ensemble_guide and flame, each with its own early stopping, run directory and record",
+    )
+    p.add_argument(
+        "--frozen",
+        metavar="PATH",
+        help="anchor weights for flame/ensemble_guide (released or cached); "
+        "default: pretrain a Single SASRec with the same settings and --anchor-seed, cached by settings "
+        "(ckd's teachers likewise)",
+    )
+    p.add_argument(
+        "--runs",
+        metavar="DIR",
+        default="runs",
+        help="where runs live: DIR/DATASET/METHOD-seedSEED-KEY, "
+        "KEY naming the data and settings; a finished run with the same key is reused, an interrupted one "
+        "resumed (default: runs)",
+    )
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="an explicit run directory instead (with several seeds: the stacked "
+        "checkpoint's folder, each seed in DIR/seedSEED)",
+    )
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out from its checkpoint")
     p.add_argument("--overwrite", action="store_true", help="start afresh even if --out already holds a run")
     p.add_argument("--record", metavar="DIR", help="also write a results record with provenance to DIR (e.g. results/)")
@@ -157,51 +182,95 @@ def build_parser() -> argparse.ArgumentParser:
         _add_options(p, f"{cls.__doc__.splitlines()[0].rstrip('.')} ({users})", cls)
     p = sub.add_parser("pretrain", help="pretrain (or find in the cache) the frozen anchor for a dataset")
     _common(p)
-    _add_options(p, "protocol and optimiser (defaults: the official release)", TrainConfig,
-                 tuple(n for n in PROTOCOL if n not in ("method", "seed")))  # fmt: skip
+    _add_options(
+        p,
+        "protocol and optimiser (defaults: the official release)",
+        TrainConfig,
+        tuple(n for n in PROTOCOL if n not in ("method", "seed")),
+    )
     _add_options(p, "the anchor", CONCERNS["flame"], ("anchor_seed",))
     p = sub.add_parser("evaluate", help="evaluate a run directory, or SASRec weights (released or cached anchor)")
     _common(p)
-    p.add_argument("--weights", metavar="PATH", required=True,
-                   help="a run directory (its selected weights), a released anchor .pt or a cached anchor")  # fmt: skip
+    p.add_argument(
+        "--weights",
+        metavar="PATH",
+        required=True,
+        help="a run directory (its selected weights), a released anchor .pt or a cached anchor",
+    )
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
-    p = sub.add_parser("datasets", help="list the datasets with their state, or fetch the release's",
-                       description=DATASETS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("action", nargs="?", choices=["list", "fetch"], default="list",
-                   help="list (default) or fetch")  # fmt: skip
+    p = sub.add_parser(
+        "datasets",
+        help="list the datasets with their state, or fetch the release's",
+        description=DATASETS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("action", nargs="?", choices=["list", "fetch"], default="list", help="list (default) or fetch")
     p.add_argument("names", nargs="*", metavar="NAME", help=f"with fetch: {', '.join(release.RELEASED)} or all")
-    p.add_argument("--url", metavar="URL", help=f"fetch from this base URL (a mirror holding datasets/NAME.txt) "
-                   f"instead of the release's (${release.URL_VARIABLE}, else {release.BASE_URL})")  # fmt: skip
-    p = sub.add_parser("sweep", help="run a grid of datasets x methods x seeds under a profile, a record per run",
-                       description=sweep.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--profile", default="full", help="protocol settings: full (the paper's: 200 epochs, patience 30, "
-                   "max_len 50) or quick (default: full)")  # fmt: skip
+    p.add_argument(
+        "--url",
+        metavar="URL",
+        help=f"fetch from this base URL (a mirror holding datasets/NAME.txt) "
+        f"instead of the release's (${release.URL_VARIABLE}, else {release.BASE_URL})",
+    )
+    p = sub.add_parser(
+        "sweep",
+        help="run a grid of datasets x methods x seeds under a profile, a record per run",
+        description=sweep.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--profile",
+        default="full",
+        help="protocol settings: full (the paper's: 200 epochs, patience 30, max_len 50) or quick (default: full)",
+    )
     p.add_argument("--datasets", required=True, help="comma-separated names (ml-100k, or files in $FLAME_DATA_DIR)")
-    p.add_argument("--methods", default="single,ensemble_scratch,ensemble_guide,flame",
-                   help="comma-separated methods (default: the four of the book's main table)")  # fmt: skip
+    p.add_argument(
+        "--methods",
+        default="single,ensemble_scratch,ensemble_guide,flame",
+        help="comma-separated methods (default: the four of the book's main table)",
+    )
     p.add_argument("--seeds", type=_parse_int_tuple, default=(42, 43, 44), metavar="S,S,...", help="default: 42,43,44")
-    p.add_argument("--released", metavar="DIR", help="also train FLAME from the released anchor DIR/DATASET.pt of "
-                   "each dataset that has one (e.g. ../shared/official_weights)")  # fmt: skip
+    p.add_argument(
+        "--released",
+        metavar="DIR",
+        help="also train FLAME from the released anchor DIR/DATASET.pt of "
+        "each dataset that has one (e.g. ../shared/official_weights)",
+    )
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
-    p.add_argument("--stack", action=argparse.BooleanOptionalAction, default=None,
-                   help="train a job's seeds as one stacked model (default: on a GPU only, where it pays)")  # fmt: skip
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a setting of the profile (any option's name, e.g. --set epochs=20); "
-                   "repeatable")  # fmt: skip
+    p.add_argument(
+        "--stack",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="train a job's seeds as one stacked model (default: on a GPU only, where it pays)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting of the profile (any option's name, e.g. --set epochs=20); repeatable",
+    )
     p.add_argument("--runs", default="runs", help="run folders (default: runs)")
     p.add_argument("--record", default="results", metavar="DIR", help="records (default: results)")
-    p.add_argument("--executor", choices=["local", "slurm", "debug"], default="local",
-                   help="submitit's local executor, a Slurm array, or this process (default: local)")  # fmt: skip
+    p.add_argument(
+        "--executor",
+        choices=["local", "slurm", "debug"],
+        default="local",
+        help="submitit's local executor, a Slurm array, or this process (default: local)",
+    )
     p.add_argument("--parallel", type=int, default=1, help="jobs at a time (default: 1)")
     p.add_argument("--dry-run", action="store_true", help="list the jobs and what is recorded, run nothing")
     return parser
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="ml-100k",
-                   help="a name that `python -m flame_core datasets` lists (ml-100k, synthetic, the release's "
-                   "amazon-beauty, amazon-toys, amazon-sports, amazon-games, yelp once fetched, or NAME for "
-                   "NAME.txt in the data folder) or a path to a 'user item item ...' file (default: ml-100k)")  # fmt: skip
+    p.add_argument(
+        "--dataset",
+        default="ml-100k",
+        help="a name that `python -m flame_core datasets` lists (ml-100k, synthetic, the release's "
+        "amazon-beauty, amazon-toys, amazon-sports, amazon-games, yelp once fetched, or NAME for "
+        "NAME.txt in the data folder) or a path to a 'user item item ...' file (default: ml-100k)",
+    )
     _add_options(p, "the SASRec backbone (defaults: the official release)", ModelConfig)
 
 
@@ -222,8 +291,9 @@ def cmd_train(args) -> int:
         if args.overwrite:
             shutil.rmtree(out)
         elif not args.resume:
-            raise ValueError(f"{args.out} already holds a run: pass --resume to continue it, --overwrite or "
-                             "another --out")  # fmt: skip
+            raise ValueError(
+                f"{args.out} already holds a run: pass --resume to continue it, --overwrite or another --out"
+            )
     data, split = _load(args, model, cfg.keep, device)
     if len(seeds) > 1:
         how = "stacked in one model" if method_class(cfg.method).stackable else "one after another"
@@ -241,20 +311,33 @@ def cmd_train(args) -> int:
         rows[f"{name} test"] = run.results["test"]
     epochs = ", ".join(str(run.results["epochs_run"]) for run in runs)
     plural = "s" if len(runs) > 1 or runs[0].results["epochs_run"] != 1 else ""
-    print(f"\nfull ranking over {data.num_items} items, leave-one-out, {data.name}, seed {', '.join(map(str, seeds))}, "
-          f"{epochs} epoch{plural} run, selected on valid NDCG@20; metrics in percent")  # fmt: skip
+    print(
+        f"\nfull ranking over {data.num_items} items, leave-one-out, {data.name}, seed {', '.join(map(str, seeds))}, "
+        f"{epochs} epoch{plural} run, selected on valid NDCG@20; metrics in percent"
+    )
     print(format_table(rows))
     for run in runs:
         results = run.results
         reused = "reused, " if run.reused else ""
         infer = results["inference_seconds_per_1000_users"]
-        print(f"{reused}train {results['train_seconds']:.1f}s, inference {infer:.3f}s per 1000 users; "
-              f"results in {run.out_dir / 'results.json'}")  # fmt: skip
+        print(
+            f"{reused}train {results['train_seconds']:.1f}s, inference {infer:.3f}s per 1000 users; "
+            f"results in {run.out_dir / 'results.json'}"
+        )
         if results["report"]:
             print(f"report (test): {json.dumps(results['report'])}")
         if args.record:
-            path = record(results, data, model, cfg.replace(seed=results["seed"]), args.record, args.profile,
-                          args.command_line, args.frozen, run.pretrained)  # fmt: skip
+            path = record(
+                results,
+                data,
+                model,
+                cfg.replace(seed=results["seed"]),
+                root=args.record,
+                profile=args.profile,
+                command=args.command_line,
+                frozen=args.frozen,
+                pretrained=run.pretrained,
+            )
             print(f"record: {path}")
     return 0
 
@@ -311,8 +394,18 @@ def cmd_sweep(args) -> int:
             overrides[key.replace("-", "_")] = json.loads(value)
         except json.JSONDecodeError:
             overrides[key.replace("-", "_")] = value
-    jobs = sweep.plan(args.datasets.split(","), args.methods.split(","), list(args.seeds), args.profile, overrides,
-                      args.released, args.device, args.stack, args.runs, args.record)  # fmt: skip
+    jobs = sweep.plan(
+        args.datasets.split(","),
+        args.methods.split(","),
+        list(args.seeds),
+        args.profile,
+        overrides=overrides,
+        released_dir=args.released,
+        device=args.device,
+        stack=args.stack,
+        runs=args.runs,
+        records=args.record,
+    )
     for job in jobs:
         job.configs()  # bad settings fail here, before anything runs
     if args.dry_run:
@@ -328,7 +421,9 @@ def cmd_sweep(args) -> int:
 def cmd_datasets(args) -> int:
     folder, how = release.data_folder()
     if args.action == "list" and args.names:
-        raise ValueError(f"datasets: list takes no names (got {' '.join(args.names)}); to download: datasets fetch NAME")
+        raise ValueError(
+            f"datasets: list takes no names (got {' '.join(args.names)}); to download: datasets fetch NAME"
+        )
     if args.action == "fetch":
         if not args.names:
             raise ValueError(f"datasets fetch: name the datasets ({', '.join(release.RELEASED)}) or all")
@@ -339,7 +434,9 @@ def cmd_datasets(args) -> int:
     print(f"data folder: {folder} ({how})")
     if not folder.is_dir():
         missing = "FLAME_DATA_DIR names a folder that does not exist" if how == "FLAME_DATA_DIR" else "not created yet"
-        print(f"  {missing}: `python -m flame_core datasets fetch NAME` creates it and stores the release's files there")
+        print(
+            f"  {missing}: `python -m flame_core datasets fetch NAME` creates it and stores the release's files there"
+        )
     rows = []
     for entry in available_datasets():
         if entry["users"] is None:  # a file of the data folder the library does not know: read it
@@ -360,8 +457,13 @@ def cmd_datasets(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.command_line = portable_command(["python", "-m", "flame_core", *(sys.argv[1:] if argv is None else argv)])
-    commands = {"train": cmd_train, "pretrain": cmd_pretrain, "evaluate": cmd_evaluate, "datasets": cmd_datasets,
-                "sweep": cmd_sweep}  # fmt: skip
+    commands = {
+        "train": cmd_train,
+        "pretrain": cmd_pretrain,
+        "evaluate": cmd_evaluate,
+        "datasets": cmd_datasets,
+        "sweep": cmd_sweep,
+    }
     try:
         return commands[args.command](args)
     except (ValueError, OSError) as err:  # bad input (DatasetError, ConfigError, FileError, FetchError...)
@@ -371,6 +473,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted: rerun the same command (with --resume when you gave --out) to continue from the last "
-              "epoch", file=sys.stderr)  # fmt: skip
+        print(
+            "interrupted: rerun the same command (with --resume when you gave --out) to continue from the last epoch",
+            file=sys.stderr,
+        )
         return 130

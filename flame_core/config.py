@@ -25,8 +25,12 @@ PATH_ATTENTION = ("independent", "shared")
 REC_FROM = ("separate", "path")
 PAIR_WEIGHTING = ("similarity", "uniform")
 PATH_SAMPLING = ("uniform", "fixed")
-CHOICES = {"path_attention": PATH_ATTENTION, "rec_from": REC_FROM, "pair_weighting": PAIR_WEIGHTING,
-           "path_sampling": PATH_SAMPLING}  # the settings that take one of a few words (the CLI lists them)
+CHOICES = {
+    "path_attention": PATH_ATTENTION,
+    "rec_from": REC_FROM,
+    "pair_weighting": PAIR_WEIGHTING,
+    "path_sampling": PATH_SAMPLING,
+}  # the settings that take one of a few words (the CLI lists them)
 LEGACY_NAMES = {"split": "module_split"}  # names in records and run folders written before the rename
 
 
@@ -92,8 +96,9 @@ def module_split_parts(split: str) -> list[str]:
     parts = split.split("|")
     if split in ("net", "emb|enc") or (parts[0] == "emb" and len(parts) > 1 and set(parts[1:]) == {"block"}):
         return parts
-    raise ConfigError(f"module_split: expected 'net', 'emb|enc' or 'emb|block|...' (one 'block' per layer), "
-                      f"got {split!r}")  # fmt: skip
+    raise ConfigError(
+        f"module_split: expected 'net', 'emb|enc' or 'emb|block|...' (one 'block' per layer), got {split!r}"
+    )
 
 
 @dataclass(frozen=True)
@@ -152,8 +157,9 @@ class FlameSettings(_Checked):
         _choice("path_sampling", self.path_sampling, PATH_SAMPLING)
         module_split_parts(self.module_split)
         if self.path_attention == "shared" and self.module_split != "emb|enc":
-            raise ConfigError("FlameSettings.path_attention='shared' is the released code's behaviour for module_split "
-                              "'emb|enc' only")  # fmt: skip
+            raise ConfigError(
+                "FlameSettings.path_attention='shared' is the released code's behaviour for module_split 'emb|enc' only"
+            )
         if self.num_paths is not None and self.num_paths < 2:
             raise ConfigError(f"FlameSettings.num_paths: need at least 2 paths to align, got {self.num_paths}")
 
@@ -185,13 +191,15 @@ class EMKDSettings(_Checked):
         _positive(self, "emkd_temperature", "emkd_tau")
         _non_negative(self, "emkd_distill_weight", "emkd_contrast_weight")
         if self.emkd_members < 2:
-            raise ConfigError(f"EMKDSettings.emkd_members: an ensemble needs at least 2 members, "
-                              f"got {self.emkd_members}")  # fmt: skip
+            raise ConfigError(
+                f"EMKDSettings.emkd_members: an ensemble needs at least 2 members, got {self.emkd_members}"
+            )
         if not 0.0 < self.emkd_crop <= 1.0:
             raise ConfigError(f"EMKDSettings.emkd_crop: expected a share in (0, 1], got {self.emkd_crop}")
         if not 0.0 <= self.emkd_mask < 1.0:
-            raise ConfigError(f"EMKDSettings.emkd_mask: expected a share in [0, 1) (one item stays), "
-                              f"got {self.emkd_mask}")  # fmt: skip
+            raise ConfigError(
+                f"EMKDSettings.emkd_mask: expected a share in [0, 1) (one item stays), got {self.emkd_mask}"
+            )
 
 
 @dataclass(frozen=True)
@@ -209,8 +217,9 @@ class CANetSettings(_Checked):
         _non_negative(self, "canet_uniform_weight", "canet_guide_weight")
         sizes = self.canet_sizes
         if not sizes or min(sizes) < 1 or list(sizes) != sorted(set(sizes)):
-            raise ConfigError(f"CANetSettings.canet_sizes: expected distinct positive sizes in ascending order, "
-                              f"got {sizes}")  # fmt: skip
+            raise ConfigError(
+                f"CANetSettings.canet_sizes: expected distinct positive sizes in ascending order, got {sizes}"
+            )
 
 
 @dataclass(frozen=True)
@@ -228,14 +237,21 @@ class CKDSettings(_Checked):
         _positive(self, "ckd_teachers", "ckd_temperature", "ckd_curriculum_epochs")
         _non_negative(self, "ckd_distill_weight")
         if not 0.0 < self.ckd_curriculum_start <= 1.0:
-            raise ConfigError(f"CKDSettings.ckd_curriculum_start: expected a share in (0, 1], "
-                              f"got {self.ckd_curriculum_start}")  # fmt: skip
+            raise ConfigError(
+                f"CKDSettings.ckd_curriculum_start: expected a share in (0, 1], got {self.ckd_curriculum_start}"
+            )
         if not self.ckd_teacher_hidden or min(self.ckd_teacher_hidden) < 1:
             raise ConfigError(f"CKDSettings.ckd_teacher_hidden: expected positive sizes, got {self.ckd_teacher_hidden}")
 
 
-CONCERNS = {"align": AlignSettings, "flame": FlameSettings, "ensemble": EnsembleSettings, "emkd": EMKDSettings,
-            "canet": CANetSettings, "ckd": CKDSettings}  # fmt: skip
+CONCERNS = {
+    "align": AlignSettings,
+    "flame": FlameSettings,
+    "ensemble": EnsembleSettings,
+    "emkd": EMKDSettings,
+    "canet": CANetSettings,
+    "ckd": CKDSettings,
+}
 
 
 @dataclass(frozen=True, init=False)

@@ -69,8 +69,14 @@ class Interactions:
         interactions = sum(map(len, self.sequences))
         users = len(self.sequences)
         mean_length = round(interactions / users, 2) if users else 0.0
-        return {"dataset": self.name, "users": users, "items": self.num_items, "interactions": interactions,
-                "mean_length": mean_length, "dropped_users": self.num_dropped}
+        return {
+            "dataset": self.name,
+            "users": users,
+            "items": self.num_items,
+            "interactions": interactions,
+            "mean_length": mean_length,
+            "dropped_users": self.num_dropped,
+        }
 
     def fingerprint(self) -> str:
         """Short sha1 (16 hex digits) of ``num_items`` and the sequences, for caching derived results."""
@@ -139,8 +145,10 @@ def read_sequences(path: str | os.PathLike, name: str | None = None) -> Interact
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as err:
-                raise DatasetError(f"{where}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column {err.start + 1}); "
-                                   "expected lines 'user item item ...'") from None  # fmt: skip
+                raise DatasetError(
+                    f"{where}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column {err.start + 1}); "
+                    "expected lines 'user item item ...'"
+                ) from None
             parts = line.split()
             if not parts:
                 continue
@@ -258,8 +266,14 @@ def _synthetic_user(rng: np.random.Generator, clusters: list[np.ndarray], length
     return items
 
 
-def synthetic(num_users: int = 200, num_items: int = 100, num_interests: int = 4,
-              min_len: int = 5, max_len: int = 30, seed: int = 0) -> Interactions:
+def synthetic(
+    num_users: int = 200,
+    num_items: int = 100,
+    num_interests: int = 4,
+    min_len: int = 5,
+    max_len: int = 30,
+    seed: int = 0,
+) -> Interactions:
     """A seeded dataset with known structure, deterministic for a given seed (own numpy Generator).
 
     Items 1..num_items are cut into ``num_interests`` contiguous clusters. Each user holds 1 or 2 interests
@@ -277,8 +291,10 @@ def synthetic(num_users: int = 200, num_items: int = 100, num_interests: int = 4
     clusters = np.array_split(np.arange(1, num_items + 1), num_interests)
     lengths = rng.integers(min_len, max_len + 1, size=num_users)
     sequences = [_synthetic_user(rng, clusters, int(n)) for n in lengths]
-    source = (f"synthetic(num_users={num_users}, num_items={num_items}, num_interests={num_interests}, "
-              f"min_len={min_len}, max_len={max_len}, seed={seed})")
+    source = (
+        f"synthetic(num_users={num_users}, num_items={num_items}, num_interests={num_interests}, "
+        f"min_len={min_len}, max_len={max_len}, seed={seed})"
+    )
     return Interactions("synthetic", sequences, num_items, 0, source)
 
 
@@ -290,26 +306,52 @@ def available_datasets() -> list[dict]:
     statistics recorded for it (users, items, interactions; None for a file found in the data folder only).
     """
     movielens = _movielens_path()
-    found = [{"name": "ml-100k", "state": "available" if movielens else "not installed",
-              "source": str(movielens) if movielens else f"the recbole package: {INSTALL_HINT}", **ML_100K},
-             {"name": "synthetic", "state": "available", "source": "generated (flame_core.data.synthetic, seeded)",
-              **SYNTHETIC}]  # fmt: skip
+    found = [
+        {
+            "name": "ml-100k",
+            "state": "available" if movielens else "not installed",
+            "source": str(movielens) if movielens else f"the recbole package: {INSTALL_HINT}",
+            **ML_100K,
+        },
+        {
+            "name": "synthetic",
+            "state": "available",
+            "source": "generated (flame_core.data.synthetic, seeded)",
+            **SYNTHETIC,
+        },
+    ]
     folder, _ = release.data_folder()
     for name, entry in release.RELEASED.items():
         state = release.state(name, folder) if folder.is_dir() else "fetchable"
         source = f"python -m flame_core datasets fetch {name}" if state == "fetchable" else str(folder / f"{name}.txt")
-        found.append({"name": name, "state": state, "source": source, "users": entry.users, "items": entry.items,
-                      "interactions": entry.interactions})  # fmt: skip
+        found.append(
+            {
+                "name": name,
+                "state": state,
+                "source": source,
+                "users": entry.users,
+                "items": entry.items,
+                "interactions": entry.interactions,
+            }
+        )
     if folder.is_dir():
         for path in sorted(folder.glob("*.txt")):
             if path.stem not in release.RELEASED:
-                found.append({"name": path.stem, "state": "available", "source": str(path), "users": None,
-                              "items": None, "interactions": None})  # fmt: skip
+                found.append(
+                    {
+                        "name": path.stem,
+                        "state": "available",
+                        "source": str(path),
+                        "users": None,
+                        "items": None,
+                        "interactions": None,
+                    }
+                )
     return found
 
 
 def load_dataset(name_or_path: str) -> Interactions:
-    """"ml-100k", "synthetic" (default arguments), an existing file, or a name: NAME.txt in the data folder
+    """ "ml-100k", "synthetic" (default arguments), an existing file, or a name: NAME.txt in the data folder
     ($FLAME_DATA_DIR, else the default that `python -m flame_core datasets fetch` fills)."""
     if name_or_path == "ml-100k":
         return load_movielens_100k()
@@ -323,10 +365,15 @@ def load_dataset(name_or_path: str) -> Interactions:
         return read_sequences(candidate, name=name_or_path)
     names = [d["name"] for d in available_datasets() if d["state"] in ("available", "differs")]
     where = f"{folder} ({how})" + ("" if folder.is_dir() else ", which does not exist")
-    hint = (f"Fetch it: python -m flame_core datasets fetch {name_or_path}" if name_or_path in release.RELEASED
-            else "Set FLAME_DATA_DIR to the folder holding NAME.txt files, or give a path")  # fmt: skip
-    raise DatasetError(f"unknown dataset {name_or_path!r}: not a file and not in the data folder {where}. "
-                       f"Available: {', '.join(names)}. {hint}.")  # fmt: skip
+    hint = (
+        f"Fetch it: python -m flame_core datasets fetch {name_or_path}"
+        if name_or_path in release.RELEASED
+        else "Set FLAME_DATA_DIR to the folder holding NAME.txt files, or give a path"
+    )
+    raise DatasetError(
+        f"unknown dataset {name_or_path!r}: not a file and not in the data folder {where}. "
+        f"Available: {', '.join(names)}. {hint}."
+    )
 
 
 @dataclass
@@ -350,8 +397,11 @@ class Split:
 
     def to(self, device: torch.device | str) -> Split:
         """A copy with every tensor on ``device``."""
-        moved = {f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)
-                 if isinstance(getattr(self, f.name), torch.Tensor)}
+        moved = {
+            f.name: getattr(self, f.name).to(device)
+            for f in dataclasses.fields(self)
+            if isinstance(getattr(self, f.name), torch.Tensor)
+        }
         return dataclasses.replace(self, **moved)
 
     def inputs(self, split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -362,7 +412,7 @@ class Split:
             history, targets = self.test_history, self.test_targets
         else:
             raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
-        return history[:, -self.max_len:], targets, history  # (U, L), (U,), (U, W)
+        return history[:, -self.max_len :], targets, history  # (U, L), (U,), (U, W)
 
 
 def _left_padded(flat: np.ndarray, starts: np.ndarray, ends: np.ndarray, width: int) -> torch.Tensor:

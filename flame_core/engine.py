@@ -40,8 +40,8 @@ from __future__ import annotations
 import json
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -62,8 +62,9 @@ class TrainingDiverged(RuntimeError):
 
 
 @torch.no_grad()
-def evaluate_replicas(method: Method, split: Split, which: str, batch_size: int = 1024,
-                      members: bool = True) -> list[dict]:  # fmt: skip
+def evaluate_replicas(
+    method: Method, split: Split, which: str, batch_size: int = 1024, members: bool = True
+) -> list[dict]:
     """Full-ranking metrics of each replica of `method` on split "valid" or "test", from one pass over the
     users; with `members`, each member's NDCG@20 too (key ``member{k}/NDCG@20``)."""
     return _evaluate(method, split, which, batch_size, members)[0]
@@ -75,8 +76,9 @@ def _evaluate(method: Method, split: Split, which: str, batch_size: int, members
     method.eval()
     inputs, targets, history = split.inputs(which)
     names = method.eval_view_names(members)
-    each, ranks = evaluate_views(lambda seq: method.eval_views(seq, members).flatten(0, 1), inputs, targets,
-                                 history, batch_size)  # fmt: skip
+    each, ranks = evaluate_views(
+        lambda seq: method.eval_views(seq, members).flatten(0, 1), inputs, targets, history, batch_size
+    )
     method.train(was_training)
     V, out = len(names), []
     for s in range(method.replicas):
@@ -105,8 +107,9 @@ class EpochRunner:
     `graph=None` decides by the device, ``cfg.cuda_graph``, the method's ``graph_safe`` and its layout.
     """
 
-    def __init__(self, method: Method, opt: torch.optim.Optimizer, split: Split, batch_size: int,
-                 graph: bool | None = None):  # fmt: skip
+    def __init__(
+        self, method: Method, opt: torch.optim.Optimizer, split: Split, batch_size: int, graph: bool | None = None
+    ):
         self.method, self.opt, self.split, self.batch_size = method, opt, split, batch_size
         device = split.train_targets.device
         if graph is None:
@@ -126,8 +129,9 @@ class EpochRunner:
         logs = {"loss": loss.detach(), **{k: v.reshape(-1) for k, v in logs.items()}}  # (S,) each
         if not self.acc:
             self.acc = {k: torch.zeros_like(v) for k, v in logs.items()}
-            self.acc.update(_steps=torch.zeros_like(loss[:1]), _bad_step=torch.zeros_like(loss),
-                            _bad_value=torch.zeros_like(loss))  # fmt: skip
+            self.acc.update(
+                _steps=torch.zeros_like(loss[:1]), _bad_step=torch.zeros_like(loss), _bad_value=torch.zeros_like(loss)
+            )
         for key, value in logs.items():
             self.acc[key].add_(value)
         steps = self.acc["_steps"].add_(1)
@@ -156,7 +160,9 @@ class EpochRunner:
                 with torch.cuda.graph(self.graph):  # records the step; the replay below runs it
                     self._step(self.idx)
             except RuntimeError as err:  # nothing ran: say why and go on eagerly
-                warnings.warn(f"CUDA graph capture of the training step failed ({err}); the steps run eagerly")
+                warnings.warn(
+                    f"CUDA graph capture of the training step failed ({err}); the steps run eagerly", stacklevel=2
+                )
                 self.graph, self.use_graph = None, False
                 self._eager_step(idx)
                 return
@@ -206,8 +212,10 @@ def load_weights(method: Method, state: dict, path: Path) -> None:
     try:
         method.load_state_dict(state)
     except (RuntimeError, KeyError, TypeError) as err:
-        raise FileError(f"{path}: weights of other settings than this run's ({first_line(err)}); resume with the "
-                        "settings that wrote it, or start afresh with --overwrite") from None  # fmt: skip
+        raise FileError(
+            f"{path}: weights of other settings than this run's ({first_line(err)}); resume with the "
+            "settings that wrote it, or start afresh with --overwrite"
+        ) from None
 
 
 def selected_weights(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[dict, int]:
@@ -218,9 +226,14 @@ def selected_weights(run_dir: str | Path, device: torch.device | str = "cpu") ->
     return ckpt["best_weights"][0], ckpt["state"]["replicas"][0]["best_epoch"]
 
 
-def train(method: Method, split: Split, out_dir: str | Path | None = None, resume: bool = False,
-          on_epoch: Callable[[list[dict]], None] | None = None,
-          log: Callable[[str], None] = print) -> dict:  # fmt: skip
+def train(
+    method: Method,
+    split: Split,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    on_epoch: Callable[[list[dict]], None] | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Train `method` (one replica) on `split` (both on the same device) and return the results record.
 
     `out_dir` receives config.json, history.jsonl, checkpoint.pt and results.json (None: nothing is
@@ -230,12 +243,18 @@ def train(method: Method, split: Split, out_dir: str | Path | None = None, resum
     if method.replicas != 1:
         raise ValueError(f"train: the method holds {method.replicas} stacked replicas; use train_stacked")
     out = Path(out_dir) if out_dir is not None else None
-    return _train(method, split, out, [out], resume, on_epoch, log)[0]
+    return _train(method, split, ckpt_dir=out, dirs=[out], resume=resume, on_epoch=on_epoch, log=log)[0]
 
 
-def train_stacked(method: Method, split: Split, stack_dir: str | Path, run_dirs: list[str | Path],
-                  resume: bool = False, on_epoch: Callable[[list[dict]], None] | None = None,
-                  log: Callable[[str], None] = print) -> list[dict]:  # fmt: skip
+def train_stacked(
+    method: Method,
+    split: Split,
+    stack_dir: str | Path,
+    run_dirs: list[str | Path],
+    resume: bool = False,
+    on_epoch: Callable[[list[dict]], None] | None = None,
+    log: Callable[[str], None] = print,
+) -> list[dict]:
     """Train the S replicas of a stacked method; returns one results record per replica (seed order).
 
     `stack_dir` holds the stacked run's config.json and checkpoint.pt (what `resume` continues from);
@@ -244,24 +263,36 @@ def train_stacked(method: Method, split: Split, stack_dir: str | Path, run_dirs:
     """
     if len(run_dirs) != method.replicas:
         raise ValueError(f"train_stacked: {method.replicas} replicas need as many run directories, got {len(run_dirs)}")
-    return _train(method, split, Path(stack_dir), [Path(d) for d in run_dirs], resume, on_epoch, log)
+    dirs = [Path(d) for d in run_dirs]
+    return _train(method, split, ckpt_dir=Path(stack_dir), dirs=dirs, resume=resume, on_epoch=on_epoch, log=log)
 
 
-def _train(method: Method, split: Split, ckpt_dir: Path | None, dirs: list[Path | None], resume: bool,
-           on_epoch: Callable[[list[dict]], None] | None, log: Callable[[str], None]) -> list[dict]:  # fmt: skip
+def _train(
+    method: Method,
+    split: Split,
+    ckpt_dir: Path | None,
+    dirs: list[Path | None],
+    resume: bool,
+    on_epoch: Callable[[list[dict]], None] | None,
+    log: Callable[[str], None],
+) -> list[dict]:
     cfg, S, seeds = method.cfg, method.replicas, method.seeds
     ckpt_path = ckpt_dir / CHECKPOINT if ckpt_dir else None
     opt = make_optimizer(method, split.train_targets.device)
     gens = [torch.Generator().manual_seed(s) for s in seeds]
-    reps = [{"best": float("-inf"), "best_epoch": 0, "bad": 0, "history": [], "seconds": 0.0, "stopped": False}
-            for _ in range(S)]  # fmt: skip
+    reps = [
+        {"best": float("-inf"), "best_epoch": 0, "bad": 0, "history": [], "seconds": 0.0, "stopped": False}
+        for _ in range(S)
+    ]
     best, start = [method.replica_state(s) for s in range(S)], 0
     ckpt = None
     if resume and ckpt_dir is not None:
         ckpt = load_checkpoint(ckpt_dir, split.train_targets.device, keys=("method", "best_weights", "state"), log=log)
         if ckpt is not None and "optimizer" not in ckpt:
-            raise ValueError(f"{ckpt_path}: the selected weights of a replica trained stacked; resume the stacked "
-                             "run (the same --seeds) instead")  # fmt: skip
+            raise ValueError(
+                f"{ckpt_path}: the selected weights of a replica trained stacked; resume the stacked "
+                "run (the same --seeds) instead"
+            )
     if ckpt is not None:
         load_weights(method, ckpt["method"], ckpt_path)
         opt.load_state_dict(ckpt["optimizer"])
@@ -292,9 +323,14 @@ def _train(method: Method, split: Split, ckpt_dir: Path | None, dirs: list[Path 
         for s, rep in enumerate(reps):
             if rep["stopped"]:
                 continue
-            row = {"epoch": epoch, "lambda": method.lam, **{k: v[s] for k, v in losses.items()},
-                   **{f"valid/{k}": v for k, v in valid[s].items()},
-                   "train_seconds": t1 - t0, "eval_seconds": t2 - t1}  # fmt: skip
+            row = {
+                "epoch": epoch,
+                "lambda": method.lam,
+                **{k: v[s] for k, v in losses.items()},
+                **{f"valid/{k}": v for k, v in valid[s].items()},
+                "train_seconds": t1 - t0,
+                "eval_seconds": t2 - t1,
+            }
             rep["history"].append(row)
             rep["seconds"] += t1 - t0
             if valid[s][SELECT_KEY] > rep["best"]:
@@ -307,9 +343,16 @@ def _train(method: Method, split: Split, ckpt_dir: Path | None, dirs: list[Path 
             rows.append(row)
         start = epoch
         if ckpt_dir:
-            save_checkpoint(ckpt_dir, {"method": method.state_dict(), "optimizer": opt.state_dict(),
-                                       "best_weights": best, "state": {"epoch": epoch, "replicas": reps},
-                                       "rng": _rng_state(gens)})  # fmt: skip
+            save_checkpoint(
+                ckpt_dir,
+                {
+                    "method": method.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "best_weights": best,
+                    "state": {"epoch": epoch, "replicas": reps},
+                    "rng": _rng_state(gens),
+                },
+            )
         for d, rep in zip(dirs, reps):
             if d:
                 atomic_write(d / "history.jsonl", "".join(json.dumps(r) + "\n" for r in rep["history"]))
@@ -335,12 +378,15 @@ def _write_configs(method: Method, ckpt_dir: Path | None, dirs: list[Path | None
 def _epoch_line(row: dict, rep: dict, keys: list[str]) -> str:
     losses = " ".join(f"{k}={row[k]:.4f}" for k in keys)
     star = " *" if rep["best_epoch"] == row["epoch"] else ""
-    return (f"epoch {row['epoch']:3d}  {losses}  valid NDCG@20={row['valid/NDCG@20']:.2f} "
-            f"HR@20={row['valid/HR@20']:.2f}  {row['train_seconds']:.1f}s{star}")  # fmt: skip
+    return (
+        f"epoch {row['epoch']:3d}  {losses}  valid NDCG@20={row['valid/NDCG@20']:.2f} "
+        f"HR@20={row['valid/HR@20']:.2f}  {row['train_seconds']:.1f}s{star}"
+    )
 
 
-def _finish(method: Method, split: Split, best: list[dict], reps: list[dict], dirs: list[Path | None],
-            stacked: bool) -> list[dict]:  # fmt: skip
+def _finish(
+    method: Method, split: Split, best: list[dict], reps: list[dict], dirs: list[Path | None], stacked: bool
+) -> list[dict]:
     """Restore each replica's selected weights, evaluate test once, time inference, write results.json."""
     cfg, S = method.cfg, method.replicas
     for s in range(S):

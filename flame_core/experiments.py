@@ -19,9 +19,9 @@ import math
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -45,8 +45,15 @@ def load(dataset: str, max_len: int = 50, keep: int | None = -1) -> tuple[Intera
     return data, build_split(data, max_len, keep)
 
 
-def build(data: Interactions, split: Split, model: ModelConfig, cfg: TrainConfig, frozen: str | None = None,
-          log: Callable[[str], None] = print, seeds: list[int] | None = None) -> tuple[Method, list[dict]]:  # fmt: skip
+def build(
+    data: Interactions,
+    split: Split,
+    model: ModelConfig,
+    cfg: TrainConfig,
+    frozen: str | None = None,
+    log: Callable[[str], None] = print,
+    seeds: list[int] | None = None,
+) -> tuple[Method, list[dict]]:
     """The method of `cfg` on the split's device with its pretrained networks set; returns (method, provenance).
 
     `frozen` replaces the pretrained anchor of a method that needs exactly one (flame, ensemble_guide).
@@ -78,15 +85,23 @@ def pretrained_provenance(specs: list, paths: list[Path], data: Interactions, fr
     out = []
     for (name, model, cfg), path in zip(specs, paths):
         cached = cached_anchor_results(data, model, cfg) or {}  # its own training: seconds, epochs, selection
-        out.append({"name": name, "origin": "pretrained", "seed": cfg.seed, "epoch_budget": cfg.epochs,
-                    "key": anchor_key(data, model, cfg), "file": path.name,
-                    **{k: cached[k] for k in ("train_seconds", "epochs_run", "best_epoch") if k in cached}},
-                   )  # fmt: skip
+        out.append(
+            {
+                "name": name,
+                "origin": "pretrained",
+                "seed": cfg.seed,
+                "epoch_budget": cfg.epochs,
+                "key": anchor_key(data, model, cfg),
+                "file": path.name,
+                **{k: cached[k] for k in ("train_seconds", "epochs_run", "best_epoch") if k in cached},
+            },
+        )
     return out
 
 
-def evaluate_network(net: SASRecStack | str | Path, model: ModelConfig, split: Split, which: str = "test",
-                     batch_size: int = 1024) -> dict:  # fmt: skip
+def evaluate_network(
+    net: SASRecStack | str | Path, model: ModelConfig, split: Split, which: str = "test", batch_size: int = 1024
+) -> dict:
     """Full-ranking metrics of one SASRec used alone: a 1-network stack, or weights in a file (a released or
     cached anchor)."""
     if not isinstance(net, SASRecStack):
@@ -98,8 +113,10 @@ def evaluate_network(net: SASRecStack | str | Path, model: ModelConfig, split: S
 
 def pretrained_metrics(method: Method, split: Split, which: str = "test") -> dict[str, dict]:
     """Metrics of each of a method's pretrained networks used alone (as a Single SASRec), by name."""
-    return {name: evaluate_network(net, model, split, which, method.cfg.eval_batch_size)
-            for (name, model, _), net in zip(method.pretrained_specs(), method.pretrained_nets())}  # fmt: skip
+    return {
+        name: evaluate_network(net, model, split, which, method.cfg.eval_batch_size)
+        for (name, model, _), net in zip(method.pretrained_specs(), method.pretrained_nets())
+    }
 
 
 def pretraining_seconds(method: Method, data: Interactions) -> float:
@@ -140,15 +157,28 @@ class Experiment:
     pretrained: list[dict]  # provenance of the pretrained networks (`build`), for `record`
 
 
-def run(dataset: str, model: ModelConfig, cfg: TrainConfig, root: str | Path = "runs", frozen: str | None = None,
-        log: Callable[[str], None] = print) -> Experiment:  # fmt: skip
+def run(
+    dataset: str,
+    model: ModelConfig,
+    cfg: TrainConfig,
+    root: str | Path = "runs",
+    frozen: str | None = None,
+    log: Callable[[str], None] = print,
+) -> Experiment:
     """Train `cfg.method` on `dataset` with `cfg.seed`, or reuse the finished run with the same key under `root`."""
-    return run_seeds(dataset, model, cfg, [cfg.seed], root, frozen, log)[0]
+    return run_seeds(dataset, model, cfg, [cfg.seed], root, frozen=frozen, log=log)[0]
 
 
-def run_seeds(dataset: str, model: ModelConfig, cfg: TrainConfig, seeds: list[int], root: str | Path = "runs",
-              frozen: str | None = None, log: Callable[[str], None] = print,
-              out: str | Path | None = None) -> list[Experiment]:  # fmt: skip
+def run_seeds(
+    dataset: str,
+    model: ModelConfig,
+    cfg: TrainConfig,
+    seeds: list[int],
+    root: str | Path = "runs",
+    frozen: str | None = None,
+    log: Callable[[str], None] = print,
+    out: str | Path | None = None,
+) -> list[Experiment]:
     """One experiment per seed: several seeds of a stackable method train as one stacked model, the others one
     after another; finished runs are reused, interrupted ones resume.
 
@@ -159,8 +189,13 @@ def run_seeds(dataset: str, model: ModelConfig, cfg: TrainConfig, seeds: list[in
     """
     seeds, out = list(seeds), Path(out) if out is not None else None
     if len(seeds) > 1 and not method_class(cfg.method).stackable:
-        return [exp for s in seeds for exp in run_seeds(dataset, model, cfg.replace(seed=s), [s], root, frozen, log,
-                                                        out / f"seed{s}" if out else None)]  # fmt: skip
+        one_by_one = []
+        for s in seeds:
+            seed_out = out / f"seed{s}" if out else None
+            one_by_one += run_seeds(
+                dataset, model, cfg.replace(seed=s), [s], root, frozen=frozen, log=log, out=seed_out
+            )
+        return one_by_one
     data, split = load(dataset, model.max_len, cfg.keep)
     split = split.to(resolve_device(cfg.device))
     folder = Path(root) / data.name
@@ -190,25 +225,41 @@ def run_seeds(dataset: str, model: ModelConfig, cfg: TrainConfig, seeds: list[in
         load_weights(method, selected_weights(d, split.test_targets.device)[0], d / CHECKPOINT)
         method.eval()
         results = read_json(d / "results.json", "the results of a finished run")
-        experiments.append(Experiment(results, method, data, split, d, d not in trained, pretrained))
+        reused = d not in trained
+        experiments.append(Experiment(results, method, data, split, d, reused=reused, pretrained=pretrained))
     return experiments
 
 
 def git_revision(cwd: str | Path | None = None) -> str:
     """The commit of the working tree, with '+dirty' when it has uncommitted changes; 'unknown' outside git."""
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=cwd, capture_output=True, text=True,
-                             check=True, timeout=10).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=10).stdout.strip()  # fmt: skip
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return rev + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
 
-def record(results: dict, data: Interactions, model: ModelConfig, cfg: TrainConfig, root: str | Path,
-           profile: str = "cli", command: str | None = None, frozen: str | None = None,
-           pretrained: list[dict] | None = None, git: str | None = None) -> Path:  # fmt: skip
+def record(
+    results: dict,
+    data: Interactions,
+    model: ModelConfig,
+    cfg: TrainConfig,
+    root: str | Path,
+    profile: str = "cli",
+    command: str | None = None,
+    frozen: str | None = None,
+    pretrained: list[dict] | None = None,
+    git: str | None = None,
+) -> Path:
     """Write the provenance record of a finished run to root/DATASET/METHOD-seedSEED-KEY.json (atomically).
 
     `frozen` is the anchor file the run was given (part of the key); `pretrained` the provenance of its
@@ -220,20 +271,34 @@ def record(results: dict, data: Interactions, model: ModelConfig, cfg: TrainConf
     stacked_with = results.get("stacked_with") or []
     key = run_key(data, model, cfg, frozen)
     rec = {
-        "dataset": data.name, "method": cfg.method, "profile": profile, "seed": cfg.seed,
-        "stacked_with": stacked_with, "pretrained": pretrained or [],
-        "epoch_budget": cfg.epochs, "epochs_run": results["epochs_run"], "best_epoch": results["best_epoch"],
-        "converged": results["stopped_early"], "valid": results["valid"], "test": results["test"],
-        "test_ranks": results.get("test_ranks"), "history": results["history"], "parameters": results["parameters"],
+        "dataset": data.name,
+        "method": cfg.method,
+        "profile": profile,
+        "seed": cfg.seed,
+        "stacked_with": stacked_with,
+        "pretrained": pretrained or [],
+        "epoch_budget": cfg.epochs,
+        "epochs_run": results["epochs_run"],
+        "best_epoch": results["best_epoch"],
+        "converged": results["stopped_early"],
+        "valid": results["valid"],
+        "test": results["test"],
+        "test_ranks": results.get("test_ranks"),
+        "history": results["history"],
+        "parameters": results["parameters"],
         "train_seconds": results["train_seconds"],
         "inference_seconds_per_1000_users": results["inference_seconds_per_1000_users"],
         "report": results.get("report", {}),
-        "model": model.to_dict(), "train": cfg.to_dict(),
+        "model": model.to_dict(),
+        "train": cfg.to_dict(),
         "command": command or portable_command(["python", "-m", "flame_core", *sys.argv[1:]]),
         "git": git or git_revision(Path(__file__).parent),
-        "dataset_stats": data.stats(), "device": str(resolve_device(cfg.device)),
-        "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "key": key,
-    }  # fmt: skip
+        "dataset_stats": data.stats(),
+        "device": str(resolve_device(cfg.device)),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "key": key,
+    }
     path = Path(root) / data.name / f"{cfg.method}-seed{cfg.seed}-{key}.json"
     atomic_json(path, rec)
     return path

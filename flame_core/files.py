@@ -16,8 +16,8 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -73,8 +73,10 @@ def _torch_problem(path: Path, err: Exception) -> str:
         return "an empty file"
     if "Weights only load failed" in str(err):
         if zipfile.is_zipfile(path):
-            return ("holds objects other than tensors and plain values (weights are read with weights_only=True, "
-                    "so that a file never runs code)")  # fmt: skip
+            return (
+                "holds objects other than tensors and plain values (weights are read with weights_only=True, "
+                "so that a file never runs code)"
+            )
         return f"not a torch file (torch.save writes a zip archive; this file starts with {head!r})"
     if head.startswith(b"PK"):
         return "a truncated or damaged torch file (its zip archive cannot be read)"
@@ -90,7 +92,9 @@ def read_json(path: str | os.PathLike, what: str):
     except UnicodeDecodeError as err:
         raise FileError(f"{path}: not UTF-8 text (byte {err.start}); expected {what}") from None
     except json.JSONDecodeError as err:
-        raise FileError(f"{path}:{err.lineno}: not valid JSON ({err.msg}, column {err.colno}); expected {what}") from None
+        raise FileError(
+            f"{path}:{err.lineno}: not valid JSON ({err.msg}, column {err.colno}); expected {what}"
+        ) from None
 
 
 def require(obj, keys: tuple[str, ...], path: str | os.PathLike, what: str) -> None:
@@ -113,8 +117,12 @@ def save_checkpoint(folder: str | os.PathLike, obj: dict) -> Path:
     return folder / CHECKPOINT
 
 
-def load_checkpoint(folder: str | os.PathLike, map_location="cpu", keys: tuple[str, ...] = CHECKPOINT_KEYS,
-                    log: Callable[[str], None] = print) -> dict | None:  # fmt: skip
+def load_checkpoint(
+    folder: str | os.PathLike,
+    map_location="cpu",
+    keys: tuple[str, ...] = CHECKPOINT_KEYS,
+    log: Callable[[str], None] = print,
+) -> dict | None:
     """The newest usable checkpoint of `folder` (verified, holding `keys`), or None when there is none.
 
     A damaged or incomplete checkpoint.pt is reported through `log` and checkpoint.prev.pt, one epoch older,

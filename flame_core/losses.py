@@ -161,8 +161,9 @@ def teacher_weights(teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
     return torch.softmax(confidence + agreement, dim=0)  # (K, B)
 
 
-def weighted_distill(student_logits: Tensor, teacher_logits: Tensor, weights: Tensor,
-                     temperature: float = 1.0) -> Tensor:  # fmt: skip
+def weighted_distill(
+    student_logits: Tensor, teacher_logits: Tensor, weights: Tensor, temperature: float = 1.0
+) -> Tensor:
     """Multi-teacher distillation over in-batch candidates: mean_b sum_k w_k[b] KL(p_k[b] || q[b]) * T^2.
 
     student_logits (B, B), teacher_logits (K, B, B), weights (K, B).

@@ -78,13 +78,18 @@ def step_flops(method: Method, lengths: torch.Tensor) -> float:
     return 3 * (2 * one + head) + 2 * one + one + rec
 
 
-def untrained(method: str, data: Interactions, model: ModelConfig, device, seeds: tuple[int, ...] | None = None,
-              **changes) -> Method:  # fmt: skip
+def untrained(
+    method: str, data: Interactions, model: ModelConfig, device, seeds: tuple[int, ...] | None = None, **changes
+) -> Method:
     """Method `method` with random weights, its pretrained networks (anchor, teachers) random too: cost does
     not depend on what the weights hold."""
     m = build_method(data.num_items, model, TrainConfig(method=method, progress=False, **changes), seeds).to(device)
-    m.set_pretrained([SASRecStack(1, data.num_items, spec_model, seeds=[7 + k]).to(device)
-                      for k, (_, spec_model, _) in enumerate(m.pretrained_specs())])  # fmt: skip
+    m.set_pretrained(
+        [
+            SASRecStack(1, data.num_items, spec_model, seeds=[7 + k]).to(device)
+            for k, (_, spec_model, _) in enumerate(m.pretrained_specs())
+        ]
+    )
     return m
 
 

@@ -154,15 +154,20 @@ class Method(nn.Module):
     # ---- replicas -------------------------------------------------------------------------------------------
     def _stacked(self) -> dict[str, int]:
         """State-dict key -> networks per replica, for every parameter of a stack (replica-major rows)."""
-        return {f"{prefix}.{name}" if prefix else name: stack.num_nets // self.replicas
-                for prefix, stack in self.named_modules() if isinstance(stack, SASRecStack)
-                for name, _ in stack.named_parameters(recurse=False)}  # fmt: skip
+        return {
+            f"{prefix}.{name}" if prefix else name: stack.num_nets // self.replicas
+            for prefix, stack in self.named_modules()
+            if isinstance(stack, SASRecStack)
+            for name, _ in stack.named_parameters(recurse=False)
+        }
 
     def replica_state(self, s: int) -> dict[str, Tensor]:
         """A copy of replica s's weights, keyed like the state_dict of a method with one replica."""
         stacked = self._stacked()
-        return {k: (v[s * stacked[k] : (s + 1) * stacked[k]] if k in stacked else v).detach().clone()
-                for k, v in self.state_dict().items()}  # fmt: skip
+        return {
+            k: (v[s * stacked[k] : (s + 1) * stacked[k]] if k in stacked else v).detach().clone()
+            for k, v in self.state_dict().items()
+        }
 
     def load_replica_state(self, s: int, state: dict[str, Tensor]) -> None:
         """Copy a state of `replica_state`'s form into replica s (other replicas keep their weights)."""
@@ -218,8 +223,14 @@ class EnsembleScratch(Method):
 
     stackable = True
 
-    def __init__(self, num_items: int, model: ModelConfig, train: TrainConfig, seeds: tuple[int, ...] | None = None,
-                 members: int | None = None):  # fmt: skip
+    def __init__(
+        self,
+        num_items: int,
+        model: ModelConfig,
+        train: TrainConfig,
+        seeds: tuple[int, ...] | None = None,
+        members: int | None = None,
+    ):
         super().__init__(num_items, model, train, seeds)
         self.num_members = members or train.ensemble.members
         nets = [s + k for s in self.seeds for k in range(self.num_members)]  # replica-major
@@ -283,8 +294,10 @@ class Flame(Single):
         super().__init__(num_items, model, train, seeds)
         f = train.flame
         if f.anchor_seed in self.seeds:
-            raise ConfigError(f"anchor_seed={f.anchor_seed} equals a learnable seed: the learnable network would "
-                              "start from the anchor's initial weights; choose another seed")  # fmt: skip
+            raise ConfigError(
+                f"anchor_seed={f.anchor_seed} equals a learnable seed: the learnable network would "
+                "start from the anchor's initial weights; choose another seed"
+            )
         self.frozen = SASRecStack(self.replicas, num_items, model).requires_grad_(False)
         self.plan = module_plan(f.module_split, model.layers)
         self.has_anchor = False
@@ -329,7 +342,9 @@ class Flame(Single):
         p_frozen = self.p if self.cfg.flame.frozen_dropout else 0.0
         paths = paths or all_paths(len(self.plan))
         shared = self.cfg.flame.path_attention == "shared"
-        return evaluate_paths(self.learn, self.frozen, self.plan, layout, paths, self.p, p_frozen, shared)
+        return evaluate_paths(
+            self.learn, self.frozen, self.plan, layout, paths, p_learn=self.p, p_frozen=p_frozen, shared=shared
+        )
 
     def loss(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict]:
         if not self.has_anchor:
@@ -361,8 +376,9 @@ class Flame(Single):
         return tables[[path[0] for path in all_paths(len(self.plan))]]  # (P, I+1, D)
 
 
-def build_method(num_items: int, model: ModelConfig, train: TrainConfig,
-                 seeds: tuple[int, ...] | None = None) -> Method:  # fmt: skip
+def build_method(
+    num_items: int, model: ModelConfig, train: TrainConfig, seeds: tuple[int, ...] | None = None
+) -> Method:
     """Instantiate `train.method` (S replicas for S `seeds`, default train.seed alone), with the settings the
     registry fixes for it (ensemble_guide: FLAME with the whole network as its only module)."""
     info = REGISTRY[train.method]

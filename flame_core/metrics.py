@@ -8,7 +8,7 @@ never held at once.
 
 import base64
 import zlib
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

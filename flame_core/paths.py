@@ -56,8 +56,15 @@ def sample_paths(num_modules: int, k: int, generator: torch.Generator | None = N
     return [paths[0]] + [paths[i] for i in sorted(others.tolist())]
 
 
-def run_module(net: SASRecStack, stages: list[str], x: Tensor | None, layout: Layout | StackedLayout, p: float,
-               final: bool, streams: int = 1) -> Tensor:  # fmt: skip
+def run_module(
+    net: SASRecStack,
+    stages: list[str],
+    x: Tensor | None,
+    layout: Layout | StackedLayout,
+    p: float,
+    final: bool,
+    streams: int = 1,
+) -> Tensor:
     """Apply one module (its stages) of a stack to rows x (N, R, T, D); "emb" takes no input.
 
     Returns (N, R, T, D), or (N, R, B, D) when `final` (the last block computes the last position only).
@@ -82,8 +89,16 @@ def take_rows(x: Tensor, rows: list[int]) -> Tensor:
     return runs[0] if len(runs) == 1 else torch.cat(runs, dim=1)
 
 
-def evaluate_paths(learn: SASRecStack, frozen: SASRecStack, plan: list[list[str]], layout: Layout | StackedLayout,
-                   paths: list[Path], p_learn: float, p_frozen: float, shared: bool = False) -> Tensor:  # fmt: skip
+def evaluate_paths(
+    learn: SASRecStack,
+    frozen: SASRecStack,
+    plan: list[list[str]],
+    layout: Layout | StackedLayout,
+    paths: list[Path],
+    p_learn: float,
+    p_frozen: float,
+    shared: bool = False,
+) -> Tensor:
     """Last-position representations (N, P, B, D) of `paths`, computing each needed prefix once.
 
     Network n of `learn` pairs with network n of `frozen` (N = 1, or S stacked replicas). `shared` is the
@@ -107,7 +122,9 @@ def evaluate_paths(learn: SASRecStack, frozen: SASRecStack, plan: list[list[str]
                 x = None if m == 0 else take_rows(states, [prefixes.index(pre) for pre in group])  # (N, R, T, D)
                 frozen_only = c == 1 and all(0 not in pre for pre in group)
                 with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen_only):
-                    out = run_module(nets[c], stages, x, layout, drops[c], m == len(plan) - 1, 2 if shared else 1)
+                    out = run_module(
+                        nets[c], stages, x, layout, p=drops[c], final=m == len(plan) - 1, streams=2 if shared else 1
+                    )
                 outs.append(out)
                 new_prefixes += [pre + (c,) for pre in group]
         states, prefixes = torch.cat(outs, dim=1), new_prefixes

@@ -30,22 +30,55 @@ class MethodInfo:
     fixed: tuple[tuple[str, object], ...] = ()  # settings the method always uses, whatever the configuration
 
 
-REGISTRY: dict[str, MethodInfo] = {info.name: info for info in (
-    MethodInfo("single", "Single", "flame_core.methods:Single", (), "one SASRec, next-item cross-entropy"),
-    MethodInfo("ensemble_scratch", "Ensemble-Scratch", "flame_core.methods:EnsembleScratch", ("align", "ensemble"),
-               "N SASRecs from different seeds, aligned with each other; serves the mean of their scores"),
-    MethodInfo("ensemble_guide", "Ensemble-Guide", "flame_core.methods:Flame", ("align", "flame"),
-               "a learnable SASRec aligned with a frozen pretrained one (FLAME with the whole network as one module)",
-               fixed=(("module_split", "net"), ("path_attention", "independent"), ("num_paths", None))),
-    MethodInfo("flame", "FLAME", "flame_core.methods:Flame", ("align", "flame"),
-               "frozen and learnable networks cut into modules, aligned over their 2^M modular paths"),
-    MethodInfo("emkd", "EMKD", "flame_core.emkd:EMKD", ("emkd",),
-               "N SASRecs with logit distillation and contrast of augmented views; serves the sum of scores"),
-    MethodInfo("canet", "CANet", "flame_core.canet:CANet", ("canet",),
-               "a sliced SASRec supernet whose submodel a light router picks per user"),
-    MethodInfo("ckd", "CKD", "flame_core.ckd:CKD", ("ckd",),
-               "a student SASRec distilled from K frozen pretrained teachers, easy samples first"),
-)}  # fmt: skip
+REGISTRY: dict[str, MethodInfo] = {
+    info.name: info
+    for info in (
+        MethodInfo("single", "Single", "flame_core.methods:Single", (), "one SASRec, next-item cross-entropy"),
+        MethodInfo(
+            "ensemble_scratch",
+            "Ensemble-Scratch",
+            "flame_core.methods:EnsembleScratch",
+            ("align", "ensemble"),
+            "N SASRecs from different seeds, aligned with each other; serves the mean of their scores",
+        ),
+        MethodInfo(
+            "ensemble_guide",
+            "Ensemble-Guide",
+            "flame_core.methods:Flame",
+            ("align", "flame"),
+            "a learnable SASRec aligned with a frozen pretrained one (FLAME with the whole network as one module)",
+            fixed=(("module_split", "net"), ("path_attention", "independent"), ("num_paths", None)),
+        ),
+        MethodInfo(
+            "flame",
+            "FLAME",
+            "flame_core.methods:Flame",
+            ("align", "flame"),
+            "frozen and learnable networks cut into modules, aligned over their 2^M modular paths",
+        ),
+        MethodInfo(
+            "emkd",
+            "EMKD",
+            "flame_core.emkd:EMKD",
+            ("emkd",),
+            "N SASRecs with logit distillation and contrast of augmented views; serves the sum of scores",
+        ),
+        MethodInfo(
+            "canet",
+            "CANet",
+            "flame_core.canet:CANet",
+            ("canet",),
+            "a sliced SASRec supernet whose submodel a light router picks per user",
+        ),
+        MethodInfo(
+            "ckd",
+            "CKD",
+            "flame_core.ckd:CKD",
+            ("ckd",),
+            "a student SASRec distilled from K frozen pretrained teachers, easy samples first",
+        ),
+    )
+}
 
 
 def method_class(name: str) -> type:

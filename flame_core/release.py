@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from flame_core.utils import cache_dir, sha256_file
 
@@ -52,18 +51,56 @@ class ReleasedDataset:
         return base.rstrip("/") + "/" + self.path
 
 
-RELEASED = {d.name: d for d in (
-    ReleasedDataset("amazon-beauty", "datasets/amazon-beauty.txt", 1090094,
-                    "59ed0b9bd561c3adf98da6d29b5c4cdd8dad233426418bf5facc17bb9a684ed7", 22363, 12101, 198502),
-    ReleasedDataset("amazon-toys", "datasets/amazon-toys.txt", 922156,
-                    "45608e642b0d04e3e02a6009e93c5723164a1fb227147579558ae619d774c9a5", 19412, 11924, 167597),
-    ReleasedDataset("amazon-sports", "datasets/amazon-sports.txt", 1707513,
-                    "3d59d5998586e1b49f817812c1625627c0f09a5186f62ba70df610ed3e9d2e5d", 35598, 18357, 296337),
-    ReleasedDataset("amazon-games", "datasets/amazon-games.txt", 1233867,
-                    "7e1af03e3e27b31ff548a5fe0d06847b07fdb0d2ff3f1179cda909755ddf9d75", 24303, 10672, 231780),
-    ReleasedDataset("yelp", "datasets/yelp.txt", 1977155,
-                    "20c961eea837e0a401bbfde2b6549d875ebbe6294e5e7ee2ca07a6f52cf3d2d2", 29915, 21572, 345186),
-)}  # fmt: skip
+RELEASED = {
+    d.name: d
+    for d in (
+        ReleasedDataset(
+            name="amazon-beauty",
+            path="datasets/amazon-beauty.txt",
+            size=1090094,
+            sha256="59ed0b9bd561c3adf98da6d29b5c4cdd8dad233426418bf5facc17bb9a684ed7",
+            users=22363,
+            items=12101,
+            interactions=198502,
+        ),
+        ReleasedDataset(
+            name="amazon-toys",
+            path="datasets/amazon-toys.txt",
+            size=922156,
+            sha256="45608e642b0d04e3e02a6009e93c5723164a1fb227147579558ae619d774c9a5",
+            users=19412,
+            items=11924,
+            interactions=167597,
+        ),
+        ReleasedDataset(
+            name="amazon-sports",
+            path="datasets/amazon-sports.txt",
+            size=1707513,
+            sha256="3d59d5998586e1b49f817812c1625627c0f09a5186f62ba70df610ed3e9d2e5d",
+            users=35598,
+            items=18357,
+            interactions=296337,
+        ),
+        ReleasedDataset(
+            name="amazon-games",
+            path="datasets/amazon-games.txt",
+            size=1233867,
+            sha256="7e1af03e3e27b31ff548a5fe0d06847b07fdb0d2ff3f1179cda909755ddf9d75",
+            users=24303,
+            items=10672,
+            interactions=231780,
+        ),
+        ReleasedDataset(
+            name="yelp",
+            path="datasets/yelp.txt",
+            size=1977155,
+            sha256="20c961eea837e0a401bbfde2b6549d875ebbe6294e5e7ee2ca07a6f52cf3d2d2",
+            users=29915,
+            items=21572,
+            interactions=345186,
+        ),
+    )
+}
 
 # The datasets whose frozen network (the anchor) the release ships, as plain SASRec state dicts (ml-1m's data is
 # not listed above). `python -m flame_core train --frozen FILE` and `sweep --released DIR` train FLAME from them.
@@ -88,8 +125,9 @@ def state(name: str, folder: Path | None = None) -> str:
     return "available" if sha256_file(path) == RELEASED[name].sha256 else "differs"
 
 
-def fetch(name: str, folder: str | os.PathLike | None = None, base_url: str | None = None,
-          log: Callable[[str], None] = print) -> Path:  # fmt: skip
+def fetch(
+    name: str, folder: str | os.PathLike | None = None, base_url: str | None = None, log: Callable[[str], None] = print
+) -> Path:
     """Download released dataset `name` into `folder` (default: :func:`data_folder`) and return its path.
 
     The bytes are checked against the recorded SHA-256 before the file appears under its name (written to a
@@ -105,8 +143,10 @@ def fetch(name: str, folder: str | os.PathLike | None = None, base_url: str | No
         if found == entry.sha256:
             log(f"{name}: already in {target} (SHA-256 checked)")
             return target
-        raise FetchError(f"{target}: exists but is not the release's file (SHA-256 {found[:12]}..., "
-                         f"expected {entry.sha256[:12]}...); move it away to fetch the release's")  # fmt: skip
+        raise FetchError(
+            f"{target}: exists but is not the release's file (SHA-256 {found[:12]}..., "
+            f"expected {entry.sha256[:12]}...); move it away to fetch the release's"
+        )
     url = entry.url(base_url)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -124,15 +164,19 @@ def fetch(name: str, folder: str | os.PathLike | None = None, base_url: str | No
                         out.write(block)
             except urllib.error.HTTPError as err:
                 raise FetchError(f"{url}: HTTP {err.code} {err.reason}; nothing kept") from None
-            except (urllib.error.URLError, socket.timeout, ConnectionError) as err:
+            except (TimeoutError, urllib.error.URLError, ConnectionError) as err:
                 reason = getattr(err, "reason", err)
-                raise FetchError(f"{url}: cannot download ({reason}); nothing kept. Check the network, or download "
-                                 f"the file by hand into {folder}/ (its SHA-256: {entry.sha256})") from None  # fmt: skip
+                raise FetchError(
+                    f"{url}: cannot download ({reason}); nothing kept. Check the network, or download "
+                    f"the file by hand into {folder}/ (its SHA-256: {entry.sha256})"
+                ) from None
             out.flush()
             os.fsync(out.fileno())
         if digest.hexdigest() != entry.sha256:
-            raise FetchError(f"{url}: the download ({size:,} bytes) does not match the release's SHA-256 "
-                             f"(got {digest.hexdigest()[:12]}..., expected {entry.sha256[:12]}...); nothing kept")  # fmt: skip
+            raise FetchError(
+                f"{url}: the download ({size:,} bytes) does not match the release's SHA-256 "
+                f"(got {digest.hexdigest()[:12]}..., expected {entry.sha256[:12]}...); nothing kept"
+            )
         os.replace(tmp, target)
     finally:
         Path(tmp).unlink(missing_ok=True)

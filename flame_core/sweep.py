@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from flame_core.config import ModelConfig, TrainConfig
 from flame_core.experiments import git_revision, load_records, record, run_seeds
@@ -53,14 +53,30 @@ class Job:
 
     def configs(self) -> tuple[ModelConfig, TrainConfig]:
         model = ModelConfig.from_dict({k: v for k, v in self.settings.items() if k in MODEL_KEYS})
-        train = TrainConfig(method=self.method, progress=False, seed=self.seeds[0],
-                            **{k: v for k, v in self.settings.items() if k not in MODEL_KEYS})  # fmt: skip
+        train = TrainConfig(
+            method=self.method,
+            progress=False,
+            seed=self.seeds[0],
+            **{k: v for k, v in self.settings.items() if k not in MODEL_KEYS},
+        )
         return model, train
 
     def command(self) -> str:
         """The sweep command that reproduces this job alone (paths relative to the working directory)."""
-        argv = ["python", "-m", "flame_core", "sweep", "--profile", self.profile, "--datasets", self.dataset,
-                "--methods", self.method, "--seeds", ",".join(map(str, self.seeds))]  # fmt: skip
+        argv = [
+            "python",
+            "-m",
+            "flame_core",
+            "sweep",
+            "--profile",
+            self.profile,
+            "--datasets",
+            self.dataset,
+            "--methods",
+            self.method,
+            "--seeds",
+            ",".join(map(str, self.seeds)),
+        ]
         if self.released:
             argv += ["--released", str(Path(self.released).parent)]
         argv += ["--device", self.settings["device"]]
@@ -77,8 +93,14 @@ def _anchor_matches(rec: dict, released: str | None) -> bool:
 
 def recorded_seeds(job: Job) -> set[int]:
     """The seeds of `job` that already have a record (same dataset, method, profile and anchor)."""
-    return {r["seed"] for r in load_records(job.records) if r["dataset"] == job.dataset and r["method"] == job.method
-            and r["profile"] == job.profile and _anchor_matches(r, job.released)}  # fmt: skip
+    return {
+        r["seed"]
+        for r in load_records(job.records)
+        if r["dataset"] == job.dataset
+        and r["method"] == job.method
+        and r["profile"] == job.profile
+        and _anchor_matches(r, job.released)
+    }
 
 
 def run_job(job: Job) -> list[dict]:
@@ -91,36 +113,76 @@ def run_job(job: Job) -> list[dict]:
     groups = [todo] if stackable else [[s] for s in todo]
     rows = []
     for seeds in groups:
-        for exp in run_seeds(job.dataset, model, cfg.replace(seed=seeds[0]), seeds, root=job.runs, frozen=job.released,
-                             log=lambda s: None):  # fmt: skip
+        for exp in run_seeds(
+            job.dataset,
+            model,
+            cfg.replace(seed=seeds[0]),
+            seeds,
+            root=job.runs,
+            frozen=job.released,
+            log=lambda s: None,
+        ):
             res = exp.results
-            path = record(res, exp.data, model, cfg.replace(seed=res["seed"]), job.records, job.profile,
-                          command=job.command(), frozen=job.released, pretrained=exp.pretrained, git=git)  # fmt: skip
-            rows.append({"job": job.name, "seed": res["seed"], "status": "reused" if exp.reused else "trained",
-                         "epochs run": res["epochs_run"], "converged": res["stopped_early"],
-                         "test NDCG@20": res["test"]["NDCG@20"], "train s": res["train_seconds"],
-                         "record": path.name})  # fmt: skip
+            path = record(
+                res,
+                exp.data,
+                model,
+                cfg.replace(seed=res["seed"]),
+                root=job.records,
+                profile=job.profile,
+                command=job.command(),
+                frozen=job.released,
+                pretrained=exp.pretrained,
+                git=git,
+            )
+            rows.append(
+                {
+                    "job": job.name,
+                    "seed": res["seed"],
+                    "status": "reused" if exp.reused else "trained",
+                    "epochs run": res["epochs_run"],
+                    "converged": res["stopped_early"],
+                    "test NDCG@20": res["test"]["NDCG@20"],
+                    "train s": res["train_seconds"],
+                    "record": path.name,
+                }
+            )
     return rows
 
 
-def plan(datasets: list[str], methods: list[str], seeds: list[int], profile: str, overrides: dict | None = None,
-         released_dir: str | None = None, device: str = "auto", stack: bool | None = None, runs: str = "runs",
-         records: str = "results") -> list[Job]:  # fmt: skip
+def plan(
+    datasets: list[str],
+    methods: list[str],
+    seeds: list[int],
+    profile: str,
+    overrides: dict | None = None,
+    released_dir: str | None = None,
+    device: str = "auto",
+    stack: bool | None = None,
+    runs: str = "runs",
+    records: str = "results",
+) -> list[Job]:
     """The grid's jobs, FLAME from the released anchor added for each dataset that has one in `released_dir`."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; profiles: {sorted(PROFILES)}")
     settings = {**PROFILES[profile], "device": device, **(overrides or {})}
     stack = resolve_device(device).type == "cuda" if stack is None else stack  # stacking pays on a GPU only
-    jobs = [Job(d, m, tuple(seeds), profile, settings, None, stack, runs, records) for d in datasets for m in methods]
+    common = dict(seeds=tuple(seeds), profile=profile, settings=settings, stack=stack, runs=runs, records=records)
+    jobs = [Job(dataset=d, method=m, **common) for d in datasets for m in methods]
     for d in datasets if released_dir else []:
         anchor = Path(released_dir) / f"{d}.pt"
         if anchor.exists() and "flame" in methods:
-            jobs.append(Job(d, "flame", tuple(seeds), profile, settings, str(anchor), stack, runs, records))
+            jobs.append(Job(dataset=d, method="flame", released=str(anchor), **common))
     return jobs
 
 
-def sweep(jobs: list[Job], executor: str = "local", parallel: int = 1, folder: str | Path = "runs/sweep-logs",
-          log: Callable[[str], None] = print) -> list[dict]:  # fmt: skip
+def sweep(
+    jobs: list[Job],
+    executor: str = "local",
+    parallel: int = 1,
+    folder: str | Path = "runs/sweep-logs",
+    log: Callable[[str], None] = print,
+) -> list[dict]:
     """Run the jobs that are not fully recorded through submitit; returns the summary rows of every job."""
     import submitit
 
@@ -157,8 +219,9 @@ def sweep(jobs: list[Job], executor: str = "local", parallel: int = 1, folder: s
                 rows += [{"job": job.name, "seed": s, "status": "failed"} for s in job.seeds]
                 continue
             rows += out
-            summary = ", ".join(f"seed {r['seed']}: {r['epochs run']} epochs, NDCG@20 {r['test NDCG@20']:.2f}"
-                                for r in out)  # fmt: skip
+            summary = ", ".join(
+                f"seed {r['seed']}: {r['epochs run']} epochs, NDCG@20 {r['test NDCG@20']:.2f}" for r in out
+            )
             log(f"done   {job.name} ({time.perf_counter() - t0:.0f} s): {summary}")
     return rows
 
@@ -177,4 +240,3 @@ def _cell(value) -> str:
     if value is None:
         return "-"
     return f"{value:.2f}" if isinstance(value, float) else str(value)
-

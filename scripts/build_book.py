@@ -125,8 +125,15 @@ def show_one_parameters_cell(path: Path) -> None:
         path.write_text(json.dumps(nb, indent=1) + "\n")
 
 
-def execute(chapter: str, params: Path, extra: list[str], timeout: int | None, manifest: dict,
-            env: dict | None = None, log: Path | None = None) -> bool:  # fmt: skip
+def execute(
+    chapter: str,
+    params: Path,
+    extra: list[str],
+    timeout: int | None,
+    manifest: dict,
+    env: dict | None = None,
+    log: Path | None = None,
+) -> bool:
     """Steps 1-3 for one chapter; records statuses and runtimes in the manifest.
 
     Output is streamed, or appended to `log` (parallel builds), whose tail is printed if a step fails.
@@ -139,14 +146,41 @@ def execute(chapter: str, params: Path, extra: list[str], timeout: int | None, m
         log.unlink(missing_ok=True)
     steps = {
         "jupytext": [sys.executable, "-m", "jupytext", "--quiet", "--to", "ipynb", "-o", str(nb), str(src)],
-        "papermill": [sys.executable, "-m", "papermill", str(nb), str(done), "-f", str(params), "--cwd", str(ROOT),
-                      "-k", "python3", "--no-progress-bar", *extra,
-                      *(["--execution-timeout", str(timeout)] if timeout else [])],
-        "nbval": [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax", "--nbval-current-env",
-                  "--nbval-sanitize-with", str(SANITIZE), str(done)],
-    }  # fmt: skip
-    print(f"== {chapter}: papermill -f {params.relative_to(ROOT) if params.is_relative_to(ROOT) else params}"
-          + (f" (output in {log.relative_to(ROOT)})" if log else ""), flush=True)  # fmt: skip
+        "papermill": [
+            sys.executable,
+            "-m",
+            "papermill",
+            str(nb),
+            str(done),
+            "-f",
+            str(params),
+            "--cwd",
+            str(ROOT),
+            "-k",
+            "python3",
+            "--no-progress-bar",
+            *extra,
+            *(["--execution-timeout", str(timeout)] if timeout else []),
+        ],
+        "nbval": [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--nbval-lax",
+            "--nbval-current-env",
+            "--nbval-sanitize-with",
+            str(SANITIZE),
+            str(done),
+        ],
+    }
+    print(
+        f"== {chapter}: papermill -f {params.relative_to(ROOT) if params.is_relative_to(ROOT) else params}"
+        + (f" (output in {log.relative_to(ROOT)})" if log else ""),
+        flush=True,
+    )
     for step, cmd in steps.items():
         if step == "papermill":  # only the profile's keys the chapter has: its injected cell lists nothing else
             own = chapter_params(src, params)
@@ -222,8 +256,11 @@ def build_html(toc: dict, chapters: list[str], manifest: dict) -> bool:
     jb = str(Path(sys.executable).parent / "jupyter-book")
     run([jb, "clean", str(STAGE)], log=str(BUILD / "jupyter-book-clean.log"))
     status, seconds = run([jb, "build", str(STAGE), "-W", "--keep-going"])
-    manifest["html"] = {"status": "ok" if not status else "failed", "seconds": round(seconds, 1),
-                        "plotly_bundles_replaced": dropped}  # fmt: skip
+    manifest["html"] = {
+        "status": "ok" if not status else "failed",
+        "seconds": round(seconds, 1),
+        "plotly_bundles_replaced": dropped,
+    }
     if (STAGE / "_build" / "html").is_dir():
         shutil.move(STAGE / "_build" / "html", HTML)
     print(f"== html: jupyter-book build -W {'ok' if not status else 'FAILED'} in {seconds:.1f} s -> {HTML}", flush=True)
@@ -234,10 +271,21 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("profile", nargs="?", default="quick", help="quick, full, or a path to a parameters .yml")
     p.add_argument("chapters", nargs="*", help="chapter names (e.g. 06_efficiency); default: all in _toc.yml")
-    p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
-                   help="a papermill parameter on top of the profile (repeatable)")  # fmt: skip
-    p.add_argument("--cell-timeout", type=int, default=None,
-                   help="papermill per-cell timeout in seconds (default: 1200 for quick, none otherwise)")  # fmt: skip
+    p.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("KEY", "VALUE"),
+        help="a papermill parameter on top of the profile (repeatable)",
+    )
+    p.add_argument(
+        "--cell-timeout",
+        type=int,
+        default=None,
+        help="papermill per-cell timeout in seconds (default: 1200 for quick, none otherwise)",
+    )
     p.add_argument("--no-html", action="store_true", help="execute and validate only")
     p.add_argument("--jobs", type=int, default=1, help="chapters executed at a time (default 1; CI uses 2)")
     args = p.parse_args(argv)
@@ -257,9 +305,15 @@ def main(argv=None) -> int:
 
     for d in (NOTEBOOKS, EXECUTED):
         d.mkdir(parents=True, exist_ok=True)
-    manifest = {"profile": args.profile, "params": str(params), "parameters": dict(args.parameter), "jobs": args.jobs,
-                "started": time.strftime("%Y-%m-%d %H:%M:%S"), "chapters": {c: {"status": "pending"} for c in chapters},
-                "html": {"status": "skipped" if args.no_html else "pending"}}  # fmt: skip
+    manifest = {
+        "profile": args.profile,
+        "params": str(params),
+        "parameters": dict(args.parameter),
+        "jobs": args.jobs,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "chapters": {c: {"status": "pending"} for c in chapters},
+        "html": {"status": "skipped" if args.no_html else "pending"},
+    }
     write_manifest(manifest)
     t0 = time.perf_counter()
     env, jobs = dict(os.environ), max(1, args.jobs)
@@ -279,13 +333,25 @@ def main(argv=None) -> int:
         ok = [c for c, done in zip(chapters, pool.map(one, chapters)) if done]
     html_ok = True
     if not args.no_html:
-        html_ok = build_html(toc, [c for c in chapters if (EXECUTED / f"{c}.ipynb").exists()
-                                   and manifest["chapters"][c]["status"] != "papermill failed"], manifest)  # fmt: skip
+        html_ok = build_html(
+            toc,
+            [
+                c
+                for c in chapters
+                if (EXECUTED / f"{c}.ipynb").exists() and manifest["chapters"][c]["status"] != "papermill failed"
+            ],
+            manifest,
+        )
     manifest["seconds"] = round(time.perf_counter() - t0, 1)
     write_manifest(manifest)
 
-    print("== book:", ", ".join(f"{c} {v['status']} (papermill {v.get('papermill_seconds', '-')} s, nbval "
-                                f"{v.get('nbval_seconds', '-')} s)" for c, v in manifest["chapters"].items()))  # fmt: skip
+    print(
+        "== book:",
+        ", ".join(
+            f"{c} {v['status']} (papermill {v.get('papermill_seconds', '-')} s, nbval {v.get('nbval_seconds', '-')} s)"
+            for c, v in manifest["chapters"].items()
+        ),
+    )
     print(f"== book: html {manifest['html']['status']}; {manifest['seconds']:.0f} s in all")
     return 0 if len(ok) == len(chapters) and html_ok else 1
 

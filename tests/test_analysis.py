@@ -36,7 +36,7 @@ def test_view_ranks_agree_with_the_methods_scores(split, method):
     if method == "ensemble_scratch":
         assert names == ["member0", "member1", "member2"]
         for k in range(3):
-            _, expected = evaluate_scores(lambda s: m.member_scores(s)[k], inputs, targets, history)
+            _, expected = evaluate_scores(lambda s, k=k: m.member_scores(s)[k], inputs, targets, history)
             assert torch.equal(ranks[k], expected)
     else:
         _, expected = evaluate_scores(m.scores, inputs, targets, history)

@@ -3,8 +3,9 @@
 The build (``python scripts/build_book.py quick --jobs 2``; CI runs it before pytest) writes _build/book.json
 with the chapters it built. Without that file every test here that needs the build skips with the reason,
 so a unit-only run works on a fresh checkout; under CI (the environment variable CI set) a missing build
-or a missing Chromium fails instead, so the book can never pass CI by being skipped. After a build, a chapter it lists that failed, lacks its
-metrics.json, fails a check, or whose page does not render its figures fails here.
+or a missing Chromium fails instead, so the book can never pass CI by being skipped. After a build, a chapter
+it lists that failed, lacks its metrics.json, fails a check, or whose page does not render its figures fails
+here.
 
 Each chapter writes _build/outputs/NN_name/metrics.json with a ``"checks"`` list of
 ``{"name", "value", "op", "bound"}`` (op one of > >= < <= ==), asserted generically by test_chapter_checks.
@@ -39,14 +40,19 @@ def skip_or_fail(reason: str):
         pytest.fail(f"CI: {reason}")
     pytest.skip(reason)
 
+
 EXTRA = {  # a fourth field "cpu" or "cuda" limits a check to books built on that device
     "06_efficiency": [
         ("live_bench.flame_over_single", "<", 6, "a FLAME step costs a small multiple of a Single step"),
         ("live_bench.flame_packed_speedup", ">", 1.0, "the packed layout is faster than the padded one", "cpu"),
-        ("bench_files", "==", sorted(p.name for p in (ROOT / "bench" / "results").glob("*.json")),
-         "every committed benchmark result is read"),
+        (
+            "bench_files",
+            "==",
+            sorted(p.name for p in (ROOT / "bench" / "results").glob("*.json")),
+            "every committed benchmark result is read",
+        ),
     ],
-}  # fmt: skip
+}
 
 
 def toc_chapters() -> list[str]:
@@ -130,8 +136,9 @@ def test_html_built():
 def plotly_figures(chapter: str) -> int:
     """Number of plotly figures in the executed notebook (outputs carrying plotly's JSON)."""
     nb = json.loads((BUILD / "executed" / f"{chapter}.ipynb").read_text())
-    return sum("application/vnd.plotly.v1+json" in o.get("data", {})
-               for cell in nb["cells"] for o in cell.get("outputs", []))  # fmt: skip
+    return sum(
+        "application/vnd.plotly.v1+json" in o.get("data", {}) for cell in nb["cells"] for o in cell.get("outputs", [])
+    )
 
 
 def chromium() -> str:
@@ -143,10 +150,23 @@ def chromium() -> str:
 
 def browse(page: Path, tmp_path: Path, *mode: str) -> subprocess.CompletedProcess:
     """Open a file:// page in headless Chromium with every host name unresolvable (no network)."""
-    cmd = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-           "--no-first-run", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-           f"--user-data-dir={tmp_path / 'profile'}", "--host-resolver-rules=MAP * ~NOTFOUND",
-           "--virtual-time-budget=10000", "--window-size=1280,2000", *mode, page.as_uri()]  # fmt: skip
+    cmd = [
+        chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--no-first-run",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+        "--virtual-time-budget=10000",
+        "--window-size=1280,2000",
+        *mode,
+        page.as_uri(),
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=180)
 
 

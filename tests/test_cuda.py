@@ -13,8 +13,15 @@ from flame_core.methods import Single, build_method
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 MODEL = ModelConfig(hidden=16, layers=2, heads=2, max_len=12, dropout=0.0)
-CFG = TrainConfig(epochs=1, batch_size=32, progress=False, device="cuda", canet_sizes=(8, 12, 16),
-                  ckd_teacher_hidden=(16, 8), ckd_curriculum_epochs=2)  # fmt: skip
+CFG = TrainConfig(
+    epochs=1,
+    batch_size=32,
+    progress=False,
+    device="cuda",
+    canet_sizes=(8, 12, 16),
+    ckd_teacher_hidden=(16, 8),
+    ckd_curriculum_epochs=2,
+)
 B = CFG.batch_size
 
 
@@ -38,8 +45,18 @@ def steps(method, split, graph, order):
     return losses, {k: v.clone() for k, v in method.state_dict().items()}, runner.graph is not None
 
 
-@pytest.mark.parametrize("method, seeds", [("single", None), ("ensemble_scratch", None), ("ensemble_guide", None),
-                                           ("flame", None), ("emkd", None), ("ckd", None), ("flame", (42, 43, 44))])
+@pytest.mark.parametrize(
+    "method, seeds",
+    [
+        ("single", None),
+        ("ensemble_scratch", None),
+        ("ensemble_guide", None),
+        ("flame", None),
+        ("emkd", None),
+        ("ckd", None),
+        ("flame", (42, 43, 44)),
+    ],
+)
 @pytest.mark.parametrize("tail", [0, 7])
 def test_the_graph_step_equals_the_eager_step(tiny, method, seeds, tail):
     """5 full batches (2 eager warm-up steps, the capture, 3 replays), plus an eager tail of `tail` samples;

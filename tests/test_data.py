@@ -78,7 +78,12 @@ def test_parser_drops_short_users_and_ignores_blank_lines(tmp_path):
     assert data.num_items == 9  # the file's id space, dropped users included
     assert data.name == "toy" and data.source == str(path)
     assert data.stats() == {
-        "dataset": "toy", "users": 2, "items": 9, "interactions": 7, "mean_length": 3.5, "dropped_users": 2,
+        "dataset": "toy",
+        "users": 2,
+        "items": 9,
+        "interactions": 7,
+        "mean_length": 3.5,
+        "dropped_users": 2,
     }
 
 
@@ -224,15 +229,18 @@ def test_movielens_missing_package_says_how_to_install(monkeypatch):
     assert available_datasets()[0]["state"] == "not installed"
 
 
-
 def test_load_dataset_by_name_path_and_unknown(tmp_path, monkeypatch):
     write(tmp_path, "1 1 2 3\n", name="mini.txt")
     monkeypatch.setenv("FLAME_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("FLAME_CACHE_DIR", str(tmp_path / "cache"))
     assert load_dataset("mini").sequences == [[1, 2, 3]]
     assert load_dataset(str(tmp_path / "mini.txt")).name == "mini"
-    assert load_dataset("synthetic").stats() == {"dataset": "synthetic", **data_module.SYNTHETIC,
-                                                  "mean_length": 18.33, "dropped_users": 0}  # fmt: skip
+    assert load_dataset("synthetic").stats() == {
+        "dataset": "synthetic",
+        **data_module.SYNTHETIC,
+        "mean_length": 18.33,
+        "dropped_users": 0,
+    }
     listed = {d["name"]: d["state"] for d in available_datasets()}
     assert list(listed) == ["ml-100k", "synthetic", *RELEASED, "mini"]
     assert listed["synthetic"] == listed["mini"] == "available" and listed["amazon-toys"] == "fetchable"
@@ -253,8 +261,12 @@ def test_amazon_toys_counts(capsys):
     data = load_dataset("amazon-toys")
     split = build_split(data, max_len=50)
     assert data.stats() == {
-        "dataset": "amazon-toys", "users": 19412, "items": 11924, "interactions": 167597,
-        "mean_length": 8.63, "dropped_users": 0,
+        "dataset": "amazon-toys",
+        "users": 19412,
+        "items": 11924,
+        "interactions": 167597,
+        "mean_length": 8.63,
+        "dropped_users": 0,
     }
     assert split.train_inputs.shape == (106592, 50) and split.train_targets.shape == (106592,)
     assert split.valid_history.shape[0] == split.test_targets.shape[0] == 19412

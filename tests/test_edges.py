@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import same_history
 from flame_core import release
 from flame_core.cli import main
 from flame_core.files import CHECKPOINT, PREVIOUS, FileError, load_checkpoint, save_checkpoint
+
+from conftest import same_history
 
 TINY = ["--dataset", "synthetic", "--hidden", "16", "--max-len", "12", "--batch-size", "128", "--no-progress"]
 SHARED_DATA = Path(os.environ.get("FLAME_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))

@@ -12,6 +12,7 @@ from flame_core.config import ModelConfig, TrainConfig
 from flame_core.data import build_split, load_dataset, synthetic
 from flame_core.engine import TrainingDiverged, evaluate, train
 from flame_core.methods import Single, build_method
+
 from conftest import same_history
 
 MODEL = ModelConfig(hidden=16, layers=2, heads=2, max_len=12)
@@ -110,7 +111,10 @@ def test_anchor_is_pretrained_once_and_cached(tiny, tmp_path):
     assert anchor_key(data, MODEL, cfg) == anchor_key(data, MODEL, cfg.replace(method="flame", tau=0.5))
     probe = Single(data.num_items, MODEL, cfg.replace(method="single"))
     probe.learn.load_state_dict(load_anchor(path, MODEL, data.num_items).state_dict())
-    assert evaluate(probe, split, "valid")["NDCG@20"] == torch.load(path, weights_only=False)["results"]["valid"]["NDCG@20"]
+    assert (
+        evaluate(probe, split, "valid")["NDCG@20"]
+        == torch.load(path, weights_only=False)["results"]["valid"]["NDCG@20"]
+    )
     cached = cached_anchor_results(data, MODEL, cfg, root=tmp_path)
     assert cached["epochs_run"] == 2 and cached["train_seconds"] > 0
     assert cached_anchor_results(data, MODEL, cfg.replace(seed=1), root=tmp_path) is None
@@ -148,8 +152,10 @@ def test_two_processes_asking_for_one_run_train_it_once(tmp_path):
 
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_run_in_child, args=(str(tmp_path / "runs"), str(tmp_path / "cache"), queue))
-             for _ in range(2)]  # fmt: skip
+    procs = [
+        ctx.Process(target=_run_in_child, args=(str(tmp_path / "runs"), str(tmp_path / "cache"), queue))
+        for _ in range(2)
+    ]
     for p in procs:
         p.start()
     results = [queue.get(timeout=120) for _ in procs]

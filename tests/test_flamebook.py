@@ -11,9 +11,17 @@ from flame_core.metrics import encode_ranks
 
 def rec(method, seed, ranks, history, anchor=None, dataset="toy"):
     ndcg = 100 * user_ndcg(ranks).mean()
-    return {"dataset": dataset, "method": method, "seed": seed, "converged": True, "device": "cpu",
-            "test": {"NDCG@20": ndcg, "HR@20": 100 * float((np.asarray(ranks) < 20).mean())},
-            "test_ranks": encode_ranks(ranks), "history": history, "pretrained": anchor or []}  # fmt: skip
+    return {
+        "dataset": dataset,
+        "method": method,
+        "seed": seed,
+        "converged": True,
+        "device": "cpu",
+        "test": {"NDCG@20": ndcg, "HR@20": 100 * float((np.asarray(ranks) < 20).mean())},
+        "test_ranks": encode_ranks(ranks),
+        "history": history,
+        "pretrained": anchor or [],
+    }
 
 
 def hist(values, seconds=10.0):
@@ -36,8 +44,9 @@ def test_the_main_table_compares_with_single_per_user_and_says_what_was_not_run(
     assert float(flame[flamebook.P_VALUE]) < 1e-6 and float(flame[flamebook.GAIN]) > 0
     assert table.loc[("toy", "Single"), flamebook.P_VALUE] == "baseline"
     assert (table.loc[("toy", "EMKD")] == "not run").all() and (table.loc[("other", "FLAME")] == "not run").all()
-    one_seed = flamebook.main_table([*records, rec("emkd", 42, single_ranks[0], hist([1]))], ["toy"],
-                                    ["Single", "FLAME", "EMKD", "CKD"]).loc["toy"]  # fmt: skip
+    one_seed = flamebook.main_table(
+        [*records, rec("emkd", 42, single_ranks[0], hist([1]))], ["toy"], ["Single", "FLAME", "EMKD", "CKD"]
+    ).loc["toy"]
     sentence = flamebook.records_sentence(one_seed)
     assert f"FLAME {flame['NDCG@20']} (seeds 42, 43)" in sentence and "(seed 42);" in sentence
     assert f"EMKD {one_seed.loc['EMKD', flamebook.DELTA]} points" in sentence and sentence.endswith("not run: CKD")
@@ -51,8 +60,10 @@ def test_the_main_table_compares_with_single_per_user_and_says_what_was_not_run(
 
 def test_convergence_counts_seconds_to_singles_best_with_and_without_the_anchor():
     anchor = [{"origin": "pretrained", "train_seconds": 40.0}]
-    records = [rec("single", 42, [1, 2], hist([1.0, 2.0, 3.0, 2.5], seconds=10.0)),  # best 3.0 after 30 s
-               rec("flame", 42, [1, 2], hist([2.0, 3.1, 3.2], seconds=5.0), anchor)]  # reaches 3.0 after 10 s
+    records = [
+        rec("single", 42, [1, 2], hist([1.0, 2.0, 3.0, 2.5], seconds=10.0)),  # best 3.0 after 30 s
+        rec("flame", 42, [1, 2], hist([2.0, 3.1, 3.2], seconds=5.0), anchor),
+    ]  # reaches 3.0 after 10 s
     (row,) = flamebook.convergence_vs_single(records, "toy").to_dict(orient="records")
     assert row["Single epochs"] == 3 and row["Single s"] == 30.0 and row["FLAME epochs"] == 2 and row["FLAME s"] == 10.0
     assert row["speed-up (s)"] == pytest.approx(3.0) and row["speed-up incl. anchor (s)"] == pytest.approx(30 / 50)

@@ -43,8 +43,10 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     """A running `jupyter lab` (the README's command) over a copy of the chapter; yields (base URL, root)."""
-    needs(shutil.which("jupyter-lab", path=str(Path(sys.executable).parent)) is not None,
-          'JupyterLab is not installed (pip install -e ".[lab]")')  # fmt: skip
+    needs(
+        shutil.which("jupyter-lab", path=str(Path(sys.executable).parent)) is not None,
+        'JupyterLab is not installed (pip install -e ".[lab]")',
+    )
     tmp = tmp_path_factory.mktemp("lab")
     root = tmp / "project"
     (root / "book").mkdir(parents=True)
@@ -52,9 +54,17 @@ def lab(tmp_path_factory):
         shutil.copy(ROOT / "book" / name, root / "book" / name)
     port = free_port()
     env = {**os.environ, "JUPYTER_CONFIG_PATH": str(ROOT / ".jupyter"), "JUPYTER_RUNTIME_DIR": str(tmp / "runtime")}
-    cmd = [str(Path(sys.executable).parent / "jupyter-lab"), "--no-browser", "--allow-root", "--ip=127.0.0.1",
-           f"--port={port}", f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={root}",
-           f"--LabApp.user_settings_dir={tmp / 'user-settings'}", f"--LabApp.workspaces_dir={tmp / 'workspaces'}"]  # fmt: skip
+    cmd = [
+        str(Path(sys.executable).parent / "jupyter-lab"),
+        "--no-browser",
+        "--allow-root",
+        "--ip=127.0.0.1",
+        f"--port={port}",
+        f"--IdentityProvider.token={TOKEN}",
+        f"--ServerApp.root_dir={root}",
+        f"--LabApp.user_settings_dir={tmp / 'user-settings'}",
+        f"--LabApp.workspaces_dir={tmp / 'workspaces'}",
+    ]
     log = (tmp / "server.log").open("w")
     server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
@@ -81,8 +91,9 @@ def lab(tmp_path_factory):
 def api(base: str, path: str, body: dict | None = None) -> dict:
     url = f"{base}{path}{'&' if '?' in path else '?'}token={TOKEN}"
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method="PUT" if body is not None else "GET",
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
+    request = urllib.request.Request(
+        url, data=data, method="PUT" if body is not None else "GET", headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=60) as response:
         return json.load(response)
 
@@ -122,14 +133,24 @@ def test_chromium_shows_the_chapter_as_notebook_cells(lab, tmp_path):
     needs(chromium is not None, "Chromium is not installed (apt-get install chromium)")
     base, root = lab
     url = f"{base}/lab/tree/book/{CHAPTER}?token={TOKEN}"
-    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-             "--window-size=1400,1000", "--virtual-time-budget=30000"]  # fmt: skip
+    flags = [
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--window-size=1400,1000",
+        "--virtual-time-budget=30000",
+    ]
     shot = ROOT / "_build" / "screenshots" / "lab-chapter.png"
     shot.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([*flags, f"--user-data-dir={tmp_path / 'a'}", f"--screenshot={shot}", url],
-                   capture_output=True, timeout=180)  # fmt: skip
-    dom = subprocess.run([*flags, f"--user-data-dir={tmp_path / 'b'}", "--dump-dom", url],
-                         capture_output=True, text=True, timeout=180).stdout  # fmt: skip
+    subprocess.run(
+        [*flags, f"--user-data-dir={tmp_path / 'a'}", f"--screenshot={shot}", url], capture_output=True, timeout=180
+    )
+    dom = subprocess.run(
+        [*flags, f"--user-data-dir={tmp_path / 'b'}", "--dump-dom", url], capture_output=True, text=True, timeout=180
+    ).stdout
     assert shot.exists() and shot.stat().st_size > 10_000
     widgets = lambda name: len(re.findall(rf'class="[^"]*\b{name}\b[^"]*"', dom))  # noqa: E731 - elements of class
     assert widgets("jp-NotebookPanel") >= 1, "the chapter did not open as a notebook"

@@ -16,12 +16,14 @@ INF = float("-inf")
 
 
 def test_target_ranks_hand_computed():
-    scores = torch.tensor([
-        [INF, 0.1, 0.9, 0.5, 0.3],  # target 3 (0.5): only 0.9 is higher -> 1
-        [INF, 0.7, 0.2, 0.7, 0.7],  # target 1 (0.7) tied with items 3, 4 -> ties do not count -> 0
-        [INF, 0.1, 0.2, 0.3, 0.4],  # target 1 (0.1): three higher -> 3
-        [INF, 0.4, 0.4, 0.9, 0.1],  # target 2 (0.4) tied with 1, one higher (0.9) -> 1
-    ])
+    scores = torch.tensor(
+        [
+            [INF, 0.1, 0.9, 0.5, 0.3],  # target 3 (0.5): only 0.9 is higher -> 1
+            [INF, 0.7, 0.2, 0.7, 0.7],  # target 1 (0.7) tied with items 3, 4 -> ties do not count -> 0
+            [INF, 0.1, 0.2, 0.3, 0.4],  # target 1 (0.1): three higher -> 3
+            [INF, 0.4, 0.4, 0.9, 0.1],  # target 2 (0.4) tied with 1, one higher (0.9) -> 1
+        ]
+    )
     targets = torch.tensor([3, 1, 1, 2])
     ranks = target_ranks(scores, targets)
     assert ranks.dtype == torch.int64

@@ -3,11 +3,12 @@
 import pytest
 import torch
 
-import reference as ref
 from flame_core.backbone import SASRecStack, gelu, make_layout
 from flame_core.config import ModelConfig, TrainConfig
 from flame_core.methods import build_method
 from flame_core.paths import all_paths, evaluate_paths, module_plan, path_name, sample_paths
+
+import reference as ref
 
 CFG = ModelConfig(hidden=16, layers=2, heads=2, dropout=0.0, max_len=8)
 ITEMS = 30
@@ -146,8 +147,15 @@ def test_pure_frozen_path_builds_no_graph():
 
 @pytest.mark.parametrize(
     "method, extra",
-    [("single", {}), ("ensemble_scratch", {}), ("ensemble_guide", {}), ("flame", {}), ("flame", {"rec_from": "path"}),
-     ("flame", {"module_split": "emb|block|block"}), ("flame", {"path_attention": "shared"})],
+    [
+        ("single", {}),
+        ("ensemble_scratch", {}),
+        ("ensemble_guide", {}),
+        ("flame", {}),
+        ("flame", {"rec_from": "path"}),
+        ("flame", {"module_split": "emb|block|block"}),
+        ("flame", {"path_attention": "shared"}),
+    ],
 )
 def test_packed_and_padded_agree_in_loss_and_gradients(method, extra):
     cfg = TrainConfig(method=method, epochs=10, **extra)
@@ -157,11 +165,17 @@ def test_packed_and_padded_agree_in_loss_and_gradients(method, extra):
         if hasattr(m, "set_frozen"):
             m.set_frozen(SASRecStack(1, ITEMS, CFG, seeds=[9]))
         seq = batch(7)
-        loss, _ = m.loss((seq, torch.randint(1, ITEMS + 1, (seq.shape[0],), generator=torch.Generator().manual_seed(1))))
+        loss, _ = m.loss(
+            (seq, torch.randint(1, ITEMS + 1, (seq.shape[0],), generator=torch.Generator().manual_seed(1)))
+        )
         loss.backward()
         m.eval()
         scores = m.scores(seq)[:, 1:]  # (B, I): column 0 is -inf in both
-        grads[packed] = (loss.detach(), scores, {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None})
+        grads[packed] = (
+            loss.detach(),
+            scores,
+            {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None},
+        )
     (l0, s0, g0), (l1, s1, g1) = grads[False], grads[True]
     torch.testing.assert_close(l0, l1, atol=1e-5, rtol=0)
     torch.testing.assert_close(s0, s1, atol=1e-5, rtol=0)

@@ -17,17 +17,43 @@ from flame_core.config import ConfigError, ModelConfig, TrainConfig
 from flame_core.data import build_split, synthetic
 from flame_core.engine import evaluate, train
 from flame_core.experiments import run
-from flame_core.losses import (emkd_contrast, routing_guide_loss, routing_uniform_loss, symmetric_kl, teacher_weights,
-                               weighted_distill)  # fmt: skip
+from flame_core.losses import (
+    emkd_contrast,
+    routing_guide_loss,
+    routing_uniform_loss,
+    symmetric_kl,
+    teacher_weights,
+    weighted_distill,
+)
 from flame_core.methods import Single, build_method
 from flame_core.metrics import evaluate_scores
+
 from conftest import same_history
 
 MODEL = ModelConfig(hidden=16, layers=2, heads=2, max_len=12)
-CFG = TrainConfig(epochs=3, batch_size=64, progress=False, canet_sizes=(8, 12, 16), ckd_teacher_hidden=(16, 8),
-                  ckd_curriculum_epochs=2)  # fmt: skip
-TINY = ["--dataset", "synthetic", "--hidden", "16", "--max-len", "12", "--batch-size", "128", "--no-progress",
-        "--canet-sizes", "8,12,16", "--ckd-teacher-hidden", "16,8"]  # fmt: skip
+CFG = TrainConfig(
+    epochs=3,
+    batch_size=64,
+    progress=False,
+    canet_sizes=(8, 12, 16),
+    ckd_teacher_hidden=(16, 8),
+    ckd_curriculum_epochs=2,
+)
+TINY = [
+    "--dataset",
+    "synthetic",
+    "--hidden",
+    "16",
+    "--max-len",
+    "12",
+    "--batch-size",
+    "128",
+    "--no-progress",
+    "--canet-sizes",
+    "8,12,16",
+    "--ckd-teacher-hidden",
+    "16,8",
+]
 QUIET = {"log": lambda s: None}
 
 
@@ -125,8 +151,15 @@ def test_canet_uniform_and_guide_losses_equal_naive_loops():
 
 
 # ---- augmentations -------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("fn", [lambda s, g: crop(s, 0.6, g), lambda s, g: delete(s, 0.3, g),
-                                lambda s, g: delete(s, 0.9, g), lambda s, g: augment(s, 0.6, 0.3, g)])  # fmt: skip
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda s, g: crop(s, 0.6, g),
+        lambda s, g: delete(s, 0.3, g),
+        lambda s, g: delete(s, 0.9, g),
+        lambda s, g: augment(s, 0.6, 0.3, g),
+    ],
+)
 def test_augmentations_keep_rows_nonempty_contiguous_right_aligned_and_within_the_original(fn):
     lengths = [1, 2, 3, 5, 8, 10, 10, 4, 7, 1]
     seq = left_padded(lengths)

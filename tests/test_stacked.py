@@ -13,6 +13,7 @@ from flame_core.data import build_split, synthetic
 from flame_core.engine import evaluate, train, train_stacked
 from flame_core.losses import lambda_schedule
 from flame_core.methods import build_method
+
 from conftest import same_history
 
 MODEL = ModelConfig(hidden=16, layers=2, heads=2, max_len=12, dropout=0.0)
@@ -47,14 +48,27 @@ def test_a_stacked_layout_computes_each_part_as_alone(packed):
         torch.testing.assert_close(z[2 * s : 2 * s + 2], expected, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("method, changes", [("single", {}), ("ensemble_scratch", {}), ("ensemble_guide", {}),
-                                             ("flame", {}), ("flame", {"module_split": "emb|block|block", "packed": False})])
+@pytest.mark.parametrize(
+    "method, changes",
+    [
+        ("single", {}),
+        ("ensemble_scratch", {}),
+        ("ensemble_guide", {}),
+        ("flame", {}),
+        ("flame", {"module_split": "emb|block|block", "packed": False}),
+    ],
+)
 def test_stacked_seeds_equal_separate_runs(tiny, tmp_path, method, changes):
     """In float64: in float32, Adam turns the rounding noise of gradients that are zero in exact arithmetic (the
     key bias's) into steps of up to lr, which differ between any two ways of summing."""
     data, split = tiny
-    stacked = train_stacked(make(method, data, SEEDS, **changes).double(), split, tmp_path / "stack",
-                            [tmp_path / f"seed{s}" for s in SEEDS], **QUIET)  # fmt: skip
+    stacked = train_stacked(
+        make(method, data, SEEDS, **changes).double(),
+        split,
+        tmp_path / "stack",
+        [tmp_path / f"seed{s}" for s in SEEDS],
+        **QUIET,
+    )
     for s, seed in enumerate(SEEDS):
         alone = make(method, data, seed=seed, **changes).double()
         separate = train(alone, split, tmp_path / f"alone{seed}", **QUIET)
@@ -73,8 +87,9 @@ def test_stacked_seeds_equal_separate_runs(tiny, tmp_path, method, changes):
 def test_each_replica_stops_on_its_own(tiny, tmp_path):
     data, split = tiny
     cfg = {"epochs": 8, "patience": 1, "lr": 3e-2}  # a large step size: validation wobbles and replicas stop apart
-    stacked = train_stacked(make("single", data, SEEDS, **cfg), split, tmp_path / "stack",
-                            [tmp_path / f"seed{s}" for s in SEEDS], **QUIET)  # fmt: skip
+    stacked = train_stacked(
+        make("single", data, SEEDS, **cfg), split, tmp_path / "stack", [tmp_path / f"seed{s}" for s in SEEDS], **QUIET
+    )
     alone = [train(make("single", data, seed=s, **cfg), split, None, **QUIET) for s in SEEDS]
     assert [r["epochs_run"] for r in stacked] == [r["epochs_run"] for r in alone]
     assert [r["best_epoch"] for r in stacked] == [r["best_epoch"] for r in alone]
@@ -114,9 +129,28 @@ def test_methods_that_cannot_stack_say_so(tiny):
 
 def test_cli_trains_stacked_seeds_with_a_folder_and_a_record_each(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("FLAME_CACHE_DIR", str(tmp_path / "cache"))
-    argv = ["train", "--method", "flame", "--seeds", "42,43", "--epochs", "1", "--out", str(tmp_path / "run"),
-            "--record", str(tmp_path / "rec"), "--dataset", "synthetic", "--hidden", "16", "--max-len", "12",
-            "--batch-size", "128", "--no-progress"]  # fmt: skip
+    argv = [
+        "train",
+        "--method",
+        "flame",
+        "--seeds",
+        "42,43",
+        "--epochs",
+        "1",
+        "--out",
+        str(tmp_path / "run"),
+        "--record",
+        str(tmp_path / "rec"),
+        "--dataset",
+        "synthetic",
+        "--hidden",
+        "16",
+        "--max-len",
+        "12",
+        "--batch-size",
+        "128",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "flame seed 42 test" in out and "flame seed 43 test" in out and "2 seeds stacked in one model" in out
@@ -126,8 +160,24 @@ def test_cli_trains_stacked_seeds_with_a_folder_and_a_record_each(tmp_path, caps
     assert all(json.loads(p.read_text())["pretrained"][0]["seed"] == 0 for p in records)  # one anchor, seed 0
     for s in (42, 43):
         assert (tmp_path / "run" / f"seed{s}" / "results.json").exists()
-        assert main(["evaluate", "--weights", str(tmp_path / "run" / f"seed{s}"), "--dataset", "synthetic",
-                     "--hidden", "16", "--max-len", "12", "--device", "cpu"]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "evaluate",
+                    "--weights",
+                    str(tmp_path / "run" / f"seed{s}"),
+                    "--dataset",
+                    "synthetic",
+                    "--hidden",
+                    "16",
+                    "--max-len",
+                    "12",
+                    "--device",
+                    "cpu",
+                ]
+            )
+            == 0
+        )
 
 
 def test_lambda_follows_the_papers_horizon_whatever_the_budget(tiny):
@@ -147,7 +197,7 @@ def test_lambda_follows_the_papers_horizon_whatever_the_budget(tiny):
 
 def test_the_anchor_has_its_own_seed(tiny):
     data, _ = tiny
-    (name, _, spec), = make("flame", data).pretrained_specs()
+    ((name, _, spec),) = make("flame", data).pretrained_specs()
     assert name == "anchor" and spec.seed == CFG.flame.anchor_seed != CFG.seed and spec.method == "single"
     with pytest.raises(ConfigError, match="anchor_seed"):
         build_method(data.num_items, MODEL, CFG.replace(method="flame", seed=CFG.flame.anchor_seed))

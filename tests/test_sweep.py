@@ -20,8 +20,17 @@ def cache(tmp_path, monkeypatch):
 
 
 def grid(tmp_path, methods=("single", "flame"), seeds=(42, 43), **kw):
-    return sweep.plan(["synthetic"], list(methods), list(seeds), "quick", TINY, device="cpu",
-                      runs=str(tmp_path / "runs"), records=str(tmp_path / "results"), **kw)  # fmt: skip
+    return sweep.plan(
+        ["synthetic"],
+        list(methods),
+        list(seeds),
+        "quick",
+        TINY,
+        device="cpu",
+        runs=str(tmp_path / "runs"),
+        records=str(tmp_path / "results"),
+        **kw,
+    )
 
 
 def test_a_sweep_records_every_run_and_skips_them_the_second_time(tmp_path, cache):
@@ -30,7 +39,11 @@ def test_a_sweep_records_every_run_and_skips_them_the_second_time(tmp_path, cach
     lines = []
     rows = sweep.sweep(jobs, "debug", folder=tmp_path / "logs", log=lines.append)
     assert sorted((r["job"].split()[1], r["seed"], r["status"]) for r in rows) == [
-        ("flame", 42, "trained"), ("flame", 43, "trained"), ("single", 42, "trained"), ("single", 43, "trained")]
+        ("flame", 42, "trained"),
+        ("flame", 43, "trained"),
+        ("single", 42, "trained"),
+        ("single", 43, "trained"),
+    ]
     assert sum(line.startswith("done") for line in lines) == 2
     records = sorted((tmp_path / "results" / "synthetic").glob("*.json"))
     assert len(records) == 4
@@ -68,8 +81,24 @@ def test_stacking_is_the_default_on_a_gpu_only(tmp_path):
 
 
 def test_the_command_line_lists_the_plan_without_running(tmp_path, capsys):
-    argv = ["sweep", "--profile", "quick", "--datasets", "synthetic", "--methods", "single", "--seeds", "1,2",
-            "--set", "epochs=1", "--record", str(tmp_path / "results"), "--dry-run", "--device", "cpu"]  # fmt: skip
+    argv = [
+        "sweep",
+        "--profile",
+        "quick",
+        "--datasets",
+        "synthetic",
+        "--methods",
+        "single",
+        "--seeds",
+        "1,2",
+        "--set",
+        "epochs=1",
+        "--record",
+        str(tmp_path / "results"),
+        "--dry-run",
+        "--device",
+        "cpu",
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "synthetic single seeds 1,2: to run" in out and "--set epochs=1" in out
@@ -83,8 +112,22 @@ def test_the_device_script_copies_what_it_recorded_and_stops_at_its_limit(tmp_pa
     env = {**os.environ, "OUT": str(tmp_path / "out"), "RECORD": str(tmp_path / "rec"), "RUNS": str(tmp_path / "runs")}
 
     def run(limit: str, seed: str) -> subprocess.CompletedProcess:
-        argv = ["bash", "scripts/device_sweep.sh", limit, "--profile", "quick", "--datasets", "synthetic", "--methods",
-                "single", "--seeds", seed, "--device", "cpu", *(f"--set={k}={v}" for k, v in TINY.items())]  # fmt: skip
+        argv = [
+            "bash",
+            "scripts/device_sweep.sh",
+            limit,
+            "--profile",
+            "quick",
+            "--datasets",
+            "synthetic",
+            "--methods",
+            "single",
+            "--seeds",
+            seed,
+            "--device",
+            "cpu",
+            *(f"--set={k}={v}" for k, v in TINY.items()),
+        ]
         return subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True, timeout=120)
 
     done = run("100", "1")

@@ -52,17 +52,28 @@ def setup(output_dir: str | Path, seed: int = 42) -> Path:
     return out
 
 
-def configs(method: str, epochs: int, max_len: int = 50, hidden: int = 64, device: str = "cpu", seed: int = 42,
-            **train_changes) -> tuple[ModelConfig, TrainConfig]:  # fmt: skip
+def configs(
+    method: str, epochs: int, max_len: int = 50, hidden: int = 64, device: str = "cpu", seed: int = 42, **train_changes
+) -> tuple[ModelConfig, TrainConfig]:
     """The official settings with a chapter's parameters applied (any setting by its name, e.g. num_paths=4)."""
     model = ModelConfig(hidden=hidden, max_len=max_len)
     cfg = TrainConfig(method=method, epochs=epochs, device=device, seed=seed, progress=False, **train_changes)
     return model, cfg
 
 
-def experiment(dataset: str, method: str, epochs: int, runs_dir: str | Path, max_len: int = 50, hidden: int = 64,
-               device: str = "cpu", seed: int = 42, quiet: bool = True, frozen: str | None = None,
-               **train_changes) -> Experiment:  # fmt: skip
+def experiment(
+    dataset: str,
+    method: str,
+    epochs: int,
+    runs_dir: str | Path,
+    max_len: int = 50,
+    hidden: int = 64,
+    device: str = "cpu",
+    seed: int = 42,
+    quiet: bool = True,
+    frozen: str | None = None,
+    **train_changes,
+) -> Experiment:
     """Run (or reuse) one experiment under runs_dir; see flame_core.experiments.run (`frozen`: an anchor file)."""
     model, cfg = configs(method, epochs, max_len, hidden, device, seed, **train_changes)
     return run(dataset, model, cfg, root=resolve(runs_dir), frozen=frozen, log=(lambda s: None) if quiet else print)
@@ -98,9 +109,11 @@ def measured(output_dir: str | Path, name: str, measure: Callable[[], Any]) -> A
 def protocol(dataset: str, max_len: int, epochs: int, profile: str, device: str, seeds: list[int]) -> str:
     """The sentence every table's caption carries: protocol, data, seeds, budget, profile, device."""
     which = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {seeds}"
-    return (f"leave-one-out, full ranking over all items, history excluded, selected on validation NDCG@20; "
-            f"{dataset}, max_len {max_len}, {which}, epoch budget {epochs}, profile '{profile}', device {device}; "
-            "metrics in percent")  # fmt: skip
+    return (
+        f"leave-one-out, full ranking over all items, history excluded, selected on validation NDCG@20; "
+        f"{dataset}, max_len {max_len}, {which}, epoch budget {epochs}, profile '{profile}', device {device}; "
+        "metrics in percent"
+    )
 
 
 def mean_sd(values: pd.Series) -> str:
@@ -111,19 +124,37 @@ def mean_sd(values: pd.Series) -> str:
 def records_frame(records: list[dict], keys=METRIC_KEYS) -> pd.DataFrame:
     """One row per committed record: what ran (dataset, method, profile, seed, budget, convergence, device,
     revision) and its test metrics."""
-    return pd.DataFrame([{
-        "dataset": r["dataset"], "method": display_name(r["method"]), "profile": r["profile"], "seed": r["seed"],
-        "epoch budget": r["epoch_budget"], "epochs run": r["epochs_run"], "converged": r["converged"],
-        "max_len": r["model"]["max_len"], "device": r["device"], "git": r["git"], **{k: r["test"][k] for k in keys},
-    } for r in records])  # fmt: skip
+    return pd.DataFrame(
+        [
+            {
+                "dataset": r["dataset"],
+                "method": display_name(r["method"]),
+                "profile": r["profile"],
+                "seed": r["seed"],
+                "epoch budget": r["epoch_budget"],
+                "epochs run": r["epochs_run"],
+                "converged": r["converged"],
+                "max_len": r["model"]["max_len"],
+                "device": r["device"],
+                "git": r["git"],
+                **{k: r["test"][k] for k in keys},
+            }
+            for r in records
+        ]
+    )
 
 
 def records_summary(frame: pd.DataFrame, keys=METRIC_KEYS) -> pd.DataFrame:
     """`records_frame` grouped by dataset, method and profile: the seeds, budgets and mean ± sd of each metric."""
     return frame.groupby(["dataset", "method", "profile"], sort=False).agg(
-        seeds=("seed", lambda v: list(v)), epoch_budget=("epoch budget", "max"),
-        epochs_run=("epochs run", lambda v: list(v)), converged=("converged", "all"),
-        max_len=("max_len", "max"), device=("device", "first"), **{k: (k, mean_sd) for k in keys})  # fmt: skip
+        seeds=("seed", lambda v: list(v)),
+        epoch_budget=("epoch budget", "max"),
+        epochs_run=("epochs run", lambda v: list(v)),
+        converged=("converged", "all"),
+        max_len=("max_len", "max"),
+        device=("device", "first"),
+        **{k: (k, mean_sd) for k in keys},
+    )
 
 
 # ---- the main table and convergence from committed records -------------------------------------------------
@@ -157,13 +188,15 @@ def main_table(records: list[dict], datasets: list[str], variants: list[str], ba
     gain over `baseline` in percent, and a per-user paired comparison with it on the seeds both ran (mean
     difference of NDCG@20 in points with its 95% CI, Wilcoxon signed-rank p). Cells without records say so:
     "not run", or for FLAME from the released anchor on a dataset the release ships no anchor for, that."""
+
+    def of(dataset: str, name: str) -> list[dict]:
+        return sorted((r for r in records if r["dataset"] == dataset and variant(r) == name), key=lambda r: r["seed"])
+
     rows = []
     for dataset in datasets:
-        of = lambda name: sorted((r for r in records if r["dataset"] == dataset and variant(r) == name),  # noqa: E731
-                                 key=lambda r: r["seed"])  # fmt: skip
-        base = of(baseline)
+        base = of(dataset, baseline)
         for name in variants:
-            recs = of(name)
+            recs = of(dataset, name)
             if not recs and name == RELEASED_VARIANT and dataset not in RELEASED_ANCHORS:
                 cells = dict.fromkeys(MAIN_COLUMNS, NO_ANCHOR)
             else:
@@ -215,9 +248,12 @@ def _main_cells(recs: list[dict], base: list[dict], is_baseline: bool) -> dict:
     if not recs:
         return dict.fromkeys(MAIN_COLUMNS, NOT_RUN)
     ndcg = pd.Series([r["test"]["NDCG@20"] for r in recs])
-    cells = {"seeds": ", ".join(str(r["seed"]) for r in recs),
-             "converged": f"{sum(r['converged'] for r in recs)}/{len(recs)}", "NDCG@20": mean_sd(ndcg),
-             "HR@20": mean_sd(pd.Series([r["test"]["HR@20"] for r in recs]))}  # fmt: skip
+    cells = {
+        "seeds": ", ".join(str(r["seed"]) for r in recs),
+        "converged": f"{sum(r['converged'] for r in recs)}/{len(recs)}",
+        "NDCG@20": mean_sd(ndcg),
+        "HR@20": mean_sd(pd.Series([r["test"]["HR@20"] for r in recs])),
+    }
     if is_baseline or not base:
         return {**cells, **dict.fromkeys((GAIN, DELTA, P_VALUE), BASELINE if is_baseline else SINGLE_NOT_RUN)}
     cells[GAIN] = f"{100 * (ndcg.mean() / np.mean([r['test']['NDCG@20'] for r in base]) - 1):+.1f}"
@@ -246,10 +282,17 @@ def convergence_vs_single(records: list[dict], dataset: str, name: str = "FLAME"
         s_time = time_to_reach(base["history"], best)
         reach = time_to_reach(rec["history"], best)
         anchor = sum(p.get("train_seconds", np.nan) for p in rec.get("pretrained", []) if p["origin"] == "pretrained")
-        row = {"seed": rec["seed"], "Single best valid NDCG@20": best, "Single epochs": s_time["epoch"],
-               "Single s": s_time["seconds"], f"{name} epochs": reach["epoch"] if reach else np.nan,
-               f"{name} s": reach["seconds"] if reach else np.nan, "anchor s": anchor,
-               "device": rec["device"], "reached": reach is not None}  # fmt: skip
+        row = {
+            "seed": rec["seed"],
+            "Single best valid NDCG@20": best,
+            "Single epochs": s_time["epoch"],
+            "Single s": s_time["seconds"],
+            f"{name} epochs": reach["epoch"] if reach else np.nan,
+            f"{name} s": reach["seconds"] if reach else np.nan,
+            "anchor s": anchor,
+            "device": rec["device"],
+            "reached": reach is not None,
+        }
         row["speed-up (s)"] = row["Single s"] / row[f"{name} s"]
         row["speed-up incl. anchor (s)"] = row["Single s"] / (row[f"{name} s"] + anchor)
         row["speed-up (epochs)"] = row["Single epochs"] / row[f"{name} epochs"]
@@ -260,6 +303,16 @@ def convergence_vs_single(records: list[dict], dataset: str, name: str = "FLAME"
 def record_curves(records: list[dict], dataset: str, names: list[str]) -> pd.DataFrame:
     """Validation NDCG@20 per epoch and cumulative training seconds, one row per record, seed and epoch."""
     chosen = [r for r in records if r["dataset"] == dataset and variant(r) in names]
-    return pd.DataFrame([{"method": variant(r), "seed": r["seed"], "epoch": row["epoch"],
-                          "seconds": sum(h["train_seconds"] for h in r["history"][: row["epoch"]]),
-                          "valid NDCG@20": row["valid/NDCG@20"]} for r in chosen for row in r["history"]])  # fmt: skip
+    return pd.DataFrame(
+        [
+            {
+                "method": variant(r),
+                "seed": r["seed"],
+                "epoch": row["epoch"],
+                "seconds": sum(h["train_seconds"] for h in r["history"][: row["epoch"]]),
+                "valid NDCG@20": row["valid/NDCG@20"],
+            }
+            for r in chosen
+            for row in r["history"]
+        ]
+    )
