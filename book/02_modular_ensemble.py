@@ -171,9 +171,8 @@ with torch.no_grad():
     for s, plan in plans.items():
         M, every = len(plan), all_paths(len(plan))
         with count_module_applications() as shared_count:
-            z = evaluate_paths(learn, frozen, plan, layout, every, p_learn=0.0, p_frozen=0.0)[
-                0
-            ]  # (2^M, B, D) of the one pair
+            z = evaluate_paths(learn, frozen, plan, layout, every, p_learn=0.0, p_frozen=0.0)  # (1, 2^M, B, D)
+        z = z[0]  # (2^M, B, D) of the one pair
         with count_module_applications() as naive_count:
             z_each = torch.cat(
                 [evaluate_paths(learn, frozen, plan, layout, [p], p_learn=0.0, p_frozen=0.0)[0] for p in every]
@@ -285,9 +284,8 @@ flame_toy.start_epoch(1)  # lambda of epoch 1
 with torch.no_grad():
     scratch = flame_loss_from_scratch(learn, frozen, toy_inputs, toy_targets, flame_toy.lam)
     loss, align, z_scratch, pairs, sims, weights = scratch
-    z_library = evaluate_paths(learn, frozen, plans["emb|enc"], layout, all_paths(2), p_learn=0.0, p_frozen=0.0)[
-        0
-    ]  # (4, B, D)
+    z_library = evaluate_paths(learn, frozen, plans["emb|enc"], layout, all_paths(2), p_learn=0.0, p_frozen=0.0)
+    z_library = z_library[0]  # (4, B, D): the paths of the one pair
     library_loss, _ = flame_toy.loss((toy_inputs, toy_targets))
 from_scratch = pd.Series(
     {

@@ -333,15 +333,11 @@ def main(argv=None) -> int:
         ok = [c for c, done in zip(chapters, pool.map(one, chapters)) if done]
     html_ok = True
     if not args.no_html:
-        html_ok = build_html(
-            toc,
-            [
-                c
-                for c in chapters
-                if (EXECUTED / f"{c}.ipynb").exists() and manifest["chapters"][c]["status"] != "papermill failed"
-            ],
-            manifest,
-        )
+        statuses = manifest["chapters"]
+        executed = [
+            c for c in chapters if (EXECUTED / f"{c}.ipynb").exists() and statuses[c]["status"] != "papermill failed"
+        ]
+        html_ok = build_html(toc, executed, manifest)
     manifest["seconds"] = round(time.perf_counter() - t0, 1)
     write_manifest(manifest)
 
