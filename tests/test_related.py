@@ -39,21 +39,10 @@ CFG = TrainConfig(
     ckd_teacher_hidden=(16, 8),
     ckd_curriculum_epochs=2,
 )
-TINY = [
-    "--dataset",
-    "synthetic",
-    "--hidden",
-    "16",
-    "--max-len",
-    "12",
-    "--batch-size",
-    "128",
-    "--no-progress",
-    "--canet-sizes",
-    "8,12,16",
-    "--ckd-teacher-hidden",
-    "16,8",
-]
+TINY = (
+    "--dataset synthetic --hidden 16 --max-len 12 --batch-size 128 --no-progress "
+    "--canet-sizes 8,12,16 --ckd-teacher-hidden 16,8"
+).split()
 QUIET = {"log": lambda s: None}
 
 

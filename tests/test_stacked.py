@@ -130,26 +130,11 @@ def test_methods_that_cannot_stack_say_so(tiny):
 def test_cli_trains_stacked_seeds_with_a_folder_and_a_record_each(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("FLAME_CACHE_DIR", str(tmp_path / "cache"))
     argv = [
-        "train",
-        "--method",
-        "flame",
-        "--seeds",
-        "42,43",
-        "--epochs",
-        "1",
-        "--out",
+        *"train --method flame --seeds 42,43 --epochs 1 --out".split(),
         str(tmp_path / "run"),
         "--record",
         str(tmp_path / "rec"),
-        "--dataset",
-        "synthetic",
-        "--hidden",
-        "16",
-        "--max-len",
-        "12",
-        "--batch-size",
-        "128",
-        "--no-progress",
+        *"--dataset synthetic --hidden 16 --max-len 12 --batch-size 128 --no-progress".split(),
     ]
     assert main(argv) == 0
     out = capsys.readouterr().out
@@ -166,14 +151,7 @@ def test_cli_trains_stacked_seeds_with_a_folder_and_a_record_each(tmp_path, caps
                     "evaluate",
                     "--weights",
                     str(tmp_path / "run" / f"seed{s}"),
-                    "--dataset",
-                    "synthetic",
-                    "--hidden",
-                    "16",
-                    "--max-len",
-                    "12",
-                    "--device",
-                    "cpu",
+                    *"--dataset synthetic --hidden 16 --max-len 12 --device cpu".split(),
                 ]
             )
             == 0

@@ -82,22 +82,9 @@ def test_stacking_is_the_default_on_a_gpu_only(tmp_path):
 
 def test_the_command_line_lists_the_plan_without_running(tmp_path, capsys):
     argv = [
-        "sweep",
-        "--profile",
-        "quick",
-        "--datasets",
-        "synthetic",
-        "--methods",
-        "single",
-        "--seeds",
-        "1,2",
-        "--set",
-        "epochs=1",
-        "--record",
+        *"sweep --profile quick --datasets synthetic --methods single --seeds 1,2 --set epochs=1 --record".split(),
         str(tmp_path / "results"),
-        "--dry-run",
-        "--device",
-        "cpu",
+        *"--dry-run --device cpu".split(),
     ]
     assert main(argv) == 0
     out = capsys.readouterr().out
@@ -116,13 +103,7 @@ def test_the_device_script_copies_what_it_recorded_and_stops_at_its_limit(tmp_pa
             "bash",
             "scripts/device_sweep.sh",
             limit,
-            "--profile",
-            "quick",
-            "--datasets",
-            "synthetic",
-            "--methods",
-            "single",
-            "--seeds",
+            *"--profile quick --datasets synthetic --methods single --seeds".split(),
             seed,
             "--device",
             "cpu",
