@@ -193,14 +193,11 @@ plt.show()
 
 # %% tags=["hide-input"]
 hex_palette = {curve: mcolors.to_hex(c) for curve, c in curve_palette.items()}
+curve_style = dict(y="NDCG@20", color="curve", line_dash="kind", markers=True, color_discrete_map=hex_palette)
 fig = px.line(
     curve_df,
     x="epoch",
-    y="NDCG@20",
-    color="curve",
-    line_dash="kind",
-    markers=True,
-    color_discrete_map=hex_palette,
+    **curve_style,
     hover_data={"seconds": ":.1f", "NDCG@20": ":.2f"},
     title=f"Validation NDCG@20 (%) per epoch: {dataset}, seed {seed}, profile '{profile}'",
 )
@@ -211,11 +208,7 @@ fig.show()
 fig = px.line(
     curve_df,
     x="seconds",
-    y="NDCG@20",
-    color="curve",
-    line_dash="kind",
-    markers=True,
-    color_discrete_map=hex_palette,
+    **curve_style,
     hover_data={"epoch": True, "NDCG@20": ":.2f"},
     title="Validation NDCG@20 (%) against cumulative training seconds (same runs)",
 )
