@@ -303,7 +303,7 @@ for d in table_datasets:
     )
     if versus := flamebook.against_single(main_full.loc[d].drop(index=["Single", "FLAME"])):
         findings[-1] += f" The other methods run there, against Single per test user: {versus}."
-missing = [f"{d}" for d in table_datasets if (main_full.loc[(d, "FLAME")] == flamebook.NOT_RUN).all()]
+missing = [d for d in table_datasets if (main_full.loc[(d, "FLAME")] == flamebook.NOT_RUN).all()]
 findings.append(
     f"Not run yet (no full record of FLAME): {', '.join(missing)}."
     if missing

@@ -351,8 +351,9 @@ def available_datasets() -> list[dict]:
 
 
 def load_dataset(name_or_path: str) -> Interactions:
-    """ "ml-100k", "synthetic" (default arguments), an existing file, or a name: NAME.txt in the data folder
-    ($FLAME_DATA_DIR, else the default that `python -m flame_core datasets fetch` fills)."""
+    """The dataset `name_or_path` names: "ml-100k", "synthetic" (default arguments), an existing file, or a
+    name: NAME.txt in the data folder ($FLAME_DATA_DIR, else the default that `python -m flame_core datasets
+    fetch` fills)."""
     if name_or_path == "ml-100k":
         return load_movielens_100k()
     if name_or_path == "synthetic":
