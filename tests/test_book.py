@@ -25,22 +25,14 @@ from pathlib import Path
 
 import pytest
 
+from conftest import skip_or_fail
+
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "_build"
 MANIFEST = BUILD / "book.json"
 HTML = BUILD / "html"
 OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le, "==": operator.eq}
 BUILD_HINT = "the book has not been built: run `python scripts/build_book.py quick --jobs 2` first"
-IN_CI = bool(os.environ.get("CI"))
-
-
-def skip_or_fail(reason: str):
-    """Skip locally; under CI what would be skipped is a failure."""
-    if IN_CI:
-        pytest.fail(f"CI: {reason}")
-    pytest.skip(reason)
-
-
 EXTRA = {  # a fourth field "cpu" or "cuda" limits a check to books built on that device
     "06_efficiency": [
         ("live_bench.flame_over_single", "<", 6, "a FLAME step costs a small multiple of a Single step"),

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import skip_or_fail
+
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTER = "01_motivation.py"
 TOKEN = "flame-book-test"
@@ -29,9 +31,7 @@ TOKEN = "flame-book-test"
 def needs(condition: bool, why: str) -> None:
     """Skip when a prerequisite is missing, except under CI, where it is a failure."""
     if not condition:
-        if os.environ.get("CI"):
-            pytest.fail(f"{why} (CI installs it: see .ci/run)")
-        pytest.skip(why)
+        skip_or_fail(f"{why} (CI installs it: see .ci/run)")
 
 
 def free_port() -> int:

@@ -8,20 +8,18 @@ without it these tests skip locally and fail under CI (the environment variable 
 from __future__ import annotations
 
 import importlib.util
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from conftest import skip_or_fail
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def ruff(*args: str) -> subprocess.CompletedProcess:
     if importlib.util.find_spec("ruff") is None:
-        reason = "ruff is not installed (pip install -e '.[test]')"
-        pytest.fail(f"CI: {reason}") if os.environ.get("CI") else pytest.skip(reason)
+        skip_or_fail("ruff is not installed (pip install -e '.[test]')")
     return subprocess.run([sys.executable, "-m", "ruff", *args], cwd=ROOT, capture_output=True, text=True)
 
 

@@ -108,12 +108,17 @@ def measured(output_dir: str | Path, name: str, measure: Callable[[], Any]) -> A
 
 def protocol(dataset: str, max_len: int, epochs: int, profile: str, device: str, seeds: list[int]) -> str:
     """The sentence every table's caption carries: protocol, data, seeds, budget, profile, device."""
-    which = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {seeds}"
+    which = seeds_phrase(seeds)
     return (
         f"leave-one-out, full ranking over all items, history excluded, selected on validation NDCG@20; "
         f"{dataset}, max_len {max_len}, {which}, epoch budget {epochs}, profile '{profile}', device {device}; "
         "metrics in percent"
     )
+
+
+def seeds_phrase(seeds: list, shown: str | None = None) -> str:
+    """The seeds in words: "seed 42" for one, else "seeds " and `shown` (default: the list, "[42, 43]")."""
+    return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {shown or seeds}"
 
 
 def mean_sd(values: pd.Series) -> str:
@@ -235,7 +240,7 @@ def records_sentence(table: pd.DataFrame) -> str:
     """What one dataset's main table says, as a clause: each method's test NDCG@20 with its seeds, the
     per-user comparisons with Single, and the methods not run."""
     rows = ran(table).iterrows()
-    seeds = lambda cell: f"seed {cell}" if "," not in cell else f"seeds {cell}"  # noqa: E731
+    seeds = lambda cell: seeds_phrase(cell.split(", "), shown=cell)  # noqa: E731  the cell lists them: "42, 43"
     parts = ["test NDCG@20 " + ", ".join(f"{m} {row['NDCG@20']} ({seeds(row['seeds'])})" for m, row in rows)]
     if versus := against_single(table):
         parts.append(f"per test user against Single: {versus}")
