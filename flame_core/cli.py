@@ -236,6 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="also train FLAME from the released anchor DIR/DATASET.pt of "
         "each dataset that has one (e.g. ../shared/official_weights)",
     )
+    p.add_argument(
+        "--released-only",
+        action="store_true",
+        help="run only the jobs --released adds: FLAME from each released anchor, not the grid's other jobs",
+    )
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
     p.add_argument(
         "--stack",
@@ -401,6 +406,7 @@ def cmd_sweep(args) -> int:
         args.profile,
         overrides=overrides,
         released_dir=args.released,
+        released_only=args.released_only,
         device=args.device,
         stack=args.stack,
         runs=args.runs,

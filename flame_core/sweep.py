@@ -3,7 +3,8 @@
     python -m flame_core sweep --profile full --datasets amazon-toys,amazon-beauty --device cuda
 
 A *job* is one dataset, one method and one anchor (pretrained here, or a released file with
-``--released DIR``: FLAME trained from the official release's frozen network) with all its seeds: stacked in
+``--released DIR``: FLAME trained from the official release's frozen network; ``--released-only`` runs just
+those) with all its seeds: stacked in
 one model where the method allows and the device is a GPU (``--stack``/``--no-stack`` decide otherwise),
 else one after another. A job whose every seed already has a record under ``--record`` (same dataset,
 method, profile, seed and anchor) is skipped; an interrupted one resumes from its run folders under
@@ -77,8 +78,8 @@ class Job:
             "--seeds",
             ",".join(map(str, self.seeds)),
         ]
-        if self.released:
-            argv += ["--released", str(Path(self.released).parent)]
+        if self.released:  # this job alone: not the grid's FLAME from a pretrained anchor as well
+            argv += ["--released", str(Path(self.released).parent), "--released-only"]
         argv += ["--device", self.settings["device"]]
         for key, value in self.settings.items():
             if key != "device" and PROFILES[self.profile].get(key) != value:
@@ -157,18 +158,22 @@ def plan(
     profile: str,
     overrides: dict | None = None,
     released_dir: str | None = None,
+    released_only: bool = False,
     device: str = "auto",
     stack: bool | None = None,
     runs: str = "runs",
     records: str = "results",
 ) -> list[Job]:
-    """The grid's jobs, FLAME from the released anchor added for each dataset that has one in `released_dir`."""
+    """The grid's jobs, FLAME from the released anchor added for each dataset that has one in `released_dir`
+    (with `released_only`, those jobs alone)."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; profiles: {sorted(PROFILES)}")
+    if released_only and not released_dir:
+        raise ValueError("--released-only needs --released DIR, the folder of the released anchors")
     settings = {**PROFILES[profile], "device": device, **(overrides or {})}
     stack = resolve_device(device).type == "cuda" if stack is None else stack  # stacking pays on a GPU only
     common = dict(seeds=tuple(seeds), profile=profile, settings=settings, stack=stack, runs=runs, records=records)
-    jobs = [Job(dataset=d, method=m, **common) for d in datasets for m in methods]
+    jobs = [] if released_only else [Job(dataset=d, method=m, **common) for d in datasets for m in methods]
     for d in datasets if released_dir else []:
         anchor = Path(released_dir) / f"{d}.pt"
         if anchor.exists() and "flame" in methods:

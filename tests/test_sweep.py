@@ -72,6 +72,11 @@ def test_flame_from_a_released_anchor_is_its_own_job(tmp_path, cache):
     assert [j.released for j in jobs] == [None, None, str(released / "synthetic.pt")]
     command = jobs[-1].command()
     assert "--released" in command and " /" not in command  # relative to the working directory
+    alone = grid(tmp_path, methods=("single", "flame"), released_dir=str(released), released_only=True)
+    assert [j.released for j in alone] == [str(released / "synthetic.pt")]  # what the record's command reruns
+    assert "--released-only" in command and "--methods flame " in command
+    with pytest.raises(ValueError, match="--released-only needs --released"):
+        grid(tmp_path, released_only=True)
     assert not grid(tmp_path, methods=("single",), released_dir=str(released))[-1].released  # no flame, no job
 
 
