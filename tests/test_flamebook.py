@@ -71,6 +71,10 @@ def test_convergence_counts_seconds_to_singles_best_with_and_without_the_anchor(
     slow = [records[0], rec("flame", 42, [1, 2], hist([1.0, 2.0]), anchor)]
     (never,) = flamebook.convergence_vs_single(slow, "toy").to_dict(orient="records")
     assert not never["reached"] and np.isnan(never["speed-up (s)"])
+    elsewhere = [records[0], {**records[1], "device": "cuda"}]
+    (apart,) = flamebook.convergence_vs_single(elsewhere, "toy").to_dict(orient="records")
+    assert not apart["same device"] and np.isnan(apart["speed-up (s)"]) and np.isnan(apart["speed-up incl. anchor (s)"])
+    assert apart["reached"] and apart["speed-up (epochs)"] == pytest.approx(1.5)  # epochs compare across devices
     assert time_to_reach(hist([1, 2]), 5) is None
 
 

@@ -275,7 +275,9 @@ def _main_cells(recs: list[dict], base: list[dict], is_baseline: bool) -> dict:
 def convergence_vs_single(records: list[dict], dataset: str, name: str = "FLAME") -> pd.DataFrame:
     """Per seed run by both: epochs and training seconds for Single to reach its best validation NDCG@20,
     and for `name` to reach that same value, with and without its anchor's pretraining seconds; speed-up =
-    Single's seconds / the method's (above 1: the method gets there faster). Empty when nothing matches."""
+    Single's seconds / the method's (above 1: the method gets there faster). Seconds are compared only between
+    records of one device ("same device"); across devices the seconds' speed-ups are left out and the epochs'
+    stay. Empty when nothing matches."""
     single = {r["seed"]: r for r in records if r["dataset"] == dataset and variant(r) == "Single"}
     rows = []
     runs = sorted((r for r in records if r["dataset"] == dataset and variant(r) == name), key=lambda r: r["seed"])
@@ -296,10 +298,12 @@ def convergence_vs_single(records: list[dict], dataset: str, name: str = "FLAME"
             f"{name} s": reach["seconds"] if reach else np.nan,
             "anchor s": anchor,
             "device": rec["device"],
+            "same device": rec["device"] == base["device"],
             "reached": reach is not None,
         }
-        row["speed-up (s)"] = row["Single s"] / row[f"{name} s"]
-        row["speed-up incl. anchor (s)"] = row["Single s"] / (row[f"{name} s"] + anchor)
+        seconds = row["Single s"] if row["same device"] else np.nan  # a CPU's seconds against a GPU's say nothing
+        row["speed-up (s)"] = seconds / row[f"{name} s"]
+        row["speed-up incl. anchor (s)"] = seconds / (row[f"{name} s"] + anchor)
         row["speed-up (epochs)"] = row["Single epochs"] / row[f"{name} epochs"]
         rows.append(row)
     return pd.DataFrame(rows)
