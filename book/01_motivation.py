@@ -239,7 +239,7 @@ if full_sets:
             ax.axhline(max(h["valid/NDCG@20"] for h in r["history"]), color="grey", lw=0.6, ls=":")
         ax.set(title=f"{d}: full records", ylabel="validation NDCG@20 (%)")
         best = part.groupby(["method", "seed"])["valid NDCG@20"].max().groupby("method").mean()
-        test = flamebook.main_table(records, [d], three).loc[d]
+        test = flamebook.main_numbers(records, [d], three).loc[d]
         selected = {
             m: np.mean([r["best_epoch"] for r in records if r["dataset"] == d and flamebook.variant(r) == m])
             for m in best.index

@@ -277,7 +277,8 @@ gap.rename("ours minus official (points)").round(2)
 records = load_records(flamebook.resolve(results_dir))
 full = [r for r in records if r["profile"] == full_profile]
 variants = ["Single", "Ensemble-Scratch", "Ensemble-Guide", "FLAME", "FLAME (released anchor)", "EMKD", "CANet", "CKD"]
-main_full = flamebook.main_table(full, table_datasets, variants)
+numbers_full = flamebook.main_numbers(full, table_datasets, variants)
+main_full = flamebook.main_table(numbers_full)
 devices = sorted({r["device"] for r in full}) or ["-"]
 display(
     Markdown(
@@ -292,18 +293,18 @@ main_full
 # %% tags=["remove-input"]
 findings = []
 for d in table_datasets:
-    row = main_full.loc[(d, "FLAME")]
-    if row[flamebook.GAIN] in (flamebook.NOT_RUN, flamebook.SINGLE_NOT_RUN):
+    row, numbers = main_full.loc[(d, "FLAME")], numbers_full.loc[(d, "FLAME")]
+    if numbers["comparison"] in (flamebook.NOT_RUN, flamebook.SINGLE_NOT_RUN):
         continue
     findings.append(
         f"On **{d}**, FLAME reaches test NDCG@20 {row['NDCG@20']} against Single's "
         f"{main_full.loc[(d, 'Single'), 'NDCG@20']} ({row[flamebook.GAIN]}%; per user on the seeds "
         f"both ran {row[flamebook.DELTA]} points, Wilcoxon p = {row[flamebook.P_VALUE]}): "
-        f"{flamebook.verdict(row)} Single, with {row['converged']} runs stopped early."
+        f"{flamebook.verdict(numbers)} Single, with {row['converged']} runs stopped early."
     )
-    if versus := flamebook.against_single(main_full.loc[d].drop(index=["Single", "FLAME"])):
+    if versus := flamebook.against_single(numbers_full.loc[d].drop(index=["Single", "FLAME"])):
         findings[-1] += f" The other methods run there, against Single per test user: {versus}."
-missing = [d for d in table_datasets if (main_full.loc[(d, "FLAME")] == flamebook.NOT_RUN).all()]
+missing = [d for d in table_datasets if numbers_full.loc[(d, "FLAME"), "state"] == flamebook.NOT_RUN]
 findings.append(
     f"Not run yet (no full record of FLAME): {', '.join(missing)}."
     if missing

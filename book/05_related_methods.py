@@ -543,7 +543,7 @@ lines = [
 full = [r for r in records if r["profile"] == "full"]  # the paper's protocol, whatever this build's profile
 names = [display_name(m) for m in methods]
 for d in sorted({r["dataset"] for r in full}):
-    t = flamebook.main_table(full, [d], names).loc[d]
+    t = flamebook.main_numbers(full, [d], names).loc[d]
     if len(ran := flamebook.ran(t)) > 1 and "Single" in ran.index:
         lines.append(
             f"Under the full protocol on {d} (records, at most 200 epochs with early stopping, max_len 50): "

@@ -35,25 +35,35 @@ def test_the_main_table_compares_with_single_per_user_and_says_what_was_not_run(
     anchor = [{"origin": "pretrained", "train_seconds": 50.0}]
     records = [rec("single", s, single_ranks[i], hist([1, 2, 3])) for i, s in enumerate((42, 43))]
     records += [rec("flame", s, better[i], hist([2, 3]), anchor) for i, s in enumerate((42, 43))]
-    table = flamebook.main_table(records, ["toy", "other"], ["Single", "FLAME", "EMKD"])
+    numbers = flamebook.main_numbers(records, ["toy", "other"], ["Single", "FLAME", "EMKD"])
+    table = flamebook.main_table(numbers)
     flame = table.loc[("toy", "FLAME")]
     per_user = lambda ranks: np.mean([user_ndcg(r) for r in ranks], 0)  # noqa: E731  (over the two seeds)
     expected = paired_comparison(per_user(better), per_user(single_ranks))
     assert flame["seeds"] == "42, 43" and flame["converged"] == "2/2"
     assert flame[flamebook.DELTA].startswith(f"{expected['mean_diff']:+.2f}")
     assert float(flame[flamebook.P_VALUE]) < 1e-6 and float(flame[flamebook.GAIN]) > 0
+    assert numbers.loc[("toy", "FLAME"), "mean diff"] == pytest.approx(expected["mean_diff"])
+    assert flamebook.verdict(numbers.loc[("toy", "FLAME")]) == "significantly better than"
+    worse = numbers.loc[("toy", "FLAME")].copy()
+    worse["mean diff"] = -worse["mean diff"]
+    assert flamebook.verdict(worse) == "significantly worse than"
+    assert flamebook.verdict(numbers.loc[("toy", "Single")]) == "not distinguishable from"  # the baseline itself
     assert table.loc[("toy", "Single"), flamebook.P_VALUE] == "baseline"
     assert (table.loc[("toy", "EMKD")] == "not run").all() and (table.loc[("other", "FLAME")] == "not run").all()
-    one_seed = flamebook.main_table(
+    one_seed = flamebook.main_numbers(
         [*records, rec("emkd", 42, single_ranks[0], hist([1]))], ["toy"], ["Single", "FLAME", "EMKD", "CKD"]
-    ).loc["toy"]
-    sentence = flamebook.records_sentence(one_seed)
+    )
+    sentence = flamebook.records_sentence(one_seed.loc["toy"])
     assert f"FLAME {flame['NDCG@20']} (seeds 42, 43)" in sentence and "(seed 42);" in sentence
-    assert f"EMKD {one_seed.loc['EMKD', flamebook.DELTA]} points" in sentence and sentence.endswith("not run: CKD")
+    emkd = flamebook.main_table(one_seed).loc[("toy", "EMKD")]
+    assert f"EMKD {emkd[flamebook.DELTA]} points (Wilcoxon p = {emkd[flamebook.P_VALUE]})" in sentence
+    assert sentence.endswith("not run: CKD")
     unranked = [{**r, "test_ranks": None} if r["method"] == "flame" else r for r in records]
-    cells = flamebook.main_table(unranked, ["toy"], ["Single", "FLAME"]).loc[("toy", "FLAME")]
+    cells = flamebook.main_table(flamebook.main_numbers(unranked, ["toy"], ["Single", "FLAME"])).loc[("toy", "FLAME")]
     assert cells[flamebook.GAIN] == flame[flamebook.GAIN] and cells[flamebook.P_VALUE] == "ranks not stored"
-    released = flamebook.main_table(records, ["amazon-toys", "toy"], ["Single", "FLAME (released anchor)"])
+    variants = ["Single", "FLAME (released anchor)"]
+    released = flamebook.main_table(flamebook.main_numbers(records, ["amazon-toys", "toy"], variants))
     assert (released.loc[("amazon-toys", "FLAME (released anchor)")] == "not run").all()  # the release has one
     assert (released.loc[("toy", "FLAME (released anchor)")] == "no released anchor").all()
 

@@ -123,7 +123,12 @@ def seeds_phrase(seeds: list, shown: str | None = None) -> str:
 
 def mean_sd(values: pd.Series) -> str:
     """'mean ± sd' over seeds (the mean alone for one value), two decimals."""
-    return f"{values.mean():.2f} ± {values.std(ddof=1):.2f}" if len(values) > 1 else f"{values.mean():.2f}"
+    return plus_minus(values.mean(), values.std(ddof=1))
+
+
+def plus_minus(mean: float, sd: float) -> str:
+    """'mean ± sd', two decimals; the mean alone where sd is NaN (one seed)."""
+    return f"{mean:.2f}" if np.isnan(sd) else f"{mean:.2f} ± {sd:.2f}"
 
 
 def records_frame(records: list[dict], keys=METRIC_KEYS) -> pd.DataFrame:
@@ -184,15 +189,20 @@ def user_ndcg_over_seeds(recs: list[dict], seeds: list[int], k: int = 20) -> np.
     return np.mean([user_ndcg(decode_ranks(by_seed[s]["test_ranks"]), k) for s in seeds], axis=0)
 
 
+PER_USER = "per user"  # the comparison of a row compared with the baseline user by user
 GAIN, DELTA, P_VALUE = "gain over Single %", "Δ NDCG@20 vs Single (95% CI)", "p (Wilcoxon)"  # the comparison columns
 MAIN_COLUMNS = ("seeds", "converged", "NDCG@20", "HR@20", GAIN, DELTA, P_VALUE)
 
 
-def main_table(records: list[dict], datasets: list[str], variants: list[str], baseline: str = "Single") -> pd.DataFrame:
-    """Dataset x method: test NDCG@20 and HR@20 (mean ± sd over seeds), seeds and how many converged, the
-    gain over `baseline` in percent, and a per-user paired comparison with it on the seeds both ran (mean
-    difference of NDCG@20 in points with its 95% CI, Wilcoxon signed-rank p). Cells without records say so:
-    "not run", or for FLAME from the released anchor on a dataset the release ships no anchor for, that."""
+def main_numbers(
+    records: list[dict], datasets: list[str], variants: list[str], baseline: str = "Single"
+) -> pd.DataFrame:
+    """Dataset x method, the numbers of the main table: `state` (ran, not run, or no released anchor for FLAME
+    from the released anchor on a dataset the release ships none for), the seeds, how many converged, test
+    NDCG@20 and HR@20 (mean and sd over seeds), the gain over `baseline` in percent, and `comparison` (per user,
+    or why not: baseline, Single not run, ranks not stored) with the per-user paired comparison on the seeds
+    both ran: mean difference of NDCG@20 in points, its 95% CI, the Wilcoxon signed-rank p. `main_table`
+    formats it; `verdict`, `against_single` and `records_sentence` read it."""
 
     def of(dataset: str, name: str) -> list[dict]:
         return sorted((r for r in records if r["dataset"] == dataset and variant(r) == name), key=lambda r: r["seed"])
@@ -202,74 +212,108 @@ def main_table(records: list[dict], datasets: list[str], variants: list[str], ba
         base = of(dataset, baseline)
         for name in variants:
             recs = of(dataset, name)
-            if not recs and name == RELEASED_VARIANT and dataset not in RELEASED_ANCHORS:
-                cells = dict.fromkeys(MAIN_COLUMNS, NO_ANCHOR)
-            else:
-                cells = _main_cells(recs, base, name == baseline)
-            rows.append({"dataset": dataset, "method": name, **cells})
-    return pd.DataFrame(rows).set_index(["dataset", "method"])[list(MAIN_COLUMNS)]
+            no_anchor = not recs and name == RELEASED_VARIANT and dataset not in RELEASED_ANCHORS
+            rows.append({"dataset": dataset, "method": name, **_main_numbers(recs, base, name == baseline, no_anchor)})
+    return pd.DataFrame(rows).set_index(["dataset", "method"])
 
 
-def ran(table: pd.DataFrame) -> pd.DataFrame:
-    """The rows of one dataset's main table (``main_table(...).loc[dataset]``) that hold records."""
-    return table[~table["seeds"].isin([NOT_RUN, NO_ANCHOR])]
-
-
-NO_TEST = (NOT_RUN, NO_ANCHOR, BASELINE, SINGLE_NOT_RUN, RANKS_NOT_STORED)  # p cells of rows not compared per user
-
-
-def verdict(row: pd.Series, alpha: float = 0.05) -> str:
-    """A main-table row against Single: "significantly better than", "significantly worse than" (Wilcoxon p
-    below `alpha`, in the direction of the paired mean difference on the seeds both ran) or "not
-    distinguishable from" (also when the row was not compared per user)."""
-    p = row[P_VALUE]
-    if p in NO_TEST or float(p) >= alpha:
-        return "not distinguishable from"
-    better = float(row[DELTA].split()[0]) > 0
-    return "significantly better than" if better else "significantly worse than"
-
-
-def against_single(table: pd.DataFrame) -> str:
-    """Each row of one dataset's main table that was compared with Single per user, as a phrase:
-    "Ensemble-Guide +0.13 [-0.72, +0.99] points (Wilcoxon p = 0.89); FLAME ..."; empty when none was."""
-    compared = table[~table[P_VALUE].isin(NO_TEST)]
-    return "; ".join(f"{m} {row[DELTA]} points (Wilcoxon p = {row[P_VALUE]})" for m, row in compared.iterrows())
-
-
-def records_sentence(table: pd.DataFrame) -> str:
-    """What one dataset's main table says, as a clause: each method's test NDCG@20 with its seeds, the
-    per-user comparisons with Single, and the methods not run."""
-    rows = ran(table).iterrows()
-    seeds = lambda cell: seeds_phrase(cell.split(", "), shown=cell)  # noqa: E731  the cell lists them: "42, 43"
-    parts = ["test NDCG@20 " + ", ".join(f"{m} {row['NDCG@20']} ({seeds(row['seeds'])})" for m, row in rows)]
-    if versus := against_single(table):
-        parts.append(f"per test user against Single: {versus}")
-    if len(missing := table.index[table["seeds"] == NOT_RUN]):
-        parts.append(f"not run: {', '.join(missing)}")
-    return "; ".join(parts)
-
-
-def _main_cells(recs: list[dict], base: list[dict], is_baseline: bool) -> dict:
+def _main_numbers(recs: list[dict], base: list[dict], is_baseline: bool, no_anchor: bool) -> dict:
+    nan = float("nan")
+    cells = dict.fromkeys(
+        ("NDCG@20", "NDCG@20 sd", "HR@20", "HR@20 sd", "gain %", "mean diff", "ci low", "ci high", "p"), nan
+    )
     if not recs:
-        return dict.fromkeys(MAIN_COLUMNS, NOT_RUN)
-    ndcg = pd.Series([r["test"]["NDCG@20"] for r in recs])
-    cells = {
-        "seeds": ", ".join(str(r["seed"]) for r in recs),
-        "converged": f"{sum(r['converged'] for r in recs)}/{len(recs)}",
-        "NDCG@20": mean_sd(ndcg),
-        "HR@20": mean_sd(pd.Series([r["test"]["HR@20"] for r in recs])),
+        state = NO_ANCHOR if no_anchor else NOT_RUN
+        return {"state": state, "seeds": (), "converged": 0, "comparison": state, **cells}
+    ndcg, hr = (pd.Series([r["test"][k] for r in recs]) for k in ("NDCG@20", "HR@20"))
+    cells |= {"NDCG@20": ndcg.mean(), "NDCG@20 sd": ndcg.std(ddof=1), "HR@20": hr.mean(), "HR@20 sd": hr.std(ddof=1)}
+    ran_cells = {
+        "state": "ran",
+        "seeds": tuple(r["seed"] for r in recs),
+        "converged": sum(r["converged"] for r in recs),
     }
     if is_baseline or not base:
-        return {**cells, **dict.fromkeys((GAIN, DELTA, P_VALUE), BASELINE if is_baseline else SINGLE_NOT_RUN)}
-    cells[GAIN] = f"{100 * (ndcg.mean() / np.mean([r['test']['NDCG@20'] for r in base]) - 1):+.1f}"
+        return {**ran_cells, "comparison": BASELINE if is_baseline else SINGLE_NOT_RUN, **cells}
+    cells["gain %"] = 100 * (ndcg.mean() / np.mean([r["test"]["NDCG@20"] for r in base]) - 1)
     ranked = lambda rs: {r["seed"] for r in rs if r.get("test_ranks")}  # noqa: E731
     common = sorted(ranked(recs) & ranked(base))
     if not common:
-        return {**cells, **dict.fromkeys((DELTA, P_VALUE), RANKS_NOT_STORED)}
+        return {**ran_cells, "comparison": RANKS_NOT_STORED, **cells}
     c = paired_comparison(user_ndcg_over_seeds(recs, common), user_ndcg_over_seeds(base, common))
-    cells[DELTA] = f"{c['mean_diff']:+.2f} [{c['ci_low']:+.2f}, {c['ci_high']:+.2f}]"
-    cells[P_VALUE] = f"{c['wilcoxon_p']:.2g}"
-    return cells
+    cells |= {"mean diff": c["mean_diff"], "ci low": c["ci_low"], "ci high": c["ci_high"], "p": c["wilcoxon_p"]}
+    return {**ran_cells, "comparison": PER_USER, **cells}
+
+
+def main_table(numbers: pd.DataFrame) -> pd.DataFrame:
+    """`main_numbers` as the book shows it: seeds, converged out of run, NDCG@20 and HR@20 as mean ± sd, the
+    gain in percent, the paired difference with its CI and the p-value; a cell without a number says why."""
+    rows = {key: _main_cells(row) for key, row in numbers.iterrows()}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis(numbers.index.names)[list(MAIN_COLUMNS)]
+
+
+def delta_text(row: pd.Series) -> str:
+    """A row's paired difference with Single and its 95% CI, in points: '+0.13 [-0.72, +0.99]'."""
+    return f"{row['mean diff']:+.2f} [{row['ci low']:+.2f}, {row['ci high']:+.2f}]"
+
+
+def p_text(row: pd.Series) -> str:
+    """A row's Wilcoxon p, two significant digits."""
+    return f"{row['p']:.2g}"
+
+
+def _main_cells(row: pd.Series) -> dict:
+    if row["state"] != "ran":
+        return dict.fromkeys(MAIN_COLUMNS, row["state"])
+    cells = {
+        "seeds": ", ".join(map(str, row["seeds"])),
+        "converged": f"{row['converged']}/{len(row['seeds'])}",
+        "NDCG@20": plus_minus(row["NDCG@20"], row["NDCG@20 sd"]),
+        "HR@20": plus_minus(row["HR@20"], row["HR@20 sd"]),
+    }
+    why = row["comparison"]
+    if why in (BASELINE, SINGLE_NOT_RUN):
+        return {**cells, **dict.fromkeys((GAIN, DELTA, P_VALUE), why)}
+    cells[GAIN] = f"{row['gain %']:+.1f}"
+    if why == RANKS_NOT_STORED:
+        return {**cells, **dict.fromkeys((DELTA, P_VALUE), why)}
+    return {**cells, DELTA: delta_text(row), P_VALUE: p_text(row)}
+
+
+def ran(numbers: pd.DataFrame) -> pd.DataFrame:
+    """The rows of one dataset's `main_numbers` (``main_numbers(...).loc[dataset]``) that hold records."""
+    return numbers[numbers["state"] == "ran"]
+
+
+def verdict(row: pd.Series, alpha: float = 0.05) -> str:
+    """A `main_numbers` row against Single: "significantly better than", "significantly worse than" (Wilcoxon p
+    below `alpha`, in the direction of the paired mean difference on the seeds both ran) or "not
+    distinguishable from" (also when the row was not compared per user)."""
+    if row["comparison"] != PER_USER or row["p"] >= alpha:
+        return "not distinguishable from"
+    return "significantly better than" if row["mean diff"] > 0 else "significantly worse than"
+
+
+def against_single(numbers: pd.DataFrame) -> str:
+    """Each row of one dataset's `main_numbers` that was compared with Single per user, as a phrase:
+    "Ensemble-Guide +0.13 [-0.72, +0.99] points (Wilcoxon p = 0.89); FLAME ..."; empty when none was."""
+    compared = numbers[numbers["comparison"] == PER_USER]
+    return "; ".join(f"{m} {delta_text(row)} points (Wilcoxon p = {p_text(row)})" for m, row in compared.iterrows())
+
+
+def records_sentence(numbers: pd.DataFrame) -> str:
+    """What one dataset's `main_numbers` says, as a clause: each method's test NDCG@20 with its seeds, the
+    per-user comparisons with Single, and the methods not run."""
+
+    def result(method: str, row: pd.Series) -> str:
+        seeds = seeds_phrase(list(row["seeds"]), shown=", ".join(map(str, row["seeds"])))
+        return f"{method} {plus_minus(row['NDCG@20'], row['NDCG@20 sd'])} ({seeds})"
+
+    parts = ["test NDCG@20 " + ", ".join(result(m, row) for m, row in ran(numbers).iterrows())]
+    if versus := against_single(numbers):
+        parts.append(f"per test user against Single: {versus}")
+    if len(missing := numbers.index[numbers["state"] == NOT_RUN]):
+        parts.append(f"not run: {', '.join(missing)}")
+    return "; ".join(parts)
 
 
 def convergence_vs_single(records: list[dict], dataset: str, name: str = "FLAME") -> pd.DataFrame:
