@@ -223,7 +223,8 @@ def transformer_block(
     if last_only:
         x = layout.last_tokens(x)  # (N, R, B, h), sequences in the layout's sorted order
     q = linear(x, w.q_w, w.q_b)  # (N, R, Tq, h), Tq = B or T
-    a = dropout(linear(_attention(q, kv, layout, heads, p, streams, last_only), w.out_w, w.out_b), p, train)
+    how = _Attention(heads=heads, p=p, streams=streams, last_only=last_only)
+    a = dropout(linear(_attention(q, kv, layout, how), w.out_w, w.out_b), p, train)
     x = layer_norm(x + (a if residual_scale is None else residual_scale[0] * a), w.ln1_w, w.ln1_b, eps)
     f = gelu(linear(x, w.ff1_w, w.ff1_b))  # (N, R, Tq, 4h)
     f = dropout(linear(f, w.ff2_w, w.ff2_b), p, train)
@@ -365,9 +366,16 @@ class SASRecStack(nn.Module):
         return scores.view(*z.shape[:-1], -1)  # (N, ..., I+1)
 
 
-def _attention(
-    q: Tensor, kv: Tensor, layout: Layout | StackedLayout, heads: int, p: float, streams: int, last_only: bool
-) -> Tensor:
+class _Attention(NamedTuple):
+    """How `transformer_block` attends, handed down to each part and bucket of the layout."""
+
+    heads: int
+    p: float  # dropout on the attention probabilities (0: none)
+    streams: int  # consecutive rows that attend to each other (the released code's shared attention)
+    last_only: bool  # queries of each sequence's last token only
+
+
+def _attention(q: Tensor, kv: Tensor, layout: Layout | StackedLayout, how: _Attention) -> Tensor:
     """Causal multi-head attention of token queries over the real keys of their own sequence.
 
     q (N, R, Tq, D) with Tq = T, or B last-position queries in sorted order; kv (N, R, T, 2D).
@@ -376,29 +384,26 @@ def _attention(
     """
     parts = layout.parts
     if len(parts) == 1:
-        return _part_attention(q, kv, parts[0], heads, p, streams, last_only)
+        return _part_attention(q, kv, parts[0], how)
     g, out = q.shape[0] // len(parts), []
     for s, part in enumerate(parts):
-        o = _part_attention(q[s * g : (s + 1) * g], kv[s * g : (s + 1) * g], part, heads, p, streams, last_only)
-        out.append(o if last_only else F.pad(o, (0, 0, 0, q.shape[2] - o.shape[2])))  # (g, R, Tq, D)
+        o = _part_attention(q[s * g : (s + 1) * g], kv[s * g : (s + 1) * g], part, how)
+        out.append(o if how.last_only else F.pad(o, (0, 0, 0, q.shape[2] - o.shape[2])))  # (g, R, Tq, D)
     return torch.cat(out)  # (N, R, Tq, D)
 
 
-def _part_attention(
-    q: Tensor, kv: Tensor, layout: Layout, heads: int, p: float, streams: int, last_only: bool
-) -> Tensor:
+def _part_attention(q: Tensor, kv: Tensor, layout: Layout, how: _Attention) -> Tensor:
     out = []
     for bucket in layout.buckets:
-        q_k = q[:, :, bucket.rows if last_only else bucket.tokens]  # (N, R, B_k or T_k, D)
-        out.append(_bucket_attention(q_k, kv[:, :, bucket.tokens], bucket, heads, p, streams, last_only))
+        q_k = q[:, :, bucket.rows if how.last_only else bucket.tokens]  # (N, R, B_k or T_k, D)
+        out.append(_bucket_attention(q_k, kv[:, :, bucket.tokens], bucket, how))
     return out[0] if len(out) == 1 else torch.cat(out, dim=2)  # (N, R, Tq, D)
 
 
-def _bucket_attention(
-    q: Tensor, kv: Tensor, bucket: Bucket, heads: int, p: float, streams: int, last_only: bool
-) -> Tensor:
+def _bucket_attention(q: Tensor, kv: Tensor, bucket: Bucket, how: _Attention) -> Tensor:
+    heads, last_only = how.heads, how.last_only
     N, R, T, D2 = kv.shape
-    (B, W), C, E = bucket.real.shape, streams, D2 // 2 // heads
+    (B, W), C, E = bucket.real.shape, how.streams, D2 // 2 // heads
     G = N * R // C
 
     def to_grid(t: Tensor, parts: int) -> Tensor:  # (N, R, T, parts*D) -> (parts, G, B, H, C*W, E)
@@ -412,7 +417,7 @@ def _bucket_attention(
         q = q.view(G, C, B, heads, E).permute(0, 2, 3, 1, 4)  # (G, B, H, C, E)
     else:
         q = to_grid(q, 1)[0]  # (G, B, H, C*W, E)
-    out = _sdpa(q, k, v, bucket.mask(C, last_only), p)  # (G, B, H, C or C*W, E)
+    out = _sdpa(q, k, v, bucket.mask(C, last_only), how.p)  # (G, B, H, C or C*W, E)
     if last_only:
         return out.permute(0, 3, 1, 2, 4).reshape(N, R, B, D2 // 2)  # (N, R, B, D)
     out = out.view(G, B, heads, C, W, E).permute(0, 3, 1, 4, 2, 5).reshape(N, R, B * W, D2 // 2)
