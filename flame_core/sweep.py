@@ -2,15 +2,14 @@
 
     python -m flame_core sweep --profile full --datasets amazon-toys,amazon-beauty --device cuda
 
-A *job* is one dataset, one method and one anchor (pretrained here, or a released file with
-``--released DIR``: FLAME trained from the official release's frozen network; ``--released-only`` runs just
-those) with all its seeds: stacked in
-one model where the method allows and the device is a GPU (``--stack``/``--no-stack`` decide otherwise),
-else one after another. A job whose every seed already has a record under ``--record`` (same dataset,
-method, profile, seed and anchor) is skipped; an interrupted one resumes from its run folders under
+A *job* is one dataset, one method and one anchor (pretrained here, or a released file with ``--released DIR``:
+FLAME trained from the official release's frozen network; ``--released-only`` runs just those) with all its
+seeds: stacked in one model where the method allows and the device is a GPU (``--stack``/``--no-stack`` decide
+otherwise), else one after another. A job whose every seed already has a record under ``--record`` (same
+dataset, method, profile, seed and anchor) is skipped; an interrupted one resumes from its run folders under
 ``--runs``. Jobs run through submitit (a maintained job engine): its local executor by default, each job a
-subprocess, ``--parallel`` at a time; ``--executor slurm`` submits them as one Slurm array; ``--executor
-debug`` runs them in this process. A line per job as it ends, a table at the end.
+subprocess, ``--parallel`` at a time; ``--executor slurm`` submits them as one Slurm array; ``--executor debug``
+runs them in this process. A line per job as it ends, a table at the end.
 """
 
 from __future__ import annotations
