@@ -211,20 +211,19 @@ def main_numbers(
     for dataset in datasets:
         base = of(dataset, baseline)
         for name in variants:
-            recs = of(dataset, name)
-            no_anchor = not recs and name == RELEASED_VARIANT and dataset not in RELEASED_ANCHORS
-            rows.append({"dataset": dataset, "method": name, **_main_numbers(recs, base, name == baseline, no_anchor)})
+            missing = NO_ANCHOR if name == RELEASED_VARIANT and dataset not in RELEASED_ANCHORS else NOT_RUN
+            cells = _main_numbers(of(dataset, name), base, is_baseline=name == baseline, missing=missing)
+            rows.append({"dataset": dataset, "method": name, **cells})
     return pd.DataFrame(rows).set_index(["dataset", "method"])
 
 
-def _main_numbers(recs: list[dict], base: list[dict], is_baseline: bool, no_anchor: bool) -> dict:
-    nan = float("nan")
+def _main_numbers(recs: list[dict], base: list[dict], is_baseline: bool, missing: str) -> dict:
+    """One row of `main_numbers`; `missing` is the state of a row without records."""
     cells = dict.fromkeys(
-        ("NDCG@20", "NDCG@20 sd", "HR@20", "HR@20 sd", "gain %", "mean diff", "ci low", "ci high", "p"), nan
+        ("NDCG@20", "NDCG@20 sd", "HR@20", "HR@20 sd", "gain %", "mean diff", "ci low", "ci high", "p"), np.nan
     )
     if not recs:
-        state = NO_ANCHOR if no_anchor else NOT_RUN
-        return {"state": state, "seeds": (), "converged": 0, "comparison": state, **cells}
+        return {"state": missing, "seeds": (), "converged": 0, "comparison": missing, **cells}
     ndcg, hr = (pd.Series([r["test"][k] for r in recs]) for k in ("NDCG@20", "HR@20"))
     cells |= {"NDCG@20": ndcg.mean(), "NDCG@20 sd": ndcg.std(ddof=1), "HR@20": hr.mean(), "HR@20 sd": hr.std(ddof=1)}
     ran_cells = {
