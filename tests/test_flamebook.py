@@ -85,6 +85,10 @@ def test_convergence_counts_seconds_to_singles_best_with_and_without_the_anchor(
     (apart,) = flamebook.convergence_vs_single(elsewhere, "toy").to_dict(orient="records")
     assert not apart["same device"] and np.isnan(apart["speed-up (s)"]) and np.isnan(apart["speed-up incl. anchor (s)"])
     assert apart["reached"] and apart["speed-up (epochs)"] == pytest.approx(1.5)  # epochs compare across devices
+    released = [records[0], rec("flame", 42, [1, 2], hist([2.0, 3.1, 3.2], seconds=5.0), [{"origin": "file"}])]
+    (from_file,) = flamebook.convergence_vs_single(released, "toy", name="FLAME (released anchor)").to_dict("records")
+    assert from_file["speed-up (s)"] == pytest.approx(3.0) and np.isnan(from_file["anchor s"])
+    assert np.isnan(from_file["speed-up incl. anchor (s)"])  # the release's pretraining seconds are unknown
     assert time_to_reach(hist([1, 2]), 5) is None
 
 

@@ -320,7 +320,8 @@ def convergence_vs_single(records: list[dict], dataset: str, name: str = "FLAME"
     and for `name` to reach that same value, with and without its anchor's pretraining seconds; speed-up =
     Single's seconds / the method's (above 1: the method gets there faster). Seconds are compared only between
     records of one device ("same device"); across devices the seconds' speed-ups are left out and the epochs'
-    stay. Empty when nothing matches."""
+    stay. An anchor read from a released file has no known pretraining seconds: "anchor s" and the speed-up
+    including it are NaN there. Empty when nothing matches."""
     single = {r["seed"]: r for r in records if r["dataset"] == dataset and variant(r) == "Single"}
     rows = []
     runs = sorted((r for r in records if r["dataset"] == dataset and variant(r) == name), key=lambda r: r["seed"])
@@ -331,7 +332,9 @@ def convergence_vs_single(records: list[dict], dataset: str, name: str = "FLAME"
         best = max(row["valid/NDCG@20"] for row in base["history"])
         s_time = time_to_reach(base["history"], best)
         reach = time_to_reach(rec["history"], best)
-        anchor = sum(p.get("train_seconds", np.nan) for p in rec.get("pretrained", []) if p["origin"] == "pretrained")
+        anchors = rec.get("pretrained", [])
+        released = any(p["origin"] == "file" for p in anchors)  # the release does not say how long it trained
+        anchor = np.nan if released else sum(p.get("train_seconds", np.nan) for p in anchors)
         row = {
             "seed": rec["seed"],
             "Single best valid NDCG@20": best,
