@@ -341,6 +341,8 @@ conv_full = pd.concat(
     ignore_index=True,
 )
 if len(conv_full):
+    # a seed whose two records ran on different devices keeps its epochs; its seconds average with nothing
+    conv_full.loc[~conv_full["same device"].astype(bool), ["Single s", "FLAME s", "anchor s"]] = np.nan
     by = conv_full.groupby(["dataset", "method"], sort=False)
     summary = by[
         [
@@ -362,7 +364,7 @@ if len(conv_full):
             f"the seeds both ran; speed-up = Single's / FLAME's (above 1: FLAME is faster; the paper "
             f"claims up to {flamebook.PAPER_SPEEDUP}). A seed where FLAME never reaches Single's best "
             "counts as not reached and leaves its speed-up out; a seed whose two records ran on different "
-            "devices leaves its seconds' speed-ups out (its epochs still compare). FLAME from the released "
+            "devices leaves its seconds and their speed-ups out (its epochs still compare). FLAME from the released "
             "anchor has no anchor seconds: the release does not say how long its anchor trained."
         )
     )
