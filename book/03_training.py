@@ -329,39 +329,13 @@ display(Markdown("\n\n".join(findings)))
 # row has no figure with the pretraining included.
 
 # %% tags=["hide-input"]
-conv_full = pd.concat(
-    [
-        flamebook.convergence_vs_single(full, d, name=m)
-        .rename(columns={f"{m} epochs": "FLAME epochs", f"{m} s": "FLAME s"})
-        .assign(dataset=d, method=m)
-        for d in table_datasets
-        for m in flames
-    ]
-    + [pd.DataFrame()],
-    ignore_index=True,
-)
+conv_full = flamebook.convergence_table(full, table_datasets, flames)
 if len(conv_full):
-    # a seed whose two records ran on different devices keeps its epochs; its seconds average with nothing
-    conv_full.loc[~conv_full["same device"].astype(bool), ["Single s", "FLAME s", "anchor s"]] = np.nan
-    by = conv_full.groupby(["dataset", "method"], sort=False)
-    summary = by[
-        [
-            "Single epochs",
-            "FLAME epochs",
-            "Single s",
-            "FLAME s",
-            "anchor s",
-            "speed-up (epochs)",
-            "speed-up (s)",
-            "speed-up incl. anchor (s)",
-        ]
-    ].mean()
-    for column, flag in (("seeds reached", "reached"), ("seeds on one device", "same device")):
-        summary[column] = by[flag].agg(lambda v: f"{int(v.sum())}/{len(v)}")
+    summary = flamebook.convergence_summary(conv_full)
     display(
         Markdown(
             f"**Table 4.** Epochs and training seconds to Single's best validation NDCG@20, means over "
-            f"the seeds both ran; speed-up = Single's / FLAME's (above 1: FLAME is faster; the paper "
+            f"the seeds both ran; speed-up = Single's / the method's (above 1: FLAME is faster; the paper "
             f"claims up to {flamebook.PAPER_SPEEDUP}). A seed where FLAME never reaches Single's best "
             "counts as not reached and leaves its speed-up out; a seed whose two records ran on different "
             "devices leaves its seconds and their speed-ups out (its epochs still compare). FLAME from the released "
@@ -369,31 +343,7 @@ if len(conv_full):
         )
     )
     display(summary.round(2))
-
-    def convergence_sentence(m: str, r: pd.Series) -> str:
-        paper = flamebook.PAPER_SPEEDUP
-        if pd.isna(r["speed-up (epochs)"]):
-            return f"so no speed-up can be measured there: {m} is not faster, against the paper's {paper}x."
-        if pd.isna(r["speed-up (s)"]):
-            return (
-                f"{r['speed-up (epochs)']:.2f}x as fast as Single in epochs, against the paper's "
-                f"{paper}x; their seconds ran on different devices and do not compare."
-            )
-        pace = f"({r['speed-up (epochs)']:.2f}x in epochs), against the paper's {paper}x"
-        if pd.isna(r["speed-up incl. anchor (s)"]):
-            return (
-                f"{r['speed-up (s)']:.2f}x as fast as Single in training seconds {pace}; the release does not say "
-                "how long its anchor trained, so no figure includes it."
-            )
-        return (
-            f"{r['speed-up (s)']:.2f}x as fast as Single without its anchor's pretraining and "
-            f"{r['speed-up incl. anchor (s)']:.2f}x with it {pace}."
-        )
-
-    lines = [
-        f"On **{d}**, {m} reached Single's best in {r['seeds reached']} seeds, {convergence_sentence(m, r)}"
-        for (d, m), r in summary.iterrows()
-    ]
+    lines = [flamebook.convergence_sentence(d, m, r) for (d, m), r in summary.iterrows()]
     display(Markdown("\n\n".join(lines)))
     shown = list(dict.fromkeys(summary.index.get_level_values("dataset")))
     curves_full = pd.concat(
@@ -640,21 +590,14 @@ display(Markdown("\n\n".join([quick, full_note, speed_note])))
 # Each solution is a cell to unfold; it runs when the chapter runs, so its numbers are this build's.
 
 # %% [markdown]
-# **Solution 1.** `flamebook.convergence_vs_single` does exactly this for every seed both methods ran.
+# **Solution 1.** `flamebook.convergence_table`, read by Table 4, holds the answer seed by seed for every seed
+# both methods ran.
 
 # %% tags=["hide-cell"]
-answered = False
-for d in table_datasets:
-    per_seed = flamebook.convergence_vs_single(full, d)
-    if len(per_seed):
-        answered = True
-        print(
-            f"{d}:\n"
-            + per_seed[["seed", "Single best valid NDCG@20", "Single epochs", "FLAME epochs", "reached"]]
-            .round(2)
-            .to_string(index=False)
-        )
-if not answered:
+if len(conv_full):
+    columns = ["dataset", "method", "seed", "Single best valid NDCG@20", "Single epochs", "method epochs", "reached"]
+    print(conv_full[columns].round(2).to_string(index=False))
+else:
     print("no dataset has full records of both Single and FLAME yet; rerun after the sweep has recorded them")
 
 # %% [markdown]

@@ -92,6 +92,37 @@ def test_convergence_counts_seconds_to_singles_best_with_and_without_the_anchor(
     assert time_to_reach(hist([1, 2]), 5) is None
 
 
+def test_table_4_summarises_seeds_and_says_why_a_speed_up_is_missing():
+    anchor = [{"origin": "pretrained", "train_seconds": 40.0}]
+    single = [rec("single", s, [1, 2], hist([1.0, 2.0, 3.0], seconds=10.0), dataset=d) for d in "ab" for s in (1, 2)]
+    fast = hist([2.0, 3.1], seconds=5.0)  # Single's best (3.0 after 30 s) after 10 s, in 2 epochs
+    records = single + [
+        rec("flame", 1, [1, 2], fast, anchor, dataset="a"),
+        {**rec("flame", 2, [1, 2], fast, anchor, dataset="a"), "device": "cuda"},  # seconds of two devices
+        rec("flame", 1, [1, 2], fast, [{"origin": "file"}], dataset="b"),  # released: no anchor seconds
+        rec("flame", 2, [1, 2], hist([1.0]), [{"origin": "file"}], dataset="b"),  # never reaches 3.0
+    ]
+    names = ["FLAME", "FLAME (released anchor)"]
+    conv = flamebook.convergence_table(records, ["a", "b"], names)
+    assert len(conv) == 4 and set(conv["method"]) == set(names)
+    apart = conv[(conv["dataset"] == "a") & (conv["seed"] == 2)].iloc[0]
+    assert np.isnan(apart[["Single s", "method s", "anchor s"]].astype(float)).all() and apart["method epochs"] == 2
+    summary = flamebook.convergence_summary(conv)
+    a, b = summary.loc[("a", "FLAME")], summary.loc[("b", "FLAME (released anchor)")]
+    assert a["Single s"] == 30.0 and a["speed-up (s)"] == pytest.approx(3.0)  # the same-device seed alone
+    assert a["speed-up incl. anchor (s)"] == pytest.approx(30 / 50) and a["speed-up (epochs)"] == pytest.approx(1.5)
+    assert (a["seeds reached"], a["seeds on one device"], b["seeds reached"]) == ("2/2", "1/2", "1/2")
+    said = flamebook.convergence_sentence("a", "FLAME", a)
+    assert "3.00x as fast as Single without its anchor's pretraining and 0.60x with it (1.50x in epochs)" in said
+    said = flamebook.convergence_sentence("b", "FLAME (released anchor)", b)
+    assert "in 1/2 seeds, 3.00x as fast as Single in training seconds" in said and "release does not say" in said
+    only_apart = flamebook.convergence_summary(conv[conv["device"] == "cuda"]).iloc[0]
+    assert "their seconds ran on different devices" in flamebook.convergence_sentence("a", "FLAME", only_apart)
+    never = flamebook.convergence_summary(conv[~conv["reached"].astype(bool)]).iloc[0]
+    assert "no speed-up can be measured there" in flamebook.convergence_sentence("b", "FLAME", never)
+    assert flamebook.convergence_table(records, ["elsewhere"], names).empty
+
+
 def test_a_released_anchor_makes_its_own_row():
     r = rec("flame", 1, [0], hist([1]), [{"origin": "file", "file": "toy.pt"}])
     assert flamebook.variant(r) == "FLAME (released anchor)" and flamebook.variant(rec("flame", 1, [0], [])) == "FLAME"

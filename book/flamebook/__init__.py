@@ -355,6 +355,72 @@ def convergence_vs_single(records: list[dict], dataset: str, name: str = "FLAME"
     return pd.DataFrame(rows)
 
 
+def convergence_table(records: list[dict], datasets: list[str], names: list[str]) -> pd.DataFrame:
+    """`convergence_vs_single` of each method of `names` on each dataset, one row per seed, with `dataset` and
+    `method` columns and the method's own columns named "method epochs" and "method s". A seed whose two records
+    ran on different devices keeps its epochs and loses its seconds, which would average with nothing."""
+    conv = pd.concat(
+        [
+            convergence_vs_single(records, d, name=m)
+            .rename(columns={f"{m} epochs": "method epochs", f"{m} s": "method s"})
+            .assign(dataset=d, method=m)
+            for d in datasets
+            for m in names
+        ]
+        + [pd.DataFrame()],
+        ignore_index=True,
+    )
+    if len(conv):
+        conv.loc[~conv["same device"].astype(bool), ["Single s", "method s", "anchor s"]] = np.nan
+    return conv
+
+
+CONVERGENCE_MEANS = (
+    "Single epochs",
+    "method epochs",
+    "Single s",
+    "method s",
+    "anchor s",
+    "speed-up (epochs)",
+    "speed-up (s)",
+    "speed-up incl. anchor (s)",
+)
+
+
+def convergence_summary(conv: pd.DataFrame) -> pd.DataFrame:
+    """`convergence_table` by dataset and method: the means over seeds (NaN left out, so a speed-up averages
+    the seeds that reached Single's best on one device), and how many seeds reached it and ran on one device."""
+    by = conv.groupby(["dataset", "method"], sort=False)
+    summary = by[list(CONVERGENCE_MEANS)].mean()
+    for column, flag in (("seeds reached", "reached"), ("seeds on one device", "same device")):
+        summary[column] = by[flag].agg(lambda v: f"{int(v.sum())}/{len(v)}")
+    return summary
+
+
+def convergence_sentence(dataset: str, method: str, row: pd.Series) -> str:
+    """One row of `convergence_summary` as a sentence against the paper's claim: the speed-ups that could be
+    measured, and why the others could not (not reached, devices apart, a released anchor's unknown seconds)."""
+    start = f"On **{dataset}**, {method} reached Single's best in {row['seeds reached']} seeds, "
+    paper, epochs, seconds = PAPER_SPEEDUP, row["speed-up (epochs)"], row["speed-up (s)"]
+    if pd.isna(epochs):
+        return start + f"so no speed-up can be measured there: {method} is not faster, against the paper's {paper}x."
+    if pd.isna(seconds):
+        return start + (
+            f"{epochs:.2f}x as fast as Single in epochs, against the paper's {paper}x; their seconds ran on "
+            "different devices and do not compare."
+        )
+    pace = f"({epochs:.2f}x in epochs), against the paper's {paper}x"
+    if pd.isna(row["speed-up incl. anchor (s)"]):
+        return start + (
+            f"{seconds:.2f}x as fast as Single in training seconds {pace}; the release does not say how long its "
+            "anchor trained, so no figure includes it."
+        )
+    return start + (
+        f"{seconds:.2f}x as fast as Single without its anchor's pretraining and "
+        f"{row['speed-up incl. anchor (s)']:.2f}x with it {pace}."
+    )
+
+
 def record_curves(records: list[dict], dataset: str, names: list[str]) -> pd.DataFrame:
     """Validation NDCG@20 per epoch and cumulative training seconds, one row per record, seed and epoch."""
     chosen = [r for r in records if r["dataset"] == dataset and variant(r) in names]
