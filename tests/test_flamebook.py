@@ -115,7 +115,7 @@ def test_table_4_summarises_seeds_and_says_why_a_speed_up_is_missing():
     said = flamebook.convergence_sentence("a", "FLAME", a)
     assert "3.00x as fast as Single without its anchor's pretraining and 0.60x with it (1.50x in epochs)" in said
     said = flamebook.convergence_sentence("b", "FLAME (released anchor)", b)
-    assert "in 1/2 seeds, 3.00x as fast as Single in training seconds" in said and "release does not say" in said
+    assert "in 1/2 seeds, 3.00x as fast as Single in training seconds" in said and "the release does not state" in said
     only_apart = flamebook.convergence_summary(conv[conv["device"] == "cuda"]).iloc[0]
     assert "their seconds ran on different devices" in flamebook.convergence_sentence("a", "FLAME", only_apart)
     never = flamebook.convergence_summary(conv[~conv["reached"].astype(bool)]).iloc[0]

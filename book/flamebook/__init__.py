@@ -411,9 +411,10 @@ def convergence_sentence(dataset: str, method: str, row: pd.Series) -> str:
         )
     pace = f"({epochs:.2f}x in epochs), against the paper's {paper}x"
     if pd.isna(row["speed-up incl. anchor (s)"]):
+        unknown = "the release does not state" if method == RELEASED_VARIANT else "the records do not hold"
         return start + (
-            f"{seconds:.2f}x as fast as Single in training seconds {pace}; the release does not say how long its "
-            "anchor trained, so no figure includes it."
+            f"{seconds:.2f}x as fast as Single in training seconds {pace}; no figure includes the anchor's "
+            f"pretraining, whose seconds {unknown}."
         )
     return start + (
         f"{seconds:.2f}x as fast as Single without its anchor's pretraining and "
