@@ -104,7 +104,7 @@ def test_table_4_summarises_seeds_and_says_why_a_speed_up_is_missing():
     ]
     names = ["FLAME", "FLAME (released anchor)"]
     conv = flamebook.convergence_table(records, ["a", "b"], names)
-    assert len(conv) == 4 and set(conv["method"]) == set(names)
+    assert len(conv) == 4 and set(conv["method"]) == set(names) and conv["seed"].dtype.kind == "i"
     apart = conv[(conv["dataset"] == "a") & (conv["seed"] == 2)].iloc[0]
     assert np.isnan(apart[["Single s", "method s", "anchor s"]].astype(float)).all() and apart["method epochs"] == 2
     summary = flamebook.convergence_summary(conv)
@@ -118,7 +118,7 @@ def test_table_4_summarises_seeds_and_says_why_a_speed_up_is_missing():
     assert "in 1/2 seeds, 3.00x as fast as Single in training seconds" in said and "the release does not state" in said
     only_apart = flamebook.convergence_summary(conv[conv["device"] == "cuda"]).iloc[0]
     assert "their seconds ran on different devices" in flamebook.convergence_sentence("a", "FLAME", only_apart)
-    never = flamebook.convergence_summary(conv[~conv["reached"].astype(bool)]).iloc[0]
+    never = flamebook.convergence_summary(conv[~conv["reached"]]).iloc[0]
     assert "no speed-up can be measured there" in flamebook.convergence_sentence("b", "FLAME", never)
     assert flamebook.convergence_table(records, ["elsewhere"], names).empty
 

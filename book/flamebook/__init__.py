@@ -359,19 +359,16 @@ def convergence_table(records: list[dict], datasets: list[str], names: list[str]
     """`convergence_vs_single` of each method of `names` on each dataset, one row per seed, with `dataset` and
     `method` columns and the method's own columns named "method epochs" and "method s". A seed whose two records
     ran on different devices keeps its epochs and loses its seconds, which would average with nothing."""
-    conv = pd.concat(
-        [
-            convergence_vs_single(records, d, name=m)
-            .rename(columns={f"{m} epochs": "method epochs", f"{m} s": "method s"})
-            .assign(dataset=d, method=m)
-            for d in datasets
-            for m in names
-        ]
-        + [pd.DataFrame()],
-        ignore_index=True,
-    )
-    if len(conv):
-        conv.loc[~conv["same device"].astype(bool), ["Single s", "method s", "anchor s"]] = np.nan
+    parts = [(d, m, convergence_vs_single(records, d, name=m)) for d in datasets for m in names]
+    parts = [
+        part.rename(columns={f"{m} epochs": "method epochs", f"{m} s": "method s"}).assign(dataset=d, method=m)
+        for d, m, part in parts
+        if len(part)  # an empty frame in the concatenation would make the seeds floats
+    ]
+    if not parts:
+        return pd.DataFrame()
+    conv = pd.concat(parts, ignore_index=True)
+    conv.loc[~conv["same device"], ["Single s", "method s", "anchor s"]] = np.nan
     return conv
 
 
