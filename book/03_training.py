@@ -271,7 +271,10 @@ gap.rename("ours minus official (points)").round(2)
 # confidence interval, and the two-sided Wilcoxon signed-rank p-value (no normality assumed). "FLAME
 # (released anchor)" is FLAME trained from the official release's frozen network instead of one we
 # pretrained; the release ships anchors for amazon-toys, amazon-beauty and amazon-games (and ML-1M) only, so its
-# row says "no released anchor" elsewhere. Cells nobody has run yet say "not run".
+# row says "no released anchor" elsewhere. Cells nobody has run yet say "not run". Each p-value is one of
+# many comparisons with Single in the table, and the sentences below call a row significant at p < 0.05
+# without correcting for that: a p just under 0.05, above all on one seed, asks for more seeds before it
+# counts as a finding (a Bonferroni correction over k comparisons would ask for p < 0.05 / k).
 
 # %% tags=["hide-input"]
 records = load_records(flamebook.resolve(results_dir))
