@@ -319,8 +319,8 @@ def convergence_vs_single(records: list[dict], dataset: str, name: str = "FLAME"
     """Per seed run by both: epochs and training seconds for Single to reach its best validation NDCG@20,
     and for `name` to reach that same value, with and without its anchor's pretraining seconds; speed-up =
     Single's seconds / the method's (above 1: the method gets there faster). Seconds are compared only between
-    records of one device ("same device"); across devices the seconds' speed-ups are left out and the epochs'
-    stay. An anchor read from a released file has no known pretraining seconds: "anchor s" and the speed-up
+    records of one device ("same device"); across devices the seconds and their speed-ups are NaN and the
+    epochs stay. An anchor read from a released file has no known pretraining seconds: "anchor s" and the speed-up
     including it are NaN there. Empty when nothing matches."""
     single = {r["seed"]: r for r in records if r["dataset"] == dataset and variant(r) == "Single"}
     rows = []
@@ -335,21 +335,21 @@ def convergence_vs_single(records: list[dict], dataset: str, name: str = "FLAME"
         anchors = rec.get("pretrained", [])
         released = any(p["origin"] == "file" for p in anchors)  # the release does not say how long it trained
         anchor = np.nan if released else sum(p.get("train_seconds", np.nan) for p in anchors)
+        same = rec["device"] == base["device"]  # a CPU's seconds against a GPU's say nothing
         row = {
             "seed": rec["seed"],
             "Single best valid NDCG@20": best,
             "Single epochs": s_time["epoch"],
-            "Single s": s_time["seconds"],
+            "Single s": s_time["seconds"] if same else np.nan,
             f"{name} epochs": reach["epoch"] if reach else np.nan,
-            f"{name} s": reach["seconds"] if reach else np.nan,
-            "anchor s": anchor,
+            f"{name} s": reach["seconds"] if reach and same else np.nan,
+            "anchor s": anchor if same else np.nan,
             "device": rec["device"],
-            "same device": rec["device"] == base["device"],
+            "same device": same,
             "reached": reach is not None,
         }
-        seconds = row["Single s"] if row["same device"] else np.nan  # a CPU's seconds against a GPU's say nothing
-        row["speed-up (s)"] = seconds / row[f"{name} s"]
-        row["speed-up incl. anchor (s)"] = seconds / (row[f"{name} s"] + anchor)
+        row["speed-up (s)"] = row["Single s"] / row[f"{name} s"]
+        row["speed-up incl. anchor (s)"] = row["Single s"] / (row[f"{name} s"] + row["anchor s"])
         row["speed-up (epochs)"] = row["Single epochs"] / row[f"{name} epochs"]
         rows.append(row)
     return pd.DataFrame(rows)
@@ -357,8 +357,7 @@ def convergence_vs_single(records: list[dict], dataset: str, name: str = "FLAME"
 
 def convergence_table(records: list[dict], datasets: list[str], names: list[str]) -> pd.DataFrame:
     """`convergence_vs_single` of each method of `names` on each dataset, one row per seed, with `dataset` and
-    `method` columns and the method's own columns named "method epochs" and "method s". A seed whose two records
-    ran on different devices keeps its epochs and loses its seconds, which would average with nothing."""
+    `method` columns and the method's own columns named "method epochs" and "method s"."""
     parts = [(d, m, convergence_vs_single(records, d, name=m)) for d in datasets for m in names]
     parts = [
         part.rename(columns={f"{m} epochs": "method epochs", f"{m} s": "method s"}).assign(dataset=d, method=m)
@@ -367,9 +366,7 @@ def convergence_table(records: list[dict], datasets: list[str], names: list[str]
     ]
     if not parts:
         return pd.DataFrame()
-    conv = pd.concat(parts, ignore_index=True)
-    conv.loc[~conv["same device"], ["Single s", "method s", "anchor s"]] = np.nan
-    return conv
+    return pd.concat(parts, ignore_index=True)
 
 
 CONVERGENCE_MEANS = (
