@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import platform
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ from flame_core.config import ModelConfig
 from flame_core.data import build_split, load_dataset
 from flame_core.engine import EpochRunner, evaluate_replicas, make_optimizer
 from flame_core.measure import matmul_peak_gflops, peak_rss_mb, random_order, step_flops, step_ms, sync, untrained
-from flame_core.utils import atomic_json, resolve_device, seed_everything
+from flame_core.utils import atomic_json, machine_name, resolve_device, seed_everything
 
 try:
     from bench.naive import NaiveSASRec
@@ -118,7 +117,7 @@ def run(args: argparse.Namespace) -> dict:
         "device": str(device),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "machine": torch.cuda.get_device_name(device) if cuda else platform.processor() or platform.machine(),
+        "machine": machine_name(device),
         "batch_size": args.batch_size,
         "steps": args.steps,
         "amp": False,

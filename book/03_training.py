@@ -327,9 +327,12 @@ display(Markdown("\n\n".join(findings)))
 # that same value (evaluation excluded), once without and once with the seconds spent pretraining
 # FLAME's anchor, which the paper's comparison does not count. Seconds are wall-clock times on the device
 # each record names, under whatever else that machine ran: the CPU records of ml-100k were trained beside
-# other work, so their seconds are noisier than their epochs. FLAME trained from the release's anchor is
-# compared the same way, in its own row; the release does not say how long its anchor trained, so that
-# row has no figure with the pretraining included.
+# other work, so their seconds are noisier than their epochs. A record also names the machine that timed it
+# (the CPU's or GPU's model, the cores it could use and torch's threads); two records that name different
+# machines do not compare in seconds. Records written before records named their machine say only "cpu" or
+# "cuda", and the sentences below Table 4 say where a speed-up in seconds rests on such a pair. FLAME
+# trained from the release's anchor is compared the same way, in its own row; the release does not say how
+# long its anchor trained, so that row has no figure with the pretraining included.
 
 # %% tags=["hide-input"]
 conv_full = flamebook.convergence_table(full, table_datasets, flames)
@@ -341,8 +344,10 @@ if len(conv_full):
             f"the seeds both ran; speed-up = Single's / the method's (above 1: FLAME is faster; the paper "
             f"claims up to {flamebook.PAPER_SPEEDUP}). A seed where FLAME never reaches Single's best "
             "counts as not reached and leaves its speed-up out; a seed whose two records ran on different "
-            "devices leaves its seconds and their speed-ups out (its epochs still compare). FLAME from the released "
-            "anchor has no anchor seconds: the release does not say how long its anchor trained."
+            "devices, or name different machines, leaves its seconds and their speed-ups out (its epochs still "
+            'compare); "machines named" counts the seeds timed alike whose records both name their machine. '
+            "FLAME from the released anchor has no anchor seconds: the release does not say how long its anchor "
+            "trained."
         )
     )
     display(summary.round(2))

@@ -33,7 +33,14 @@ from flame_core.engine import evaluate, load_weights, selected_weights, train, t
 from flame_core.files import CHECKPOINT, read_json, require
 from flame_core.methods import Method, Single, build_method
 from flame_core.registry import method_class
-from flame_core.utils import atomic_json, file_lock, portable_command, resolve_device, sha256_file
+from flame_core.utils import (
+    atomic_json,
+    file_lock,
+    machine_fingerprint,
+    portable_command,
+    resolve_device,
+    sha256_file,
+)
 
 PROTOCOL_KEY = ("method", "epochs", "patience", "batch_size", "lr", "seed", "keep")  # what a run's numbers depend on
 
@@ -266,7 +273,8 @@ def record(
     pretrained networks (`build`'s). A replica trained stacked records the seeds of its stack
     (`stacked_with`). The record holds no absolute path: `command` defaults to this process's command line
     with its paths made relative (`portable_command`); `git` the revision of the code that ran (default:
-    the working tree's now).
+    the working tree's now); `machine` the hardware, cores and threads that timed it (`machine_fingerprint`),
+    so that readers compare seconds only between runs timed alike.
     """
     stacked_with = results.get("stacked_with") or []
     key = run_key(data, model, cfg, frozen)
@@ -295,6 +303,7 @@ def record(
         "git": git or git_revision(Path(__file__).parent),
         "dataset_stats": data.stats(),
         "device": str(resolve_device(cfg.device)),
+        "machine": machine_fingerprint(resolve_device(cfg.device)),
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "key": key,

@@ -1,5 +1,5 @@
-"""Small shared helpers: the one seeding function, device resolution, atomic file writes, a file lock, file
-digests and machine-independent command lines for provenance."""
+"""Small shared helpers: the one seeding function, device resolution, the machine a run's seconds come from,
+atomic file writes, a file lock, file digests and machine-independent command lines for provenance."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import json
 import os
+import platform
 import random
 import shlex
 import tempfile
@@ -31,6 +32,25 @@ def resolve_device(device: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available; use --device cpu or auto")
     return dev
+
+
+def machine_name(device: torch.device) -> str:
+    """The hardware that times a run on `device`: the GPU's name on CUDA, else the CPU's model name (Linux's
+    /proc/cpuinfo; `platform`'s answer elsewhere, often only the architecture)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def machine_fingerprint(device: torch.device) -> dict:
+    """What decides whether two runs' seconds compare: the hardware's name, the cores this process may use
+    and torch's intra-op threads. No host name and no path, so records stay free of the machine's identity."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"name": machine_name(device), "cores": cores, "threads": torch.get_num_threads()}
 
 
 def cache_dir() -> Path:

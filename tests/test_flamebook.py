@@ -83,13 +83,32 @@ def test_convergence_counts_seconds_to_singles_best_with_and_without_the_anchor(
     assert not never["reached"] and np.isnan(never["speed-up (s)"])
     elsewhere = [records[0], {**records[1], "device": "cuda"}]
     (apart,) = flamebook.convergence_vs_single(elsewhere, "toy").to_dict(orient="records")
-    assert not apart["same device"] and np.isnan(apart["speed-up (s)"]) and np.isnan(apart["speed-up incl. anchor (s)"])
+    assert not apart["timed alike"] and np.isnan(apart["speed-up (s)"]) and np.isnan(apart["speed-up incl. anchor (s)"])
     assert apart["reached"] and apart["speed-up (epochs)"] == pytest.approx(1.5)  # epochs compare across devices
     released = [records[0], rec("flame", 42, [1, 2], hist([2.0, 3.1, 3.2], seconds=5.0), [{"origin": "file"}])]
     (from_file,) = flamebook.convergence_vs_single(released, "toy", name="FLAME (released anchor)").to_dict("records")
     assert from_file["speed-up (s)"] == pytest.approx(3.0) and np.isnan(from_file["anchor s"])
     assert np.isnan(from_file["speed-up incl. anchor (s)"])  # the release's pretraining seconds are unknown
     assert time_to_reach(hist([1, 2]), 5) is None
+
+
+def test_seconds_compare_only_between_records_that_name_one_machine():
+    cpu = {"name": "AMD EPYC", "cores": 2, "threads": 1}
+    single = {**rec("single", 42, [1, 2], hist([1.0, 2.0, 3.0], seconds=10.0)), "machine": cpu}
+    flame = rec("flame", 42, [1, 2], hist([2.0, 3.1], seconds=5.0), [{"origin": "pretrained", "train_seconds": 40.0}])
+    machines = {"same": cpu, "threads": {**cpu, "threads": 2}, "unnamed": None}
+    table = lambda machine: flamebook.convergence_table([single, {**flame, "machine": machine}], ["toy"], ["FLAME"])  # noqa: E731
+    tables = {label: table(machine) for label, machine in machines.items()}
+    rows = {label: table.iloc[0] for label, table in tables.items()}
+    assert rows["same"]["machine"] == "same" and rows["same"]["speed-up (s)"] == pytest.approx(3.0)
+    assert rows["threads"]["machine"] == "different" and not rows["threads"]["timed alike"]
+    assert np.isnan(rows["threads"]["speed-up (s)"]) and rows["threads"]["speed-up (epochs)"] == pytest.approx(1.5)
+    assert rows["unnamed"]["machine"] == "not recorded" and rows["unnamed"]["speed-up (s)"] == pytest.approx(3.0)
+    summary = {label: flamebook.convergence_summary(tables[label]).iloc[0] for label in ("same", "unnamed")}
+    said = {label: flamebook.convergence_sentence("toy", "FLAME", row) for label, row in summary.items()}
+    assert summary["same"]["machines named"] == "1/1" and summary["unnamed"]["machines named"] == "0/1"
+    assert "3.00x as fast" in said["unnamed"] and "3.00x as fast" in said["same"]
+    assert "both records say only that they ran on a cpu" in said["unnamed"] and "which machine" not in said["same"]
 
 
 def test_table_4_summarises_seeds_and_says_why_a_speed_up_is_missing():
@@ -111,13 +130,14 @@ def test_table_4_summarises_seeds_and_says_why_a_speed_up_is_missing():
     a, b = summary.loc[("a", "FLAME")], summary.loc[("b", "FLAME (released anchor)")]
     assert a["Single s"] == 30.0 and a["speed-up (s)"] == pytest.approx(3.0)  # the same-device seed alone
     assert a["speed-up incl. anchor (s)"] == pytest.approx(30 / 50) and a["speed-up (epochs)"] == pytest.approx(1.5)
-    assert (a["seeds reached"], a["seeds on one device"], b["seeds reached"]) == ("2/2", "1/2", "1/2")
+    assert (a["seeds reached"], a["seeds timed alike"], b["seeds reached"]) == ("2/2", "1/2", "1/2")
     said = flamebook.convergence_sentence("a", "FLAME", a)
     assert "3.00x as fast as Single without its anchor's pretraining and 0.60x with it (1.50x in epochs)" in said
     said = flamebook.convergence_sentence("b", "FLAME (released anchor)", b)
     assert "in 1/2 seeds, 3.00x as fast as Single in training seconds" in said and "the release does not state" in said
     only_apart = flamebook.convergence_summary(conv[conv["device"] == "cuda"]).iloc[0]
-    assert "their seconds ran on different devices" in flamebook.convergence_sentence("a", "FLAME", only_apart)
+    said = flamebook.convergence_sentence("a", "FLAME", only_apart)
+    assert "their seconds ran on different devices or machines" in said
     never = flamebook.convergence_summary(conv[~conv["reached"]]).iloc[0]
     assert "no speed-up can be measured there" in flamebook.convergence_sentence("b", "FLAME", never)
     assert flamebook.convergence_table(records, ["elsewhere"], names).empty

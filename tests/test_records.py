@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from flame_core.metrics import RANK_CAP, decode_ranks, encode_ranks, metrics_from_ranks
-from flame_core.utils import portable_command
+from flame_core.utils import machine_fingerprint, portable_command
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = sorted((ROOT / "results").glob("*/*.json")) + sorted((ROOT / "bench" / "results").glob("*.json"))
@@ -60,6 +60,20 @@ def test_commands_are_recorded_with_relative_paths(tmp_path):
     command = portable_command(argv, cwd=tmp_path)
     assert command == "python -m flame_core train --out run --record=rec -x"
     assert not ABSOLUTE.search(portable_command(["--frozen", "/opt/w.pt"], cwd="/work/main"))
+
+
+def test_the_machine_that_timed_a_run_is_named_without_identifying_it():
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = machine_fingerprint(torch.device("cpu"))
+        torch.set_num_threads(2)
+        two = machine_fingerprint(torch.device("cpu"))
+    finally:
+        torch.set_num_threads(before)
+    assert (one["threads"], two["threads"]) == (1, 2) and one != two  # a thread count apart: seconds do not compare
+    assert one["name"] and one["cores"] >= 1 and set(one) == {"name", "cores", "threads"}
+    assert not ABSOLUTE.search(one["name"])
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "results").glob("*/*.json")), ids=lambda p: p.name)

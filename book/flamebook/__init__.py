@@ -319,9 +319,11 @@ def convergence_vs_single(records: list[dict], dataset: str, name: str = "FLAME"
     """Per seed run by both: epochs and training seconds for Single to reach its best validation NDCG@20,
     and for `name` to reach that same value, with and without its anchor's pretraining seconds; speed-up =
     Single's seconds / the method's (above 1: the method gets there faster). Seconds are compared only between
-    records of one device ("same device"); across devices the seconds and their speed-ups are NaN and the
-    epochs stay. An anchor read from a released file has no known pretraining seconds: "anchor s" and the speed-up
-    including it are NaN there. Empty when nothing matches."""
+    records timed alike ("timed alike"): one device, and where both records name their machine (`machine`:
+    "same", "different" or "not recorded", as in records written before they did), one machine with the same
+    cores and threads. Otherwise the seconds and their speed-ups are NaN and the epochs stay. An anchor read
+    from a released file has no known pretraining seconds: "anchor s" and the speed-up including it are NaN
+    there. Empty when nothing matches."""
     single = {r["seed"]: r for r in records if r["dataset"] == dataset and variant(r) == "Single"}
     rows = []
     runs = sorted((r for r in records if r["dataset"] == dataset and variant(r) == name), key=lambda r: r["seed"])
@@ -335,7 +337,8 @@ def convergence_vs_single(records: list[dict], dataset: str, name: str = "FLAME"
         anchors = rec.get("pretrained", [])
         released = any(p["origin"] == "file" for p in anchors)  # the release does not say how long it trained
         anchor = np.nan if released else sum(p.get("train_seconds", np.nan) for p in anchors)
-        same = rec["device"] == base["device"]  # a CPU's seconds against a GPU's say nothing
+        machine = machine_match(rec, base)
+        same = rec["device"] == base["device"] and machine != "different"  # a CPU's seconds against a GPU's say nothing
         row = {
             "seed": rec["seed"],
             "Single best valid NDCG@20": best,
@@ -345,7 +348,8 @@ def convergence_vs_single(records: list[dict], dataset: str, name: str = "FLAME"
             f"{name} s": reach["seconds"] if reach and same else np.nan,
             "anchor s": anchor if same else np.nan,
             "device": rec["device"],
-            "same device": same,
+            "machine": machine,
+            "timed alike": same,
             "reached": reach is not None,
         }
         row["speed-up (s)"] = row["Single s"] / row[f"{name} s"]
@@ -353,6 +357,14 @@ def convergence_vs_single(records: list[dict], dataset: str, name: str = "FLAME"
         row["speed-up (epochs)"] = row["Single epochs"] / row[f"{name} epochs"]
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def machine_match(rec: dict, base: dict) -> str:
+    """Whether two records name one machine (hardware, cores, threads): "same", "different", or "not recorded"
+    when either was written before records named their machine."""
+    if rec.get("machine") is None or base.get("machine") is None:
+        return "not recorded"
+    return "same" if rec["machine"] == base["machine"] else "different"
 
 
 def convergence_table(records: list[dict], datasets: list[str], names: list[str]) -> pd.DataFrame:
@@ -383,17 +395,22 @@ CONVERGENCE_MEANS = (
 
 def convergence_summary(conv: pd.DataFrame) -> pd.DataFrame:
     """`convergence_table` by dataset and method: the means over seeds (NaN left out, so a speed-up averages
-    the seeds that reached Single's best on one device), and how many seeds reached it and ran on one device."""
+    the seeds that reached Single's best timed alike), how many seeds reached it and how many were timed alike,
+    how many of those name their machine (the others compare by device alone), and the device."""
+    conv = conv.assign(named=conv["timed alike"] & (conv["machine"] == "same"))
     by = conv.groupby(["dataset", "method"], sort=False)
     summary = by[list(CONVERGENCE_MEANS)].mean()
-    for column, flag in (("seeds reached", "reached"), ("seeds on one device", "same device")):
+    for column, flag in (("seeds reached", "reached"), ("seeds timed alike", "timed alike")):
         summary[column] = by[flag].agg(lambda v: f"{int(v.sum())}/{len(v)}")
+    summary["machines named"] = [f"{int(k)}/{int(n)}" for k, n in zip(by["named"].sum(), by["timed alike"].sum())]
+    summary["device"] = by["device"].agg(lambda v: ", ".join(sorted(set(v))))
     return summary
 
 
 def convergence_sentence(dataset: str, method: str, row: pd.Series) -> str:
     """One row of `convergence_summary` as a sentence against the paper's claim: the speed-ups that could be
-    measured, and why the others could not (not reached, devices apart, a released anchor's unknown seconds)."""
+    measured, and why the others could not (not reached, devices or machines apart, a released anchor's unknown
+    seconds); seconds from records that do not name their machine say so."""
     start = f"On **{dataset}**, {method} reached Single's best in {row['seeds reached']} seeds, "
     paper, epochs, seconds = PAPER_SPEEDUP, row["speed-up (epochs)"], row["speed-up (s)"]
     if pd.isna(epochs):
@@ -401,9 +418,16 @@ def convergence_sentence(dataset: str, method: str, row: pd.Series) -> str:
     if pd.isna(seconds):
         return start + (
             f"{epochs:.2f}x as fast as Single in epochs, against the paper's {paper}x; their seconds ran on "
-            "different devices and do not compare."
+            "different devices or machines and do not compare."
         )
     pace = f"({epochs:.2f}x in epochs), against the paper's {paper}x"
+    named, alike = (int(n) for n in row["machines named"].split("/"))
+    if named < alike:
+        pairs = "both records" if alike == 1 else f"{alike - named} of its {alike} pairs of records"
+        pace += (
+            f"; {pairs} say only that they ran on a {row['device']}, not on which machine or with how many threads, "
+            "so these seconds may compare two machines"
+        )
     if pd.isna(row["speed-up incl. anchor (s)"]):
         unknown = "the release does not state" if method == RELEASED_VARIANT else "the records do not hold"
         return start + (
