@@ -9,8 +9,14 @@
 # stops it after LIMIT_S seconds. Every record written meanwhile is copied to ${OUT:-gpu-out}/results/DATASET/
 # (commit them under results/), the sweep's output to OUT/sweep.log. List the jobs in the order they should
 # run: a job stopped by the limit writes no record, and its run folder under ${RUNS:-/tmp/flame-runs} lets a
-# later call on the same machine resume it. The sweep needs submitit: where it is not installed, put its wheel
-# (pure Python) on PYTHONPATH first.
+# later call on the same machine resume it.
+#
+# A lent GPU rarely stays for the next call, so the unfinished work also comes back: OUT/state.tar.gz holds
+# every run folder without results (its last checkpoint, history and settings; not checkpoint.prev.pt) and
+# the pretrained anchors of ${FLAME_CACHE_DIR:-/tmp/flame-cache} (finished ones, and unfinished pretraining
+# as above). Given back as STATE_IN=FILE on a later call, on any machine, it is unpacked first, so that call
+# resumes from those checkpoints and reuses those anchors (and packs the state again). The sweep needs
+# submitit: where it is not installed, put its wheel (pure Python) on PYTHONPATH first.
 set -uo pipefail
 if [ $# -lt 1 ] || ! [[ $1 =~ ^[0-9]+$ ]]; then
     echo "usage: bash scripts/device_sweep.sh LIMIT_S [sweep options...]" >&2
@@ -22,12 +28,22 @@ out="${OUT:-gpu-out}" records="${RECORD:-results}"
 mkdir -p "$out/results" "$records"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 export FLAME_CACHE_DIR="${FLAME_CACHE_DIR:-/tmp/flame-cache}"
+runs="${RUNS:-/tmp/flame-runs}"
 py="$(command -v python3 || command -v python)"
+mkdir -p "$runs" "$FLAME_CACHE_DIR"
+if [ -n "${STATE_IN:-}" ]; then
+    staged="$(mktemp -d)"
+    tar -xzf "$STATE_IN" -C "$staged" || { echo "== cannot unpack STATE_IN=$STATE_IN" >&2; exit 2; }
+    [ -d "$staged/runs" ] && cp -r "$staged/runs/." "$runs/"
+    [ -d "$staged/cache" ] && cp -r "$staged/cache/." "$FLAME_CACHE_DIR/"
+    echo "== resumed from $STATE_IN: $(find "$staged" -name config.json | wc -l) unfinished run(s), $(find "$staged" -name '*.pt' -path '*/anchors/*' ! -path '*-run/*' | wc -l) anchor(s)"
+    rm -rf "$staged"
+fi
 marker="$(mktemp)"  # records newer than this one were written by this call
 
 start=$SECONDS
 timeout "$limit" "$py" -m flame_core sweep --profile full --device cuda --executor debug \
-    --runs "${RUNS:-/tmp/flame-runs}" --record "$records" "$@" 2>&1 | tee "$out/sweep.log"
+    --runs "$runs" --record "$records" "$@" 2>&1 | tee "$out/sweep.log"
 status=${PIPESTATUS[0]}
 [ "$status" -eq 124 ] && echo "== stopped at the limit of $limit s: the job then running wrote no record"
 
@@ -38,4 +54,25 @@ while IFS= read -r -d '' rec; do
 done < <(find "$records" -name '*.json' -newer "$marker" -print0)
 rm -f "$marker"
 echo "== sweep exit $status after $((SECONDS - start)) s; $copied new record(s) in $out/results"
+
+# What a later call needs to go on: unfinished run folders and the anchors, without the previous checkpoints.
+pack="$(mktemp -d)"
+mkdir -p "$pack/runs" "$pack/cache"
+unfinished=0
+while IFS= read -r -d '' config; do
+    folder="$(dirname "$config")"
+    [ -e "$folder/results.json" ] && continue
+    case "$folder" in "$FLAME_CACHE_DIR"/*) dest="$pack/cache/${folder#"$FLAME_CACHE_DIR"/}" ;; *) dest="$pack/runs/${folder#"$runs"/}" ;; esac
+    mkdir -p "$dest" && find "$folder" -maxdepth 1 -type f ! -name checkpoint.prev.pt -exec cp {} "$dest/" \;
+    unfinished=$((unfinished + 1))
+done < <(find "$runs" "$FLAME_CACHE_DIR" -name config.json -print0)
+if [ -d "$FLAME_CACHE_DIR/anchors" ]; then
+    mkdir -p "$pack/cache/anchors"
+    find "$FLAME_CACHE_DIR/anchors" -maxdepth 1 -type f ! -name '.*' -exec cp {} "$pack/cache/anchors/" \;
+fi
+tar -czf "$out/state.tar.gz" -C "$pack" runs cache
+rm -rf "$pack"
+size=$(($(stat -c %s "$out/state.tar.gz") / 1048576))
+echo "== $unfinished unfinished run(s) and the anchors in $out/state.tar.gz ($size MiB); STATE_IN=it resumes them"
+[ "$size" -lt 16 ] || echo "== warning: $out/state.tar.gz is over 16 MiB, more than a device call brings back"
 [ "$status" -eq 0 ] || [ "$status" -eq 124 ]

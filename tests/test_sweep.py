@@ -3,7 +3,9 @@ what is recorded, FLAME from a released anchor as its own job, the command line'
 
 import json
 import os
+import shutil
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -103,7 +105,7 @@ def test_the_device_script_copies_what_it_recorded_and_stops_at_its_limit(tmp_pa
     root = Path(__file__).parent.parent
     env = {**os.environ, "OUT": str(tmp_path / "out"), "RECORD": str(tmp_path / "rec"), "RUNS": str(tmp_path / "runs")}
 
-    def run(limit: str, seed: str) -> subprocess.CompletedProcess:
+    def run(limit: str, seed: str, **more: str) -> subprocess.CompletedProcess:
         argv = [
             "bash",
             "scripts/device_sweep.sh",
@@ -114,13 +116,29 @@ def test_the_device_script_copies_what_it_recorded_and_stops_at_its_limit(tmp_pa
             "cpu",
             *(f"--set={k}={v}" for k, v in TINY.items()),
         ]
-        return subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True, timeout=120)
+        return subprocess.run(argv, cwd=root, env={**env, **more}, capture_output=True, text=True, timeout=120)
 
     done = run("100", "1")
     assert done.returncode == 0, done.stdout + done.stderr
     copied = sorted(p.name for p in (tmp_path / "out" / "results" / "synthetic").iterdir())
     assert len(copied) == 1 and copied[0].startswith("single-seed1-") and "1 new record(s)" in done.stdout
     assert "synthetic single seeds 1" in (tmp_path / "out" / "sweep.log").read_text()
+    assert "0 unfinished run(s)" in done.stdout  # seed 1's run folder holds its results: nothing to resume
+    stopped = tmp_path / "runs" / "synthetic" / "single-seed9-0123"  # as a run stopped by the limit leaves it
+    stopped.mkdir(parents=True)
+    for name in ("config.json", "history.jsonl", "checkpoint.pt", "checkpoint.prev.pt"):
+        (stopped / name).write_text(name)
     cut = run("1", "1,2")  # seed 1's record is older than this call; seed 2 cannot train in a second
     assert cut.returncode == 0 and "stopped at the limit of 1 s" in cut.stdout and "0 new record(s)" in cut.stdout
+    assert "1 unfinished run(s)" in cut.stdout
+    state = tmp_path / "state.tar.gz"
+    shutil.copy(tmp_path / "out" / "state.tar.gz", state)
+    with tarfile.open(state) as tar:
+        packed = {m.name for m in tar.getmembers() if m.isfile()}
+    assert "runs/synthetic/single-seed9-0123/checkpoint.pt" in packed and not any("prev" in n for n in packed)
+    elsewhere = run("1", "1", STATE_IN=str(state), RUNS=str(tmp_path / "other-runs"))  # a later call, a fresh machine
+    assert "resumed from" in elsewhere.stdout and "1 unfinished run(s)" in elsewhere.stdout, elsewhere.stdout
+    assert (
+        tmp_path / "other-runs" / "synthetic" / "single-seed9-0123" / "checkpoint.pt"
+    ).read_text() == "checkpoint.pt"
     assert subprocess.run(["bash", "scripts/device_sweep.sh"], cwd=root, capture_output=True).returncode == 2
