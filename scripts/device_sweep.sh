@@ -14,9 +14,12 @@
 # A lent GPU rarely stays for the next call, so the unfinished work also comes back: OUT/state.tar.gz holds
 # every run folder without results (its last checkpoint, history and settings; not checkpoint.prev.pt) and
 # the pretrained anchors of ${FLAME_CACHE_DIR:-/tmp/flame-cache} (finished ones, and unfinished pretraining
-# as above). Given back as STATE_IN=FILE on a later call, on any machine, it is unpacked first, so that call
-# resumes from those checkpoints and reuses those anchors (and packs the state again). The sweep needs
-# submitit: where it is not installed, put its wheel (pure Python) on PYTHONPATH first.
+# as above). A device call brings back files of at most 16 MiB (at most 8 files, 64 MiB in all), and one
+# checkpoint of amazon-toys holds 10 MB (Single) to 30 MB (EMKD) with Adam's state, so a larger archive comes
+# as parts of 15 MiB, OUT/state.tar.gz.00, .01, ... Given back as STATE_IN=OUT/state.tar.gz (the file, or the
+# prefix of its parts) on a later call, on any machine, it is unpacked first, so that call resumes from those
+# checkpoints and reuses those anchors (and packs the state again). The sweep needs submitit: where it is
+# not installed, put its wheel (pure Python) on PYTHONPATH first.
 set -uo pipefail
 if [ $# -lt 1 ] || ! [[ $1 =~ ^[0-9]+$ ]]; then
     echo "usage: bash scripts/device_sweep.sh LIMIT_S [sweep options...]" >&2
@@ -33,7 +36,9 @@ py="$(command -v python3 || command -v python)"
 mkdir -p "$runs" "$FLAME_CACHE_DIR"
 if [ -n "${STATE_IN:-}" ]; then
     staged="$(mktemp -d)"
-    tar -xzf "$STATE_IN" -C "$staged" || { echo "== cannot unpack STATE_IN=$STATE_IN" >&2; exit 2; }
+    parts=("$STATE_IN")
+    [ -f "$STATE_IN" ] || parts=("$STATE_IN".[0-9][0-9])
+    cat "${parts[@]}" | tar -xz -C "$staged" || { echo "== cannot unpack STATE_IN=$STATE_IN" >&2; exit 2; }
     [ -d "$staged/runs" ] && cp -r "$staged/runs/." "$runs/"
     [ -d "$staged/cache" ] && cp -r "$staged/cache/." "$FLAME_CACHE_DIR/"
     echo "== resumed from $STATE_IN: $(find "$staged" -name config.json | wc -l) unfinished run(s), $(find "$staged" -name '*.pt' -path '*/anchors/*' ! -path '*-run/*' | wc -l) anchor(s)"
@@ -70,9 +75,17 @@ if [ -d "$FLAME_CACHE_DIR/anchors" ]; then
     mkdir -p "$pack/cache/anchors"
     find "$FLAME_CACHE_DIR/anchors" -maxdepth 1 -type f ! -name '.*' -exec cp {} "$pack/cache/anchors/" \;
 fi
-tar -czf "$out/state.tar.gz" -C "$pack" runs cache
+state="$out/state.tar.gz"
+rm -f "$state" "$state".[0-9][0-9]  # an earlier call's
+tar -czf "$state" -C "$pack" runs cache
 rm -rf "$pack"
-size=$(($(stat -c %s "$out/state.tar.gz") / 1048576))
-echo "== $unfinished unfinished run(s) and the anchors in $out/state.tar.gz ($size MiB); STATE_IN=it resumes them"
-[ "$size" -lt 16 ] || echo "== warning: $out/state.tar.gz is over 16 MiB, more than a device call brings back"
+size=$(($(stat -c %s "$state") / 1048576))
+if [ "$size" -ge 15 ]; then
+    split -b 15M -d -a 2 "$state" "$state." && rm "$state"
+    echo "== $unfinished unfinished run(s) and the anchors in $(ls "$state".?? | wc -l) parts $state.NN ($size MiB)"
+else
+    echo "== $unfinished unfinished run(s) and the anchors in $state ($size MiB)"
+fi
+echo "== STATE_IN=$state on a later call resumes them"
+[ "$size" -lt 56 ] || echo "== warning: $size MiB of state is more than a device call brings back beside the records"
 [ "$status" -eq 0 ] || [ "$status" -eq 124 ]

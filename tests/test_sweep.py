@@ -1,6 +1,7 @@
 """The sweep: a grid through submitit (in this process and as local subprocesses), a record per run, skipping
 what is recorded, FLAME from a released anchor as its own job, the command line's dry run."""
 
+import io
 import json
 import os
 import shutil
@@ -126,19 +127,24 @@ def test_the_device_script_copies_what_it_recorded_and_stops_at_its_limit(tmp_pa
     assert "0 unfinished run(s)" in done.stdout  # seed 1's run folder holds its results: nothing to resume
     stopped = tmp_path / "runs" / "synthetic" / "single-seed9-0123"  # as a run stopped by the limit leaves it
     stopped.mkdir(parents=True)
-    for name in ("config.json", "history.jsonl", "checkpoint.pt", "checkpoint.prev.pt"):
+    for name in ("config.json", "history.jsonl", "checkpoint.prev.pt"):
         (stopped / name).write_text(name)
+    checkpoint = os.urandom(16 << 20)  # as large as a checkpoint of amazon-toys, and as incompressible
+    (stopped / "checkpoint.pt").write_bytes(checkpoint)
     cut = run("1", "1,2")  # seed 1's record is older than this call; seed 2 cannot train in a second
     assert cut.returncode == 0 and "stopped at the limit of 1 s" in cut.stdout and "0 new record(s)" in cut.stdout
-    assert "1 unfinished run(s)" in cut.stdout
-    state = tmp_path / "state.tar.gz"
-    shutil.copy(tmp_path / "out" / "state.tar.gz", state)
-    with tarfile.open(state) as tar:
+    assert "1 unfinished run(s)" in cut.stdout and "in 2 parts" in cut.stdout, cut.stdout
+    parts = sorted((tmp_path / "out").glob("state.tar.gz.*"))  # each part small enough for a device call to return
+    assert [p.name for p in parts] == ["state.tar.gz.00", "state.tar.gz.01"] and parts[0].stat().st_size <= 15 << 20
+    carried = tmp_path / "carried"
+    carried.mkdir()
+    for part in parts:
+        shutil.copy(part, carried)
+    with tarfile.open(fileobj=io.BytesIO(b"".join(p.read_bytes() for p in parts))) as tar:
         packed = {m.name for m in tar.getmembers() if m.isfile()}
     assert "runs/synthetic/single-seed9-0123/checkpoint.pt" in packed and not any("prev" in n for n in packed)
-    elsewhere = run("1", "1", STATE_IN=str(state), RUNS=str(tmp_path / "other-runs"))  # a later call, a fresh machine
+    state = str(carried / "state.tar.gz")  # the prefix of its parts
+    elsewhere = run("1", "1", STATE_IN=state, RUNS=str(tmp_path / "other-runs"))  # a later call, a fresh machine
     assert "resumed from" in elsewhere.stdout and "1 unfinished run(s)" in elsewhere.stdout, elsewhere.stdout
-    assert (
-        tmp_path / "other-runs" / "synthetic" / "single-seed9-0123" / "checkpoint.pt"
-    ).read_text() == "checkpoint.pt"
+    assert (tmp_path / "other-runs" / "synthetic" / "single-seed9-0123" / "checkpoint.pt").read_bytes() == checkpoint
     assert subprocess.run(["bash", "scripts/device_sweep.sh"], cwd=root, capture_output=True).returncode == 2
