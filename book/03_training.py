@@ -347,7 +347,7 @@ if len(conv_full):
             "devices, or name different machines, leaves its seconds and their speed-ups out (its epochs still "
             'compare); "machines named" counts the seeds timed alike whose records both name their machine. '
             "FLAME from the released anchor has no anchor seconds: the release does not say how long its anchor "
-            "trained."
+            "trained; nor has a run whose anchor names another machine than the run's."
         )
     )
     display(summary.round(2))

@@ -19,7 +19,7 @@ from flame_core.data import Interactions, Split
 from flame_core.engine import train
 from flame_core.files import FileError, first_line, read_torch, require
 from flame_core.methods import Single
-from flame_core.utils import atomic_torch_save, cache_dir, file_lock
+from flame_core.utils import atomic_torch_save, cache_dir, file_lock, machine_fingerprint
 
 ANCHOR_SETTINGS = ("seed", "epochs", "patience", "batch_size", "lr", "keep")
 CACHED = "an anchor cached by flame_core (its weights, settings and pretraining results)"
@@ -72,6 +72,7 @@ def _pretrain_or_load(
     method = Single(data.num_items, model, single_cfg).to(device)
     results = train(method, split, out_dir=root / f"{data.name}-{key}-run", resume=True, log=log)
     meta = {k: results[k] for k in ("best_epoch", "epochs_run", "valid", "test", "train_seconds")}
+    meta["machine"] = machine_fingerprint(device)  # the machine that timed it (that finished it, if it resumed)
     settings = {"model": model.to_dict(), "train": {k: getattr(cfg, k) for k in ANCHOR_SETTINGS}}
     atomic_torch_save(
         path,
@@ -90,7 +91,8 @@ def cached_anchor_results(
     data: Interactions, model: ModelConfig, cfg: TrainConfig, root: Path | None = None
 ) -> dict | None:
     """The pretraining results stored with the cached anchor for these settings (selected epoch, epochs run,
-    validation and test metrics, training seconds), or None if it is not cached."""
+    validation and test metrics, training seconds, the machine that timed them; anchors cached before that
+    have no "machine"), or None if it is not cached."""
     root = Path(root) if root is not None else cache_dir() / "anchors"
     path = root / f"{data.name}-{anchor_key(data, model, cfg)}.pt"
     if not path.exists():

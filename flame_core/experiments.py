@@ -85,8 +85,8 @@ def build(
 
 def pretrained_provenance(specs: list, paths: list[Path], data: Interactions, frozen: str | None) -> list[dict]:
     """Where each pretrained network comes from, with no machine path: a given file by name and content
-    digest, or an anchor pretrained here by its seed, budget and cache key, with its own training seconds
-    and epochs (so a record can count the anchor's cost)."""
+    digest, or an anchor pretrained here by its seed, budget and cache key, with its own training seconds,
+    epochs and the machine that timed them (so a record can count the anchor's cost, where it compares)."""
     if frozen:
         return [{"name": specs[0][0], "origin": "file", "file": Path(frozen).name, "sha256": sha256_file(frozen)}]
     out = []
@@ -100,7 +100,7 @@ def pretrained_provenance(specs: list, paths: list[Path], data: Interactions, fr
                 "epoch_budget": cfg.epochs,
                 "key": anchor_key(data, model, cfg),
                 "file": path.name,
-                **{k: cached[k] for k in ("train_seconds", "epochs_run", "best_epoch") if k in cached},
+                **{k: cached[k] for k in ("train_seconds", "epochs_run", "best_epoch", "machine") if k in cached},
             },
         )
     return out

@@ -45,6 +45,7 @@ def test_train_prints_the_results_table_and_writes_the_run(tmp_path, capsys, mon
     assert rec["pretrained"][0]["origin"] == "pretrained" and rec["pretrained"][0]["seed"] == 0
     assert rec["pretrained"][0]["train_seconds"] > 0 and rec["pretrained"][0]["epochs_run"] == 1  # the anchor's cost
     assert rec["machine"] == machine_fingerprint(torch.device("cpu"))  # what timed it: hardware, cores, threads
+    assert rec["pretrained"][0]["machine"] == rec["machine"]  # and what timed its anchor
     assert "dataset=synthetic users=200" in printed and "training samples=" in printed
     assert "anchor: pretraining" in printed and "flame test" in printed and "NDCG@20" in printed
     assert json.loads((out / "results.json").read_text())["epochs_run"] == 1

@@ -108,6 +108,12 @@ def test_seconds_compare_only_between_records_that_name_one_machine():
     said = {label: flamebook.convergence_sentence("toy", "FLAME", row) for label, row in summary.items()}
     assert summary["same"]["machines named"] == "1/1" and summary["unnamed"]["machines named"] == "0/1"
     assert "3.00x as fast" in said["unnamed"] and "3.00x as fast" in said["same"]
+    assert rows["same"]["anchor s"] == 40.0  # the anchor names no machine: its seconds count
+    other = {**cpu, "name": "another CPU"}
+    moved = {**flame, "machine": cpu, "pretrained": [{"origin": "pretrained", "train_seconds": 40.0, "machine": other}]}
+    (elsewhere,) = flamebook.convergence_vs_single([single, moved], "toy").to_dict(orient="records")
+    assert np.isnan(elsewhere["anchor s"]) and np.isnan(elsewhere["speed-up incl. anchor (s)"])  # another machine's
+    assert elsewhere["speed-up (s)"] == pytest.approx(3.0)
     assert "both records say only that they ran on a cpu" in said["unnamed"] and "which machine" not in said["same"]
 
 

@@ -322,8 +322,9 @@ def convergence_vs_single(records: list[dict], dataset: str, name: str = "FLAME"
     records timed alike ("timed alike"): one device, and where both records name their machine (`machine`:
     "same", "different" or "not recorded", as in records written before they did), one machine with the same
     cores and threads. Otherwise the seconds and their speed-ups are NaN and the epochs stay. An anchor read
-    from a released file has no known pretraining seconds: "anchor s" and the speed-up including it are NaN
-    there. Empty when nothing matches."""
+    from a released file has no known pretraining seconds, and a pretrained one that names another machine
+    than its run's has seconds that do not add: "anchor s" and the speed-up including it are NaN there. Empty
+    when nothing matches."""
     single = {r["seed"]: r for r in records if r["dataset"] == dataset and variant(r) == "Single"}
     rows = []
     runs = sorted((r for r in records if r["dataset"] == dataset and variant(r) == name), key=lambda r: r["seed"])
@@ -336,7 +337,8 @@ def convergence_vs_single(records: list[dict], dataset: str, name: str = "FLAME"
         reach = time_to_reach(rec["history"], best)
         anchors = rec.get("pretrained", [])
         released = any(p["origin"] == "file" for p in anchors)  # the release does not say how long it trained
-        anchor = np.nan if released else sum(p.get("train_seconds", np.nan) for p in anchors)
+        elsewhere = any(machine_match(rec, p) == "different" for p in anchors)  # pretrained on another machine
+        anchor = np.nan if released or elsewhere else sum(p.get("train_seconds", np.nan) for p in anchors)
         machine = machine_match(rec, base)
         same = rec["device"] == base["device"] and machine != "different"  # a CPU's seconds against a GPU's say nothing
         row = {
@@ -360,8 +362,8 @@ def convergence_vs_single(records: list[dict], dataset: str, name: str = "FLAME"
 
 
 def machine_match(rec: dict, base: dict) -> str:
-    """Whether two records name one machine (hardware, cores, threads): "same", "different", or "not recorded"
-    when either was written before records named their machine."""
+    """Whether two records (or a record and one of its pretrained networks) name one machine (hardware, cores,
+    threads): "same", "different", or "not recorded" when either was written before they named it."""
     if rec.get("machine") is None or base.get("machine") is None:
         return "not recorded"
     return "same" if rec["machine"] == base["machine"] else "different"
@@ -429,7 +431,9 @@ def convergence_sentence(dataset: str, method: str, row: pd.Series) -> str:
             "so these seconds may compare two machines"
         )
     if pd.isna(row["speed-up incl. anchor (s)"]):
-        unknown = "the release does not state" if method == RELEASED_VARIANT else "the records do not hold"
+        unknown = (
+            "the release does not state" if method == RELEASED_VARIANT else "the records do not hold on one machine"
+        )
         return start + (
             f"{seconds:.2f}x as fast as Single in training seconds {pace}; no figure includes the anchor's "
             f"pretraining, whose seconds {unknown}."
