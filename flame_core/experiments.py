@@ -277,7 +277,7 @@ def record(
     so that readers compare seconds only between runs timed alike.
     """
     stacked_with = results.get("stacked_with") or []
-    key = run_key(data, model, cfg, frozen)
+    key, device = run_key(data, model, cfg, frozen), resolve_device(cfg.device)
     rec = {
         "dataset": data.name,
         "method": cfg.method,
@@ -302,8 +302,8 @@ def record(
         "command": command or portable_command(["python", "-m", "flame_core", *sys.argv[1:]]),
         "git": git or git_revision(Path(__file__).parent),
         "dataset_stats": data.stats(),
-        "device": str(resolve_device(cfg.device)),
-        "machine": machine_fingerprint(resolve_device(cfg.device)),
+        "device": str(device),
+        "machine": machine_fingerprint(device),
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "key": key,

@@ -97,8 +97,10 @@ def test_seconds_compare_only_between_records_that_name_one_machine():
     single = {**rec("single", 42, [1, 2], hist([1.0, 2.0, 3.0], seconds=10.0)), "machine": cpu}
     flame = rec("flame", 42, [1, 2], hist([2.0, 3.1], seconds=5.0), [{"origin": "pretrained", "train_seconds": 40.0}])
     machines = {"same": cpu, "threads": {**cpu, "threads": 2}, "unnamed": None}
-    table = lambda machine: flamebook.convergence_table([single, {**flame, "machine": machine}], ["toy"], ["FLAME"])  # noqa: E731
-    tables = {label: table(machine) for label, machine in machines.items()}
+    tables = {
+        label: flamebook.convergence_table([single, {**flame, "machine": machine}], ["toy"], ["FLAME"])
+        for label, machine in machines.items()
+    }
     rows = {label: table.iloc[0] for label, table in tables.items()}
     assert rows["same"]["machine"] == "same" and rows["same"]["speed-up (s)"] == pytest.approx(3.0)
     assert rows["threads"]["machine"] == "different" and not rows["threads"]["timed alike"]
