@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from flame_core.backbone import Layout, SASRecStack, dropout, layer_norm, linear, transformer_block
 from flame_core.config import ConfigError, ModelConfig, TrainConfig
 from flame_core.data import Split
-from flame_core.losses import rec_loss, routing_guide_loss, routing_uniform_loss
+from flame_core.losses import item_cross_entropy, routing_guide_loss, routing_uniform_loss
 from flame_core.methods import Method
 from flame_core.metrics import target_ranks
 
@@ -162,7 +162,7 @@ class CANet(Method):
         seq, target = batch
         cfg = self.cfg.canet
         z, _, logits = self.routed(seq, self.p)
-        rec = rec_loss(self.item_scores(z), target)
+        rec = item_cross_entropy(z[None], self.net.item_emb, target[None]).mean()
         uniform = routing_uniform_loss(logits)
         guide = routing_guide_loss(logits, self.easy_users(seq, target))
         loss = rec + cfg.canet_uniform_weight * uniform + cfg.canet_guide_weight * guide

@@ -51,7 +51,7 @@ from flame_core.data import Split
 from flame_core.files import CHECKPOINT, PREVIOUS, FileError, first_line, load_checkpoint, save_checkpoint
 from flame_core.methods import Method
 from flame_core.metrics import encode_ranks, evaluate_views
-from flame_core.utils import atomic_json, atomic_torch_save, atomic_write, seed_everything
+from flame_core.utils import atomic_json, atomic_torch_save, atomic_write, keep_freed_memory, seed_everything
 
 SELECT_KEY = "NDCG@20"
 WARMUP_STEPS = 2  # eager steps before a CUDA graph is captured (Adam's state, library handles)
@@ -112,6 +112,8 @@ class EpochRunner:
     ):
         self.method, self.opt, self.split, self.batch_size = method, opt, split, batch_size
         device = split.train_targets.device
+        if device.type == "cpu":
+            keep_freed_memory()  # a step's freed tensors are reused, not faulted in afresh
         if graph is None:
             graph = method.cfg.cuda_graph and method.graph_safe and not method.packed(device)
         self.use_graph = bool(graph) and device.type == "cuda"

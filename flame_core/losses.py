@@ -1,6 +1,7 @@
 """FLAME's losses and schedule as pure functions (the book's introduction states them).
 
-- `rec_loss`: next-item cross-entropy over all items.
+- `rec_loss`: next-item cross-entropy over all items, from scores; `item_cross_entropy` computes the same
+  straight from representations and the tied item table, with a hand-written backward (see there).
 - `align_loss` (guided mutual learning): for every pair (i, j) of representations, a two-way InfoNCE on
   their concatenation with the diagonal excluded and each row's positive its twin in the other view
   (plain dot products / tau, as released), weighted by a softmax over pairs of the negative mean
@@ -26,6 +27,54 @@ from torch import Tensor
 def rec_loss(scores: Tensor, targets: Tensor) -> Tensor:
     """Mean cross-entropy of scores (B, I+1) (padding column -inf) against target ids (B,)."""
     return F.cross_entropy(scores, targets)
+
+
+def item_cross_entropy(z: Tensor, table: Tensor, target: Tensor) -> Tensor:
+    """Next-item cross-entropy (N, B) of representations z (N, B, D) scored against item tables (N, I+1, D)
+    (row 0, padding, excluded), for target ids (N, B): `rec_loss` of `item_scores`, per sample.
+
+    The value and gradients are those of ``F.cross_entropy(z @ table.T with column 0 at -inf)``; what differs is
+    the memory traffic, which is most of a training step on the CPU (the score matrix is B x 12k on Amazon
+    data). Autograd through the scores allocates and fills four (B, I+1) tensors a step (the scores' copy for
+    the padding column, log-softmax's output, the one-hot gradient and log-softmax's gradient); this function
+    keeps one buffer, the exponentiated scores, and turns it in place into their gradient, softmax minus one-hot.
+    Its backward therefore runs once (a second backward through it raises).
+    """
+    return _ItemCrossEntropy.apply(z, table, target)
+
+
+class _ItemCrossEntropy(torch.autograd.Function):
+    """Scores in items-major layout (N, I+1, B): on the CPU, table @ z^T is about 1.4x faster than z @ table^T
+    (same FLOPs), and reductions over items then run along contiguous rows of B."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor, table: Tensor, target: Tensor) -> Tensor:
+        one = z.shape[0] == 1
+        scores = (table[0] @ z[0].T)[None] if one else torch.bmm(table, z.transpose(1, 2))  # (N, I+1, B)
+        scores[:, 0] = float("-inf")
+        picked = scores.gather(1, target[:, None])[:, 0]  # (N, B): the target's score
+        top = scores.amax(1, keepdim=True)  # (N, 1, B)
+        exp = scores.sub_(top).exp_()  # (N, I+1, B), in place: exp(score - max)
+        total = exp.sum(1)  # (N, B)
+        ctx.save_for_backward(z, table, target, exp, total)
+        ctx.spent = False
+        return top[:, 0] + total.log() - picked
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        if ctx.spent:
+            raise RuntimeError("item_cross_entropy: its backward reuses its buffer and runs once (no retain_graph)")
+        ctx.spent = True
+        z, table, target, exp, total = ctx.saved_tensors
+        g = exp.mul_((grad / total)[:, None])  # (N, I+1, B): grad * softmax
+        g.scatter_add_(1, target[:, None], -grad[:, None])  # minus grad at the target: grad * (p - onehot)
+        one, grad_z, grad_table = z.shape[0] == 1, None, None
+        if ctx.needs_input_grad[0]:
+            grad_z = (g[0].T @ table[0])[None] if one else torch.bmm(g.transpose(1, 2), table)  # (N, B, D)
+        if ctx.needs_input_grad[1]:
+            grad_table = (g[0] @ z[0])[None] if one else torch.bmm(g, z)  # (N, I+1, D)
+        return grad_z, grad_table, None
 
 
 def lambda_schedule(epoch: int, horizon: int = 200, lambda_0: float = 1.0, lambda_R: float = 1e-5) -> float:

@@ -38,13 +38,12 @@ same stacks (replica-major rows), so their networks run in the same batched call
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flame_core.backbone import Layout, SASRecStack, StackedLayout, make_layout
 from flame_core.config import ConfigError, ModelConfig, TrainConfig
 from flame_core.data import Split
-from flame_core.losses import align_loss, lambda_schedule
+from flame_core.losses import align_loss, item_cross_entropy, lambda_schedule
 from flame_core.paths import all_paths, evaluate_paths, module_plan, path_name, sample_paths
 from flame_core.registry import REGISTRY, method_class
 
@@ -178,14 +177,15 @@ class Method(nn.Module):
                 target.copy_(v)
 
 
-def replica_rec_loss(scores: Tensor, target: Tensor, replicas: int) -> Tensor:
+def replica_rec_loss(z: Tensor, table: Tensor, target: Tensor, replicas: int) -> Tensor:
     """Per replica, the sum over its networks of the mean next-item cross-entropy: (S,).
 
-    scores (S*g, B, I+1) of a replica-major stack; target (B,) or (S, B), one batch per replica.
+    z (S*g, B, D) representations of a replica-major stack, scored against its item tables (S*g, I+1, D);
+    target (B,) or (S, B), one batch per replica.
     """
-    N, B = scores.shape[:2]
-    target = target.reshape(replicas, 1, B).expand(-1, N // replicas, -1)  # (S, g, B)
-    ce = F.cross_entropy(scores.flatten(0, 1), target.flatten(), reduction="none")  # (N*B,)
+    N, B = z.shape[:2]
+    target = target.reshape(replicas, 1, B).expand(-1, N // replicas, -1).reshape(N, B)  # (S*g, B)
+    ce = item_cross_entropy(z, table, target)  # (S*g, B)
     return ce.view(replicas, -1).mean(1) * (N // replicas)  # (S,)
 
 
@@ -201,7 +201,7 @@ class Single(Method):
     def loss(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict]:
         seq, target = batch
         z = self.learn.encode(self.layout(seq), self.p)  # (S, B, D)
-        loss = replica_rec_loss(self.learn.item_scores(z), target, self.replicas)  # (S,)
+        loss = replica_rec_loss(z, self.learn.item_emb, target, self.replicas)  # (S,)
         return loss, {"rec": loss.detach()}
 
     def eval_views(self, seq: Tensor, members: bool = True) -> Tensor:
@@ -240,7 +240,7 @@ class EnsembleScratch(Method):
         seq, target = batch
         S, N = self.replicas, self.num_members
         z = self.members.encode(self.layout(seq), self.p)  # (S*N, B, D)
-        rec = replica_rec_loss(self.members.item_scores(z), target, S)  # (S,) sums over members
+        rec = replica_rec_loss(z, self.members.item_emb, target, S)  # (S,) sums over members
         a = self.cfg.align
         align = torch.stack([align_loss(zs, a.tau, a.pair_weighting)[0] for zs in z.view(S, N, *z.shape[1:])])  # (S,)
         loss = rec + self.lam_weight * align
@@ -362,7 +362,7 @@ class Flame(Single):
             z_rec = z[:, 0]  # (S, B, D)
         else:
             z_rec = self.learn.encode(layout, self.p)  # (S, B, D), its own dropout
-        rec = replica_rec_loss(self.learn.item_scores(z_rec), target, self.replicas)  # (S,)
+        rec = replica_rec_loss(z_rec, self.learn.item_emb, target, self.replicas)  # (S,)
         align = torch.stack([align_loss(zs, a.tau, a.pair_weighting)[0] for zs in z])  # (S,)
         loss = rec + self.lam_weight * align
         return loss, {"rec": rec.detach(), "align": align.detach()}

@@ -1,9 +1,13 @@
 """Small shared helpers: the one seeding function, device resolution, the machine a run's seconds come from,
-atomic file writes, a file lock, file digests and machine-independent command lines for provenance."""
+keeping freed memory for reuse (CPU training), atomic file writes, a file lock, file digests and
+machine-independent command lines for provenance."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import functools
 import hashlib
 import json
 import os
@@ -51,6 +55,30 @@ def machine_fingerprint(device: torch.device) -> dict:
     and torch's intra-op threads. No host name and no path, so records stay free of the machine's identity."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {"name": machine_name(device), "cores": cores, "threads": torch.get_num_threads()}
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Let glibc's malloc keep freed memory for reuse instead of handing it back to the kernel; True if it did.
+
+    A CPU training step allocates and frees tensors of a few MB (the scores of a batch over every item are
+    B x 12k floats on Amazon data). glibc serves each from a fresh mapping (or trims its heap after the free),
+    so every step touches those pages anew: about 6,000 page faults and 10% of a FLAME step on amazon-toys.
+    Raising the mapping threshold to glibc's maximum (32 MB) and never trimming makes the allocator reuse
+    what it freed. Peak memory is unchanged (each step frees what it allocated); memory freed at the end of
+    training is kept by the process instead of returned. Process-wide and idempotent; a no-op elsewhere than
+    glibc (macOS, musl), where it returns False. The engine calls it when it trains on the CPU.
+    """
+    name = ctypes.util.find_library("c") if platform.system() == "Linux" else None
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        mallopt = libc.mallopt if libc is not None else None
+    except (OSError, AttributeError):
+        return False
+    if mallopt is None:
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
+    return bool(mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def cache_dir() -> Path:

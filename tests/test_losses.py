@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flame_core.losses import align_loss, lambda_schedule, pair_weights, pairwise_infonce, rec_loss
+from flame_core.losses import align_loss, item_cross_entropy, lambda_schedule, pair_weights, pairwise_infonce, rec_loss
 
 
 def naive_infonce(zi, zj, tau):
@@ -69,6 +69,36 @@ def test_lambda_schedule_values():
     assert lambda_schedule(R // 2, R) == pytest.approx(math.sqrt(1e-5))  # halfway: geometric mean
     assert lambda_schedule(R, R) == pytest.approx(1e-5)
     assert lambda_schedule(10, 20, lambda_0=2.0, lambda_R=0.02) == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("nets", [1, 3])
+def test_item_cross_entropy_is_the_cross_entropy_of_the_item_scores(nets):
+    """Value and both gradients equal autograd through the score matrix (padding column at -inf), for one
+    network and a stack; the padding row of the table gets no gradient."""
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(nets, 9, 4, 2, dtype=torch.float64, generator=gen)[..., 0].requires_grad_()  # strided (N, B, D)
+    table = torch.randn(nets, 13, 4, dtype=torch.float64, generator=gen).requires_grad_()
+    target = torch.randint(1, 13, (nets, 9), generator=gen)
+    weight = torch.randn(nets, 9, dtype=torch.float64, generator=gen)  # an arbitrary upstream gradient
+    ce = item_cross_entropy(z, table, target)
+    grads = torch.autograd.grad((ce * weight).sum(), (z, table))
+    scores = torch.bmm(z, table.transpose(1, 2)).clone()
+    scores[..., 0] = float("-inf")
+    ref = F.cross_entropy(scores.flatten(0, 1), target.flatten(), reduction="none").view(nets, 9)
+    ref_grads = torch.autograd.grad((ref * weight).sum(), (z, table))
+    torch.testing.assert_close(ce, ref, rtol=0, atol=1e-12)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    assert grads[1][:, 0].abs().max() == 0
+
+
+def test_item_cross_entropy_refuses_a_second_backward():
+    """Its backward turns its saved buffer into the gradient; a second one would be silently wrong."""
+    z, table = torch.randn(1, 3, 4, requires_grad=True), torch.randn(1, 6, 4)
+    loss = item_cross_entropy(z, table, torch.tensor([[1, 2, 5]])).sum()
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="runs once"):
+        loss.backward()
 
 
 def test_rec_loss_ignores_the_padding_column():
