@@ -475,11 +475,15 @@ def gelu(x: Tensor) -> Tensor:
 
 
 def dropout(x: Tensor, p: float, train: bool) -> Tensor:
-    """Inverted dropout: zero each element with probability p, scale the rest by 1/(1-p)."""
+    """Inverted dropout: zero each element with probability p, scale the rest by 1/(1-p).
+
+    The mask is built in the uniform draws' own buffer (1/(1-p) where kept, else 0), so the forward and the
+    backward are one product each; the values are those of ``x * (u >= p) * (1/(1-p))``, bit for bit.
+    """
     if not train or p == 0.0:
         return x
-    keep = torch.rand_like(x) >= p
-    return x * keep * (1.0 / (1.0 - p))
+    scale = torch.rand_like(x).ge_(p).mul_(1.0 / (1.0 - p))  # (x's shape): 0 or 1/(1-p)
+    return x * scale
 
 
 def load_official(path: str | Path, cfg: ModelConfig, num_items: int, state: dict | None = None) -> SASRecStack:
