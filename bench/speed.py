@@ -1,5 +1,5 @@
-"""Speed benchmark: step times of Single and FLAME (packed, padded, CUDA graph), stacked seeds, a naive
-reference SASRec, a full epoch with validation, evaluation, memory.
+"""Speed benchmark: step times of Single and FLAME (packed, padded, CUDA graph), the next-item loss two ways,
+stacked seeds, a naive reference SASRec, a full epoch with validation, evaluation, memory.
 
 Everything is measured on one machine in one run, so the ratios compare like with like:
 
@@ -31,7 +31,16 @@ import torch
 from flame_core.config import ModelConfig
 from flame_core.data import build_split, load_dataset
 from flame_core.engine import EpochRunner, evaluate_replicas, make_optimizer
-from flame_core.measure import matmul_peak_gflops, peak_rss_mb, random_order, step_flops, step_ms, sync, untrained
+from flame_core.measure import (
+    matmul_peak_gflops,
+    peak_rss_mb,
+    random_order,
+    score_head_ms,
+    step_flops,
+    step_ms,
+    sync,
+    untrained,
+)
 from flame_core.utils import atomic_json, machine_name, resolve_device, seed_everything
 
 try:
@@ -150,6 +159,8 @@ def run(args: argparse.Namespace) -> dict:
         if "graph_ms" in row:
             row["graph_speedup"] = row["padded_ms"] / row["graph_ms"]
     out["steps_ms"] = rows
+    head = score_head_ms(args.batch_size, data.num_items, model.hidden, max(args.steps, 10), device)
+    out["score_head_ms"] = {**head, "autograd_over_fused": head["autograd"] / head["item_cross_entropy"]}
     out["naive_sasrec_ms"] = time_naive(data, split, args.steps, args.batch_size, device)
     out["naive_over_single"] = out["naive_sasrec_ms"] / rows["single"]["best_ms"]
     out["stacked"] = {"layout": "graph" if cuda else "packed", "replicas": 3}
@@ -209,6 +220,12 @@ def table(r: dict) -> str:
         f"matmul peak {r['matmul_peak_gflops']:.1f} GFLOP/s; FLAME step reaches "
         f"{100 * r['steps_ms']['flame']['achieved_gflops'] / r['matmul_peak_gflops']:.2f}% of it"
     )
+    if "score_head_ms" in r:
+        h = r["score_head_ms"]
+        lines.append(
+            f"next-item loss over all items, forward and backward: autograd through the scores {h['autograd']:.2f} ms, "
+            f"item_cross_entropy {h['item_cross_entropy']:.2f} ms ({h['autograd_over_fused']:.2f}x)"
+        )
     st = r["stacked"]
     for method in ("single", "flame"):
         row = st[method]

@@ -1,6 +1,7 @@
-"""Measuring training cost: steps timed as the engine runs them, FLOPs of real tokens, activation memory, peak
-memory, and the machine's matrix-product peak. The benchmark (bench/speed.py) and the efficiency chapter use
-these same functions, so their figures mean the same thing.
+"""Measuring training cost: steps timed as the engine runs them, the next-item loss's two implementations side
+by side, FLOPs of real tokens, activation memory, peak memory, and the machine's matrix-product peak. The
+benchmark (bench/speed.py) and the efficiency chapter use these same functions, so their figures mean the
+same thing.
 
 FLOP counts are those of the real tokens (padding excluded): forward FLOPs of each network pass, times 3
 where weights are trained (forward, input and weight gradients), times 2 for frozen modules that only pass
@@ -18,7 +19,9 @@ from flame_core.backbone import SASRecStack
 from flame_core.config import ModelConfig, TrainConfig
 from flame_core.data import Interactions, Split
 from flame_core.engine import EpochRunner, make_optimizer
+from flame_core.losses import item_cross_entropy, rec_loss
 from flame_core.methods import Method, build_method
+from flame_core.utils import keep_freed_memory
 
 
 def sync(device: torch.device | str) -> None:
@@ -114,6 +117,36 @@ def step_ms(method: Method, split: Split, steps: int, batch_size: int, graph: bo
     t0 = time.perf_counter()
     runner.run(order)  # ends with the epoch's one synchronisation
     return 1000 * (time.perf_counter() - t0) / steps
+
+
+def score_head_ms(batch_size: int, num_items: int, hidden: int, steps: int, device) -> dict[str, float]:
+    """Median milliseconds of the next-item loss, forward and backward, over a catalogue of `num_items`, two
+    ways alternated in one loop: autograd through the score matrix (`rec_loss` of `SASRecStack.item_scores`,
+    how the engine computed it before) and `item_cross_entropy` (how it does now). Random representations
+    and table (the cost depends on the shapes only); on the CPU with freed memory kept, as the engine runs.
+    """
+    device = torch.device(device)
+    if device.type == "cpu":
+        keep_freed_memory()
+    gen = torch.Generator().manual_seed(0)
+    net = SASRecStack(1, num_items, ModelConfig(hidden=hidden, layers=1, heads=1), seeds=[0]).to(device)
+    z = torch.randn(1, batch_size, hidden, generator=gen).to(device).requires_grad_()
+    target = torch.randint(1, num_items + 1, (1, batch_size), generator=gen).to(device)
+    ways = {
+        "autograd": lambda: rec_loss(net.item_scores(z)[0], target[0]),
+        "item_cross_entropy": lambda: item_cross_entropy(z, net.item_emb, target).mean(),
+    }
+    times: dict[str, list[float]] = {name: [] for name in ways}
+    for k in range(steps + 2):  # two warm-up rounds
+        for name, loss in ways.items():
+            sync(device)
+            t0 = time.perf_counter()
+            loss().backward()
+            sync(device)
+            if k >= 2:
+                times[name].append(1000 * (time.perf_counter() - t0))
+            z.grad = net.item_emb.grad = None
+    return {name: sorted(ts)[len(ts) // 2] for name, ts in times.items()}
 
 
 def activation_mb(method: Method, split: Split, batch_size: int, seed: int = 0) -> float:

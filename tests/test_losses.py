@@ -105,3 +105,12 @@ def test_rec_loss_ignores_the_padding_column():
     scores = torch.tensor([[float("-inf"), 1.0, 2.0, 0.5]])
     expected = -(1.0 - math.log(math.exp(1) + math.exp(2) + math.exp(0.5)))
     assert rec_loss(scores, torch.tensor([1])).item() == pytest.approx(expected)
+
+
+def test_the_loss_comparison_times_both_ways():
+    """flame_core.measure.score_head_ms (bench/speed.py and chapter 6) returns a median time for each way."""
+    from flame_core.measure import score_head_ms
+
+    times = score_head_ms(batch_size=8, num_items=50, hidden=4, steps=3, device="cpu")
+    assert set(times) == {"autograd", "item_cross_entropy"}
+    assert all(t > 0 for t in times.values())
