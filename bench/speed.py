@@ -9,9 +9,12 @@ Everything is measured on one machine in one run, so the ratios compare like wit
 
 Steps are timed through the engine's own `EpochRunner` (the batch gathered on the device, the logged values
 summed there, one synchronisation at the end), eagerly with the packed and the padded layout and, on CUDA,
-as a replayed CUDA graph. Stacked seeds: S = 3 replicas of a method in one stacked model against S = 1, in
-the layout the engine uses by default (packed on CPU, graph on CUDA). The naive reference (`bench/naive.py`)
-is SASRec written with `torch.nn` blocks, the way a user would, timed on the same batches.
+as a replayed CUDA graph. The variants are timed side by side (`measure.steps_ms_side_by_side`: five
+rounds that each run every variant in turn, the median round per variant), so that a machine whose speed
+drifts during the run slows them alike and their ratios hold. Stacked seeds: S = 3 replicas of a method in
+one stacked model against S = 1 (side by side too), in the layout the engine uses by default (packed on CPU,
+graph on CUDA). The naive reference (`bench/naive.py`) is SASRec written with `torch.nn` blocks, the way a
+user would, timed on random batches of the same split (on its own, after the engine's variants).
 
 It prints a table and writes the same figures as JSON (``--json``, default bench/results/speed-DATASET-DEVICE.json)
 for the efficiency chapter. The measuring functions (timed steps, FLOPs of real tokens, peak memory, the matmul
@@ -38,6 +41,7 @@ from flame_core.measure import (
     score_head_ms,
     step_flops,
     step_ms,
+    steps_ms_side_by_side,
     sync,
     untrained,
 )
@@ -136,14 +140,17 @@ def run(args: argparse.Namespace) -> dict:
     }
     out["matmul_peak_gflops"] = matmul_peak_gflops(device)
     variants = {"single": ("single", {}), "flame": ("flame", {}), "flame_rec_path": ("flame", {"rec_from": "path"})}
+    layouts = [("packed_ms", True, False), ("padded_ms", False, False)] + ([("graph_ms", False, True)] if cuda else [])
+    timed = {
+        (name, key): (untrained(method, data, model, device, packed=packed, **changes), graph)
+        for name, (method, changes) in variants.items()
+        for key, packed, graph in layouts
+    }
+    ms = steps_ms_side_by_side(timed, split, args.steps, args.batch_size)  # every variant in each round
     rows = {}
     for name, (method, changes) in variants.items():
-        row = {}
-        for key, packed, graph in (("packed_ms", True, False), ("padded_ms", False, False), ("graph_ms", False, True)):
-            if graph and not cuda:
-                continue
-            m = untrained(method, data, model, device, packed=packed, **changes)
-            row[key] = step_ms(m, split, args.steps, args.batch_size, graph)
+        row = {key: ms[(name, key)] for key, _, _ in layouts}
+        m = timed[(name, layouts[0][0])][0]
         if args.compile:  # torch.compile of the loss (reduce-overhead on CUDA: graphs of forward and backward)
             m = untrained(method, data, model, device, packed=False, **changes)
             m.loss = torch.compile(m.loss, mode="reduce-overhead" if cuda else "default")
@@ -153,6 +160,7 @@ def run(args: argparse.Namespace) -> dict:
         row["gflops_per_step"] = flops / 1e9
         row["achieved_gflops"] = flops / 1e9 / (row["best_ms"] / 1000)
         rows[name] = row
+    del timed
     for row in rows.values():
         row["ratio_to_single"] = row["best_ms"] / rows["single"]["best_ms"]
         row["packed_speedup"] = row["padded_ms"] / row["packed_ms"]
@@ -164,11 +172,15 @@ def run(args: argparse.Namespace) -> dict:
     out["naive_sasrec_ms"] = time_naive(data, split, args.steps, args.batch_size, device)
     out["naive_over_single"] = out["naive_sasrec_ms"] / rows["single"]["best_ms"]
     out["stacked"] = {"layout": "graph" if cuda else "packed", "replicas": 3}
+    stacked = {
+        (method, n): (untrained(method, data, model, device, seeds=seeds), None)
+        for method in ("single", "flame")
+        for n, seeds in ((1, None), (3, (42, 43, 44)))
+    }
+    ms = steps_ms_side_by_side(stacked, split, args.steps, args.batch_size)
+    del stacked
     for method in ("single", "flame"):
-        one, three = (
-            step_ms(untrained(method, data, model, device, seeds=seeds), split, args.steps, args.batch_size)
-            for seeds in (None, (42, 43, 44))
-        )
+        one, three = ms[(method, 1)], ms[(method, 3)]
         out["stacked"][method] = {
             "x1_ms": one,
             "x3_ms": three,

@@ -147,10 +147,12 @@ display(
 # %% [markdown]
 # ## The committed benchmark
 #
-# `python bench/speed.py` measures, in one process on one machine, the mean time of a training step as
-# the engine runs it (forward, backward and Adam, after four warm-up steps) for Single, FLAME and FLAME
-# with `rec_from="path"`, each with the packed and the padded layout and, on a GPU, as a captured CUDA
-# graph; the FLOP/s those steps achieve against a large matrix product on the same machine; a naive
+# `python bench/speed.py` measures, in one process on one machine, the time of a training step as the
+# engine runs it (forward, backward and Adam, after four warm-up steps) for Single, FLAME and FLAME with
+# `rec_from="path"`, each with the packed and the padded layout and, on a GPU, as a captured CUDA graph,
+# all side by side (five rounds that each run every variant in turn; the median round counts, so a machine
+# that slows down during the run slows every variant alike; files from before this change timed them one
+# after another); the FLOP/s those steps achieve against a large matrix product on the same machine; a naive
 # SASRec written with `torch.nn` blocks (`bench/naive.py`) on the same batches, as a baseline; three
 # stacked seeds against one; the evaluation of every user; one full FLAME epoch with its validation in a
 # fresh process, and the peak resident memory. Each file under `bench/results/` is one such run (older

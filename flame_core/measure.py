@@ -1,7 +1,7 @@
-"""Measuring training cost: steps timed as the engine runs them, the next-item loss's two implementations side
-by side, FLOPs of real tokens, activation memory, peak memory, and the machine's matrix-product peak. The
-benchmark (bench/speed.py) and the efficiency chapter use these same functions, so their figures mean the
-same thing.
+"""Measuring training cost: steps timed as the engine runs them (alone, or several side by side), the
+next-item loss's two implementations side by side, FLOPs of real tokens, activation memory, peak memory, and
+the machine's matrix-product peak. The benchmark (bench/speed.py) and the efficiency chapter use these same
+functions, so their figures mean the same thing.
 
 FLOP counts are those of the real tokens (padding excluded): forward FLOPs of each network pass, times 3
 where weights are trained (forward, input and weight gradients), times 2 for frozen modules that only pass
@@ -107,16 +107,37 @@ def random_order(split: Split, replicas: int, samples: int, seed: int = 0) -> to
 def step_ms(method: Method, split: Split, steps: int, batch_size: int, graph: bool | None = None) -> float:
     """Mean milliseconds of a training step (forward, backward, Adam) as the engine runs it (`EpochRunner`),
     after 4 warm-up steps (which capture the CUDA graph when one is used; `graph` None: the engine's choice)."""
-    device = split.train_inputs.device
-    runner = EpochRunner(method, make_optimizer(method, device), split, batch_size, graph=graph)
-    runner.run(random_order(split, method.replicas, 4 * batch_size, seed=1))
-    if graph and device.type == "cuda" and runner.graph is None:
-        raise RuntimeError("the CUDA graph was not captured")
-    order = random_order(split, method.replicas, steps * batch_size)
-    sync(device)
-    t0 = time.perf_counter()
-    runner.run(order)  # ends with the epoch's one synchronisation
-    return 1000 * (time.perf_counter() - t0) / steps
+    return steps_ms_side_by_side({"step": (method, graph)}, split, steps, batch_size, rounds=1)["step"]
+
+
+def steps_ms_side_by_side(
+    methods: dict[str, tuple[Method, bool | None]], split: Split, steps: int, batch_size: int, rounds: int = 5
+) -> dict[str, float]:
+    """Milliseconds per training step of several methods (name -> (method, graph)), timed side by side.
+
+    Each method gets its own `EpochRunner` and 4 warm-up steps; then `rounds` rounds visit every method in
+    turn for steps / rounds steps each (at least one), and each method's time is the median over the rounds
+    of its mean step. A machine whose speed drifts while it measures (other programs, a shared host) then
+    slows every method alike, so the ratios between them hold where one block per method would not.
+    """
+    runners = {}
+    for name, (method, graph) in methods.items():
+        device = split.train_inputs.device
+        runner = EpochRunner(method, make_optimizer(method, device), split, batch_size, graph=graph)
+        runner.run(random_order(split, method.replicas, 4 * batch_size, seed=1))
+        if graph and device.type == "cuda" and runner.graph is None:
+            raise RuntimeError(f"{name}: the CUDA graph was not captured")
+        runners[name] = runner
+    per_round = max(1, steps // rounds)
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    for r in range(rounds):
+        for name, runner in runners.items():
+            order = random_order(split, runner.method.replicas, per_round * batch_size, seed=r)
+            sync(split.train_inputs.device)
+            t0 = time.perf_counter()
+            runner.run(order)  # ends with the epoch's one synchronisation
+            times[name].append(1000 * (time.perf_counter() - t0) / per_round)
+    return {name: sorted(ts)[len(ts) // 2] for name, ts in times.items()}
 
 
 def score_head_ms(batch_size: int, num_items: int, hidden: int, steps: int, device) -> dict[str, float]:

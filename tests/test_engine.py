@@ -199,3 +199,25 @@ def test_cpu_training_reuses_freed_memory_instead_of_faulting_it_in_again():
     _, before = faults("default")
     assert before > 1000  # the defaults fault the churn's pages in anew (about 3,600 here)
     assert after < before / 10
+
+
+def test_steps_timed_side_by_side_visit_every_method_in_each_round(tiny, monkeypatch):
+    """measure.steps_ms_side_by_side (bench/speed.py) interleaves the methods round by round, after each
+    one's warm-up, so that a drifting machine slows them alike; a time per method comes back."""
+    from flame_core import engine, measure
+
+    data, split = tiny
+    calls = []
+    run = engine.EpochRunner.run
+
+    def logged(self, order, *args, **kwargs):
+        calls.append((self.method.cfg.method, order.shape[1]))
+        return run(self, order, *args, **kwargs)
+
+    monkeypatch.setattr(engine.EpochRunner, "run", logged)
+    methods = {name: (make(name, data, CFG), None) for name in ("single", "flame")}
+    ms = measure.steps_ms_side_by_side(methods, split, steps=6, batch_size=8, rounds=3)
+    assert set(ms) == {"single", "flame"} and all(t > 0 for t in ms.values())
+    warm, timed = calls[:2], calls[2:]
+    assert warm == [("single", 32), ("flame", 32)]  # four warm-up steps each
+    assert timed == [("single", 16), ("flame", 16)] * 3  # two steps a round, the methods in turn
