@@ -71,15 +71,21 @@ def test_lambda_schedule_values():
     assert lambda_schedule(10, 20, lambda_0=2.0, lambda_R=0.02) == pytest.approx(0.2)
 
 
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
 @pytest.mark.parametrize("nets", [1, 3])
-def test_item_cross_entropy_is_the_cross_entropy_of_the_item_scores(nets):
+def test_item_cross_entropy_is_the_cross_entropy_of_the_item_scores(nets, device):
     """Value and both gradients equal autograd through the score matrix (padding column at -inf), for one
     network and a stack; the padding row of the table gets no gradient."""
     gen = torch.Generator().manual_seed(0)
-    z = torch.randn(nets, 9, 4, 2, dtype=torch.float64, generator=gen)[..., 0].requires_grad_()  # strided (N, B, D)
-    table = torch.randn(nets, 13, 4, dtype=torch.float64, generator=gen).requires_grad_()
+    z = torch.randn(nets, 9, 4, 2, dtype=torch.float64, generator=gen)[..., 0]  # strided (N, B, D)
+    table = torch.randn(nets, 13, 4, dtype=torch.float64, generator=gen)
     target = torch.randint(1, 13, (nets, 9), generator=gen)
     weight = torch.randn(nets, 9, dtype=torch.float64, generator=gen)  # an arbitrary upstream gradient
+    z, table, target, weight = (t.to(device) for t in (z, table, target, weight))
+    z, table = z.requires_grad_(), table.requires_grad_()
     ce = item_cross_entropy(z, table, target)
     grads = torch.autograd.grad((ce * weight).sum(), (z, table))
     scores = torch.bmm(z, table.transpose(1, 2)).clone()
