@@ -140,7 +140,7 @@ display(
         f"Over {h['items']:,} items the loss with its gradients takes {h['item_cross_entropy']:.1f} ms against "
         f"{h['autograd']:.1f} ms through autograd ({h['autograd'] / h['item_cross_entropy']:.2f}x), here on "
         f"{dev.type} with {torch.get_num_threads()} thread(s); the committed benchmark below gives the same "
-        "comparison on its machine and what it does to a whole step."
+        "comparison on its machine."
     )
 )
 
