@@ -232,6 +232,11 @@ def transformer_block(
     return layout.batch_order(x) if last_only else x  # back in batch order
 
 
+def batched_mm(a: Tensor, b: Tensor) -> Tensor:
+    """(N, m, k) @ (N, k, n) -> (N, m, n): one plain product when N is 1, else torch.bmm."""
+    return (a[0] @ b[0])[None] if a.shape[0] == 1 else torch.bmm(a, b)
+
+
 def linear(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
     """x (N, ..., Din) @ w (N, Din, Dout) + b (N, Dout) -> (N, ..., Dout), one batched call for N networks."""
     N, Din = x.shape[0], x.shape[-1]
@@ -358,10 +363,7 @@ class SASRecStack(nn.Module):
 
     def item_scores(self, z: Tensor) -> Tensor:
         """Scores (N, ..., I+1) of representations z (N, ..., D); column 0 (padding) is -inf."""
-        if z.shape[0] == 1:
-            scores = (z[0].reshape(-1, z.shape[-1]) @ self.item_emb[0].T)[None]  # (1, B*, I+1)
-        else:
-            scores = torch.bmm(z.reshape(z.shape[0], -1, z.shape[-1]), self.item_emb.transpose(1, 2))
+        scores = batched_mm(z.reshape(z.shape[0], -1, z.shape[-1]), self.item_emb.transpose(1, 2))  # (N, B*, I+1)
         scores[..., 0] = float("-inf")  # in place: the product's backward does not need its output
         return scores.view(*z.shape[:-1], -1)  # (N, ..., I+1)
 

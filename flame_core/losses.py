@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from flame_core.backbone import batched_mm
+
 
 def rec_loss(scores: Tensor, targets: Tensor) -> Tensor:
     """Mean cross-entropy of scores (B, I+1) (padding column -inf) against target ids (B,)."""
@@ -49,8 +51,7 @@ class _ItemCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z: Tensor, table: Tensor, target: Tensor) -> Tensor:
-        one = z.shape[0] == 1
-        scores = (table[0] @ z[0].T)[None] if one else torch.bmm(table, z.transpose(1, 2))  # (N, I+1, B)
+        scores = batched_mm(table, z.transpose(1, 2))  # (N, I+1, B)
         scores[:, 0] = float("-inf")
         picked = scores.gather(1, target[:, None])[:, 0]  # (N, B): the target's score
         top = scores.amax(1, keepdim=True)  # (N, 1, B)
@@ -69,11 +70,8 @@ class _ItemCrossEntropy(torch.autograd.Function):
         z, table, target, exp, total = ctx.saved_tensors
         g = exp.mul_((grad / total)[:, None])  # (N, I+1, B): grad * softmax
         g.scatter_add_(1, target[:, None], -grad[:, None])  # minus grad at the target: grad * (p - onehot)
-        one, grad_z, grad_table = z.shape[0] == 1, None, None
-        if ctx.needs_input_grad[0]:
-            grad_z = (g[0].T @ table[0])[None] if one else torch.bmm(g.transpose(1, 2), table)  # (N, B, D)
-        if ctx.needs_input_grad[1]:
-            grad_table = (g[0] @ z[0])[None] if one else torch.bmm(g, z)  # (N, I+1, D)
+        grad_z = batched_mm(g.transpose(1, 2), table) if ctx.needs_input_grad[0] else None  # (N, B, D)
+        grad_table = batched_mm(g, z) if ctx.needs_input_grad[1] else None  # (N, I+1, D)
         return grad_z, grad_table, None
 
 

@@ -120,9 +120,8 @@ def steps_ms_side_by_side(
     of its mean step. A machine whose speed drifts while it measures (other programs, a shared host) then
     slows every method alike, so the ratios between them hold where one block per method would not.
     """
-    runners = {}
+    device, runners = split.train_inputs.device, {}
     for name, (method, graph) in methods.items():
-        device = split.train_inputs.device
         runner = EpochRunner(method, make_optimizer(method, device), split, batch_size, graph=graph)
         runner.run(random_order(split, method.replicas, 4 * batch_size, seed=1))
         if graph and device.type == "cuda" and runner.graph is None:
@@ -133,11 +132,11 @@ def steps_ms_side_by_side(
     for r in range(rounds):
         for name, runner in runners.items():
             order = random_order(split, runner.method.replicas, per_round * batch_size, seed=r)
-            sync(split.train_inputs.device)
+            sync(device)
             t0 = time.perf_counter()
             runner.run(order)  # ends with the epoch's one synchronisation
             times[name].append(1000 * (time.perf_counter() - t0) / per_round)
-    return {name: sorted(ts)[len(ts) // 2] for name, ts in times.items()}
+    return {name: _median(ts) for name, ts in times.items()}
 
 
 def score_head_ms(batch_size: int, num_items: int, hidden: int, steps: int, device) -> dict[str, float]:
@@ -167,7 +166,12 @@ def score_head_ms(batch_size: int, num_items: int, hidden: int, steps: int, devi
             if k >= 2:
                 times[name].append(1000 * (time.perf_counter() - t0))
             z.grad = net.item_emb.grad = None
-    return {name: sorted(ts)[len(ts) // 2] for name, ts in times.items()}
+    return {name: _median(ts) for name, ts in times.items()}
+
+
+def _median(values: list[float]) -> float:
+    """The middle value (the upper one of an even count): a time the machine actually took."""
+    return sorted(values)[len(values) // 2]
 
 
 def activation_mb(method: Method, split: Split, batch_size: int, seed: int = 0) -> float:
