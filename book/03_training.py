@@ -255,8 +255,9 @@ gap.rename("ours minus official (points)").round(2)
 # The paper's comparison needs the full protocol: 200 epochs at most with early stopping (patience 30),
 # `max_len` 50, $\lambda$ annealed over 200 epochs, three seeds. Those runs are made by the sweep, on a GPU
 # where one is available, and stored under `results/` as one record per run with its provenance (command,
-# git revision, dataset statistics, seed, budget, whether it converged, device, date, and each test user's
-# rank, so that methods can be compared user by user):
+# git revision, dataset statistics, seed, budget, whether it converged, device, date, the sessions of a run
+# resumed across processes (the first epoch, revision and machine of each), and each test user's rank, so
+# that methods can be compared user by user):
 #
 # ```bash
 # python -m flame_core sweep --profile full --datasets amazon-toys,amazon-beauty,amazon-games,amazon-sports,yelp \

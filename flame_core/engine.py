@@ -7,8 +7,9 @@ weights restored at the end and the test split evaluated once with them. A run d
     history.jsonl    one line per epoch: losses, lambda, validation metrics, seconds
     checkpoint.pt    everything needed to resume after the last finished epoch (weights, optimiser, RNGs);
                      while training, the one it replaced stays beside it as checkpoint.prev.pt
-    results.json     the final record: selected epoch, validation and test metrics, cost, and the method's
-                     own `report` (e.g. CANet's routing and FLOPs)
+    results.json     the final record: selected epoch, validation and test metrics, cost, the method's
+                     own `report` (e.g. CANet's routing and FLOPs) and the run's `sessions`: one per
+                     process that trained it (first epoch, git revision, machine, start time)
 
 Stacked seeds (`train_stacked`): a method with S replicas trains them in one process, each on its own
 shuffled batches (its own seeded generator), with its own early stopping and selected weights; the run goes
@@ -51,7 +52,15 @@ from flame_core.data import Split
 from flame_core.files import CHECKPOINT, PREVIOUS, FileError, first_line, load_checkpoint, save_checkpoint
 from flame_core.methods import Method
 from flame_core.metrics import encode_ranks, evaluate_views
-from flame_core.utils import atomic_json, atomic_torch_save, atomic_write, keep_freed_memory, seed_everything
+from flame_core.utils import (
+    atomic_json,
+    atomic_torch_save,
+    atomic_write,
+    git_revision,
+    keep_freed_memory,
+    machine_fingerprint,
+    seed_everything,
+)
 
 SELECT_KEY = "NDCG@20"
 WARMUP_STEPS = 2  # eager steps before a CUDA graph is captured (Adam's state, library handles)
@@ -303,6 +312,7 @@ def _train(
         log(f"resumed from {ckpt_dir} after epoch {start}")
     else:
         seed_everything(seeds[0])
+    _log_session(reps, start, split.train_targets.device)
     _write_configs(method, ckpt_dir, dirs)
     method.prepare(split)
     runner = EpochRunner(method, opt, split, cfg.batch_size)
@@ -366,6 +376,24 @@ def _train(
     return out
 
 
+UNLOGGED = {"git": None, "machine": None, "started": None}  # epochs trained before runs logged their sessions
+
+
+def _log_session(reps: list[dict], start: int, device: torch.device) -> None:
+    """Append this process's session to each replica's: the first epoch it trains, the code's revision, the
+    machine and the time it started. A run resumed across commits or machines thus says which epochs each
+    trained; a checkpoint written before sessions were logged gets one unlogged session from epoch 1."""
+    session = {
+        "first_epoch": start + 1,
+        "git": git_revision(),
+        "machine": machine_fingerprint(device),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+    }
+    for rep in reps:
+        earlier = rep.setdefault("sessions", [{"first_epoch": 1, **UNLOGGED}] if start else [])
+        earlier.append(dict(session))
+
+
 def _write_configs(method: Method, ckpt_dir: Path | None, dirs: list[Path | None]) -> None:
     model = method.model_cfg.to_dict()
     for seed, d in zip(method.seeds, dirs):
@@ -416,6 +444,7 @@ def _finish(
             "train_seconds": rep["seconds"],
             "inference_seconds_per_1000_users": 1000.0 * infer / max(users, 1),
             "report": report,
+            "sessions": rep["sessions"],
             "history": rep["history"],
         }
         if d:

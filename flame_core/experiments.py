@@ -16,7 +16,6 @@ import functools
 import hashlib
 import json
 import math
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -36,6 +35,7 @@ from flame_core.registry import method_class
 from flame_core.utils import (
     atomic_json,
     file_lock,
+    git_revision,
     machine_fingerprint,
     portable_command,
     resolve_device,
@@ -237,24 +237,6 @@ def run_seeds(
     return experiments
 
 
-def git_revision(cwd: str | Path | None = None) -> str:
-    """The commit of the working tree, with '+dirty' when it has uncommitted changes; 'unknown' outside git."""
-    try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True, timeout=10
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-        return rev + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def record(
     results: dict,
     data: Interactions,
@@ -273,8 +255,9 @@ def record(
     pretrained networks (`build`'s). A replica trained stacked records the seeds of its stack
     (`stacked_with`). The record holds no absolute path: `command` defaults to this process's command line
     with its paths made relative (`portable_command`); `git` the revision of the code that ran (default:
-    the working tree's now); `machine` the hardware, cores and threads that timed it (`machine_fingerprint`),
-    so that readers compare seconds only between runs timed alike.
+    the working tree's now) and `sessions` each process that trained the run, with its first epoch, revision
+    and machine (a resumed run may span several); `machine` the hardware, cores and threads that timed it
+    (`machine_fingerprint`), so that readers compare seconds only between runs timed alike.
     """
     stacked_with = results.get("stacked_with") or []
     key, device = run_key(data, model, cfg, frozen), resolve_device(cfg.device)
@@ -297,10 +280,11 @@ def record(
         "train_seconds": results["train_seconds"],
         "inference_seconds_per_1000_users": results["inference_seconds_per_1000_users"],
         "report": results.get("report", {}),
+        "sessions": results.get("sessions", []),
         "model": model.to_dict(),
         "train": cfg.to_dict(),
         "command": command or portable_command(["python", "-m", "flame_core", *sys.argv[1:]]),
-        "git": git or git_revision(Path(__file__).parent),
+        "git": git or git_revision(),
         "dataset_stats": data.stats(),
         "device": str(device),
         "machine": machine_fingerprint(device),

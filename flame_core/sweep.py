@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flame_core.config import ModelConfig, TrainConfig
-from flame_core.experiments import git_revision, load_records, record, run_seeds
+from flame_core.experiments import load_records, record, run_seeds
 from flame_core.registry import method_class
-from flame_core.utils import portable_command, resolve_device
+from flame_core.utils import git_revision, portable_command, resolve_device
 
 PROFILES = {  # the protocol settings of each profile; anything else stays at the official defaults
     "full": {"epochs": 200, "patience": 30, "max_len": 50, "anneal_epochs": 200},  # the paper's
@@ -107,7 +107,7 @@ def run_job(job: Job) -> list[dict]:
     """Train (or resume, or reuse) the job's seeds that have no record yet and record each; returns one summary
     row per seed. Runs in a submitit worker (or in this process)."""
     model, cfg = job.configs()
-    git = git_revision(Path(__file__).parent)  # the code this job runs, as it starts
+    git = git_revision()  # the code this job runs, as it starts
     todo = [s for s in job.seeds if s not in recorded_seeds(job)]
     stackable = job.stack and len(todo) > 1 and method_class(job.method).stackable
     groups = [todo] if stackable else [[s] for s in todo]

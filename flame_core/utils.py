@@ -1,6 +1,6 @@
 """Small shared helpers: the one seeding function, device resolution, the machine a run's seconds come from,
-keeping freed memory for reuse (CPU training), atomic file writes, a file lock, file digests and
-machine-independent command lines for provenance."""
+keeping freed memory for reuse (CPU training), atomic file writes, a file lock, file digests, the code's git
+revision and machine-independent command lines for provenance."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import os
 import platform
 import random
 import shlex
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -54,6 +55,26 @@ def machine_fingerprint(device: torch.device) -> dict:
     and torch's intra-op threads. No host name and no path, so records stay free of the machine's identity."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {"name": machine_name(device), "cores": cores, "threads": torch.get_num_threads()}
+
+
+def git_revision(cwd: str | Path | None = None) -> str:
+    """The commit of the working tree at `cwd` (default: this package's), with '+dirty' when it has uncommitted
+    changes; 'unknown' outside git."""
+    cwd = cwd or Path(__file__).parent
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        return rev + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 @functools.cache

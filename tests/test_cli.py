@@ -40,6 +40,7 @@ def test_train_prints_the_results_table_and_writes_the_run(tmp_path, capsys, mon
     (rec_path,) = (tmp_path / "rec" / "synthetic").glob("flame-seed42-*.json")
     rec = json.loads(rec_path.read_text())
     assert rec["test"] == json.loads((out / "results.json").read_text())["test"]
+    assert [s["git"] for s in rec["sessions"]] == [rec["git"]] and rec["sessions"][0]["machine"] == rec["machine"]
     assert rec["epoch_budget"] == 1 and rec["dataset_stats"]["users"] == 200 and rec["git"] and rec["date"]
     assert rec["pretrained"][0]["file"].endswith(".pt") and "--record" in rec["command"]
     assert rec["pretrained"][0]["origin"] == "pretrained" and rec["pretrained"][0]["seed"] == 0

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from flame_core import engine
 from flame_core.anchor import anchor_key, cached_anchor_results, load_anchor, pretrain_anchor
 from flame_core.config import ModelConfig, TrainConfig
 from flame_core.data import build_split, load_dataset, synthetic
@@ -72,6 +73,29 @@ def test_resume_reproduces_the_uninterrupted_run(tiny, tmp_path, method):
     resumed = train(make(method, data, CFG), split, tmp_path / "cut", resume=True, log=lambda s: None)
     assert same_history(resumed["history"], full["history"])
     assert resumed["test"] == pytest.approx(full["test"], rel=1e-6) and resumed["best_epoch"] == full["best_epoch"]
+    first_epochs = [[s["first_epoch"] for s in r["sessions"]] for r in (full, resumed)]
+    assert first_epochs == [[1], [1, 3]]  # the resumed run names both processes that trained it
+
+
+def test_each_process_that_trains_a_run_is_logged_with_its_revision_and_machine(tiny, tmp_path, monkeypatch):
+    data, split = tiny
+    monkeypatch.setattr(engine, "git_revision", lambda: "abc123")
+
+    def stop_after_one(rows):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(make("single", data, CFG), split, tmp_path, on_epoch=stop_after_one, log=lambda s: None)
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    del ckpt["state"]["replicas"][0]["sessions"]  # as a checkpoint written before runs logged their sessions
+    torch.save(ckpt, tmp_path / "checkpoint.pt")
+    (tmp_path / "checkpoint.prev.pt").unlink(missing_ok=True)
+    monkeypatch.setattr(engine, "git_revision", lambda: "def456")
+    results = train(make("single", data, CFG), split, tmp_path, resume=True, log=lambda s: None)
+    earlier, now = results["sessions"]
+    assert earlier == {"first_epoch": 1, "git": None, "machine": None, "started": None}
+    assert now["first_epoch"] == 2 and now["git"] == "def456" and now["machine"]["name"] and now["started"]
+    assert json.loads((tmp_path / "results.json").read_text())["sessions"] == results["sessions"]
 
 
 def test_a_diverged_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tiny, tmp_path):

@@ -119,6 +119,22 @@ def test_seconds_compare_only_between_records_that_name_one_machine():
     assert "both records say only that they ran on a cpu" in said["unnamed"] and "which machine" not in said["same"]
 
 
+def test_a_run_resumed_on_another_machine_or_from_unlogged_epochs_is_not_timed_alike():
+    cpu, gpu = {"name": "AMD EPYC", "cores": 2, "threads": 1}, {"name": "NVIDIA H200", "cores": 16, "threads": 16}
+    single = {**rec("single", 42, [1, 2], hist([1.0, 2.0, 3.0])), "machine": cpu, "git": "aaa"}
+    session = lambda epoch, machine, git: {"first_epoch": epoch, "git": git, "machine": machine}  # noqa: E731
+    runs = {
+        "one machine": [session(1, cpu, "aaa"), session(3, cpu, "bbb")],
+        "two machines": [session(1, gpu, "aaa"), session(3, cpu, "aaa")],
+        "unlogged epochs": [session(1, None, None), session(3, cpu, "bbb")],
+    }
+    flame = rec("flame", 42, [1, 2], hist([2.0, 3.1], seconds=5.0))
+    match = {k: flamebook.machine_match({**flame, "machine": cpu, "sessions": v}, single) for k, v in runs.items()}
+    assert match == {"one machine": "same", "two machines": "different", "unlogged epochs": "not recorded"}
+    revisions = [flamebook.revisions({**single, "sessions": v}) for v in runs.values()] + [flamebook.revisions(single)]
+    assert revisions == ["aaa, bbb", "aaa", "unlogged, bbb", "aaa"]  # no sessions: the record's own revision
+
+
 def test_table_4_summarises_seeds_and_says_why_a_speed_up_is_missing():
     anchor = [{"origin": "pretrained", "train_seconds": 40.0}]
     single = [rec("single", s, [1, 2], hist([1.0, 2.0, 3.0], seconds=10.0), dataset=d) for d in "ab" for s in (1, 2)]

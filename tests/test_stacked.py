@@ -115,6 +115,7 @@ def test_an_interrupted_stacked_run_resumes(tiny, tmp_path):
     resumed = train_stacked(make("flame", data, SEEDS, epochs=3), split, cut, dirs(cut), resume=True, **QUIET)
     for a, b in zip(resumed, full):
         assert same_history(a["history"], b["history"]) and a["test"] == pytest.approx(b["test"], rel=1e-6)
+        assert [s["first_epoch"] for s in a["sessions"]] == [1, 3]  # each replica names both processes
     with pytest.raises(ValueError, match="resume the stacked run"):  # a replica's folder holds no optimiser
         train(make("flame", data, seed=42, epochs=4), split, cut / "seed42", resume=True, **QUIET)
 

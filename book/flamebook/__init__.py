@@ -146,7 +146,7 @@ def records_frame(records: list[dict], keys=METRIC_KEYS) -> pd.DataFrame:
                 "converged": r["converged"],
                 "max_len": r["model"]["max_len"],
                 "device": r["device"],
-                "git": r["git"],
+                "git": revisions(r),
                 **{k: r["test"][k] for k in keys},
             }
             for r in records
@@ -363,10 +363,25 @@ def convergence_vs_single(records: list[dict], dataset: str, name: str = "FLAME"
 
 def machine_match(rec: dict, base: dict) -> str:
     """Whether two records (or a record and one of its pretrained networks) name one machine (hardware, cores,
-    threads): "same", "different", or "not recorded" when either was written before they named it."""
-    if rec.get("machine") is None or base.get("machine") is None:
+    threads) for all their epochs: "same", "different" (also where a resumed run trained on two), or "not
+    recorded" when either was written, or partly trained, before they named it."""
+    a, b = _machines(rec), _machines(base)
+    if None in a or None in b:
         return "not recorded"
-    return "same" if rec["machine"] == base["machine"] else "different"
+    return "same" if len(a) == 1 and a == b else "different"
+
+
+def _machines(rec: dict) -> set:
+    """The machines a record's epochs ran on: its sessions' (a resumed run's may differ) and its own."""
+    found = [s["machine"] for s in rec.get("sessions", [])] + [rec.get("machine")]
+    return {None if m is None else json.dumps(m, sort_keys=True) for m in found}
+
+
+def revisions(rec: dict) -> str:
+    """The code that trained a record: its sessions' git revisions in order ("unlogged" for epochs trained
+    before runs logged them), or the record's one revision where it has no sessions."""
+    found = [s["git"] or "unlogged" for s in rec.get("sessions", [])] or [rec["git"]]
+    return ", ".join(dict.fromkeys(found))
 
 
 def convergence_table(records: list[dict], datasets: list[str], names: list[str]) -> pd.DataFrame:
