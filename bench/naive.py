@@ -5,10 +5,13 @@ This is the model a user would write from the SASRec paper with `torch.nn` build
 feed-forward, dropout, every position computed in every block, the last position scored against the tied
 item table, cross-entropy over all items, Adam. Padding embeddings are zeroed as in the original SASRec
 and masked by nothing but causality, so it is close to, not exactly, the library's Single: it exists to be
-timed (`bench/speed.py`, same machine, same batches), never to report accuracy.
+timed (`bench/speed.py`, side by side with the library's steps on batches of the same split), never to
+report accuracy.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -53,3 +56,23 @@ class NaiveSASRec(nn.Module):
         scores = self(seq) @ self.item.weight.T  # (B, I+1)
         scores[:, 0] = float("-inf")
         return F.cross_entropy(scores, target)
+
+
+def naive_training(num_items: int, inputs: Tensor, targets: Tensor, batch_size: int) -> Callable[[Tensor], None]:
+    """A training loop of the naive SASRec (seeded, Adam at 1e-3) on the device of `inputs`: called with an
+    order of training-sample indices, it takes a step per `batch_size` of them and returns when the device is
+    done (`flame_core.measure.steps_ms_side_by_side`'s `loops`)."""
+    torch.manual_seed(0)
+    net = NaiveSASRec(num_items).to(inputs.device).train()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+
+    def steps(order: Tensor) -> None:
+        for idx in order.split(batch_size):
+            loss = net.loss(inputs[idx], targets[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if inputs.is_cuda:
+            torch.cuda.synchronize(inputs.device)
+
+    return steps

@@ -14,7 +14,7 @@ rounds that each run every variant in turn, the median round per variant), so th
 drifts during the run slows them alike and their ratios hold. Stacked seeds: S = 3 replicas of a method in
 one stacked model against S = 1 (side by side too), in the layout the engine uses by default (packed on CPU,
 graph on CUDA). The naive reference (`bench/naive.py`) is SASRec written with `torch.nn` blocks, the way a
-user would, timed on random batches of the same split (on its own, after the engine's variants).
+user would, timed on random batches of the same split in the same rounds as the engine's variants.
 
 It prints a table and writes the same figures as JSON (``--json``, default bench/results/speed-DATASET-DEVICE.json)
 for the efficiency chapter. The measuring functions (timed steps, FLOPs of real tokens, peak memory, the matmul
@@ -37,7 +37,6 @@ from flame_core.engine import EpochRunner, evaluate_replicas, make_optimizer
 from flame_core.measure import (
     matmul_peak_gflops,
     peak_rss_mb,
-    random_order,
     score_head_ms,
     step_flops,
     step_ms,
@@ -48,28 +47,9 @@ from flame_core.measure import (
 from flame_core.utils import atomic_json, machine_name, resolve_device, seed_everything
 
 try:
-    from bench.naive import NaiveSASRec
+    from bench.naive import naive_training
 except ImportError:  # run as a script: bench/ is on sys.path
-    from naive import NaiveSASRec
-
-
-def time_naive(data, split, steps: int, batch_size: int, device) -> float:
-    """Mean milliseconds of a step of the naive SASRec (bench/naive.py) on random batches."""
-    torch.manual_seed(0)
-    net = NaiveSASRec(data.num_items).to(device).train()
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    order = random_order(split, 1, (steps + 3) * batch_size)[0]
-    for k in range(steps + 3):
-        if k == 3:
-            sync(device)
-            t0 = time.perf_counter()
-        idx = order[k * batch_size : (k + 1) * batch_size]
-        loss = net.loss(split.train_inputs[idx], split.train_targets[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    sync(device)
-    return 1000 * (time.perf_counter() - t0) / steps
+    from naive import naive_training
 
 
 def epoch_child(args: argparse.Namespace, replicas: int, queue) -> None:
@@ -146,7 +126,8 @@ def run(args: argparse.Namespace) -> dict:
         for name, (method, changes) in variants.items()
         for key, packed, graph in layouts
     }
-    ms = steps_ms_side_by_side(timed, split, args.steps, args.batch_size)  # every variant in each round
+    naive = {"naive": naive_training(data.num_items, split.train_inputs, split.train_targets, args.batch_size)}
+    ms = steps_ms_side_by_side(timed, split, args.steps, args.batch_size, loops=naive)  # all in each round
     rows = {}
     for name, (method, changes) in variants.items():
         row = {key: ms[(name, key)] for key, _, _ in layouts}
@@ -169,7 +150,7 @@ def run(args: argparse.Namespace) -> dict:
     out["steps_ms"] = rows
     head = score_head_ms(args.batch_size, data.num_items, model.hidden, max(args.steps, 10), device)
     out["score_head_ms"] = {**head, "autograd_over_fused": head["autograd"] / head["item_cross_entropy"]}
-    out["naive_sasrec_ms"] = time_naive(data, split, args.steps, args.batch_size, device)
+    out["naive_sasrec_ms"] = ms["naive"]
     out["naive_over_single"] = out["naive_sasrec_ms"] / rows["single"]["best_ms"]
     out["stacked"] = {"layout": "graph" if cuda else "packed", "replicas": 3}
     stacked = {

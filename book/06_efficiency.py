@@ -153,7 +153,8 @@ display(
 # all side by side (five rounds that each run every variant in turn; the median round counts, so a machine
 # that slows down during the run slows every variant alike; files from before this change timed them one
 # after another); the FLOP/s those steps achieve against a large matrix product on the same machine; a naive
-# SASRec written with `torch.nn` blocks (`bench/naive.py`) on the same batches, as a baseline; three
+# SASRec written with `torch.nn` blocks (`bench/naive.py`) on the same batches, as a baseline (in the same
+# rounds, in files that time side by side); three
 # stacked seeds against one; the evaluation of every user; one full FLAME epoch with its validation in a
 # fresh process, and the peak resident memory. Each file under `bench/results/` is one such run (older
 # files lack the newer measurements).

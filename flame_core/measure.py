@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import resource
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -111,7 +112,12 @@ def step_ms(method: Method, split: Split, steps: int, batch_size: int, graph: bo
 
 
 def steps_ms_side_by_side(
-    methods: dict[str, tuple[Method, bool | None]], split: Split, steps: int, batch_size: int, rounds: int = 5
+    methods: dict[str, tuple[Method, bool | None]],
+    split: Split,
+    steps: int,
+    batch_size: int,
+    rounds: int = 5,
+    loops: dict[str, Callable[[torch.Tensor], None]] | None = None,
 ) -> dict[str, float]:
     """Milliseconds per training step of several methods (name -> (method, graph)), timed side by side.
 
@@ -119,22 +125,28 @@ def steps_ms_side_by_side(
     turn for steps / rounds steps each (at least one), and each method's time is the median over the rounds
     of its mean step. A machine whose speed drifts while it measures (other programs, a shared host) then
     slows every method alike, so the ratios between them hold where one block per method would not.
+    `loops` (name -> a function that trains on the batches of a (samples,) order of training-sample indices,
+    `batch_size` at a time, and returns when the device is done) times code outside the library, such as a
+    reference model, in the same rounds.
     """
-    device, runners = split.train_inputs.device, {}
+    device, runs = split.train_inputs.device, {}
     for name, (method, graph) in methods.items():
         runner = EpochRunner(method, make_optimizer(method, device), split, batch_size, graph=graph)
-        runner.run(random_order(split, method.replicas, 4 * batch_size, seed=1))
+        runner.run(random_order(split, method.replicas, 4 * batch_size, seed=1))  # warm-up
         if graph and device.type == "cuda" and runner.graph is None:
             raise RuntimeError(f"{name}: the CUDA graph was not captured")
-        runners[name] = runner
+        runs[name] = (runner.run, method.replicas)
+    for name, loop in (loops or {}).items():
+        loop(random_order(split, 1, 4 * batch_size, seed=1)[0])  # warm-up
+        runs[name] = (lambda order, loop=loop: loop(order[0]), 1)
     per_round = max(1, steps // rounds)
-    times: dict[str, list[float]] = {name: [] for name in methods}
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for r in range(rounds):
-        for name, runner in runners.items():
-            order = random_order(split, runner.method.replicas, per_round * batch_size, seed=r)
+        for name, (run, replicas) in runs.items():
+            order = random_order(split, replicas, per_round * batch_size, seed=r)
             sync(device)
             t0 = time.perf_counter()
-            runner.run(order)  # ends with the epoch's one synchronisation
+            run(order)  # ends with the device's work done (the engine's one synchronisation an epoch)
             times[name].append(1000 * (time.perf_counter() - t0) / per_round)
     return {name: _median(ts) for name, ts in times.items()}
 

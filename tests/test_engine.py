@@ -226,9 +226,10 @@ def test_cpu_training_reuses_freed_memory_instead_of_faulting_it_in_again():
 
 
 def test_steps_timed_side_by_side_visit_every_method_in_each_round(tiny, monkeypatch):
-    """measure.steps_ms_side_by_side (bench/speed.py) interleaves the methods round by round, after each
-    one's warm-up, so that a drifting machine slows them alike; a time per method comes back."""
-    from flame_core import engine, measure
+    """measure.steps_ms_side_by_side (bench/speed.py) interleaves the methods, and loops of code outside the
+    library, round by round after each one's warm-up, so that a drifting machine slows them alike; a time per
+    method comes back."""
+    from flame_core import measure
 
     data, split = tiny
     calls = []
@@ -240,8 +241,9 @@ def test_steps_timed_side_by_side_visit_every_method_in_each_round(tiny, monkeyp
 
     monkeypatch.setattr(engine.EpochRunner, "run", logged)
     methods = {name: (make(name, data, CFG), None) for name in ("single", "flame")}
-    ms = measure.steps_ms_side_by_side(methods, split, steps=6, batch_size=8, rounds=3)
-    assert set(ms) == {"single", "flame"} and all(t > 0 for t in ms.values())
-    warm, timed = calls[:2], calls[2:]
-    assert warm == [("single", 32), ("flame", 32)]  # four warm-up steps each
-    assert timed == [("single", 16), ("flame", 16)] * 3  # two steps a round, the methods in turn
+    loops = {"reference": lambda order: calls.append(("reference", order.shape[0]))}
+    ms = measure.steps_ms_side_by_side(methods, split, steps=6, batch_size=8, rounds=3, loops=loops)
+    assert set(ms) == {"single", "flame", "reference"} and all(t > 0 for t in ms.values())
+    warm, timed = calls[:3], calls[3:]
+    assert warm == [("single", 32), ("flame", 32), ("reference", 32)]  # four warm-up steps each
+    assert timed == [("single", 16), ("flame", 16), ("reference", 16)] * 3  # two steps a round, each in turn

@@ -1,0 +1,23 @@
+"""bench/speed.py end to end on synthetic data: every measurement it prints is in its JSON, timed side by side."""
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: the bench package
+
+from bench import speed  # noqa: E402
+
+
+def test_the_benchmark_writes_every_figure_it_prints(tmp_path, capsys):
+    out = tmp_path / "speed.json"
+    argv = ["--dataset", "synthetic", "--steps", "1", "--batch-size", "32", "--no-epoch", "--json", str(out)]
+    assert speed.main(argv) == 0
+    printed, result = capsys.readouterr().out, json.loads(out.read_text())
+    assert set(result["steps_ms"]) == {"single", "flame", "flame_rec_path"}
+    assert all(row["packed_ms"] > 0 and row["padded_ms"] > 0 for row in result["steps_ms"].values())
+    single = result["steps_ms"]["single"]["best_ms"]
+    assert result["naive_sasrec_ms"] > 0 and result["naive_over_single"] == result["naive_sasrec_ms"] / single
+    assert {"x1_ms", "x3_ms", "x3_over_3_x1"} <= set(result["stacked"]["flame"])
+    assert result["score_head_ms"]["autograd"] > 0 and result["eval_users"] == 200
+    assert f"{result['naive_sasrec_ms']:.2f}" in printed and "stacked seeds, flame" in printed
