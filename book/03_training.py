@@ -393,7 +393,8 @@ if records:
         Markdown(
             f"**Table 5.** Test metrics (percent) of the {len(records)} committed records in "
             f"`{results_dir}/`, by dataset, method and profile (mean ± sd where a group has several "
-            "seeds)."
+            "seeds); `code` names the git revisions that trained each group (`unlogged` for epochs of a "
+            "resumed run trained before runs logged their sessions)."
         )
     )
     display(grouped)

@@ -495,7 +495,8 @@ if records:
             f"**Table 4.** Test metrics (percent) of the {len(records)} committed records of these methods "
             f"in `{results_dir}/`, each group labelled with its profile, epoch budget and max_len "
             "(mean ± sd where a group has several seeds). `converged` is true only if every run "
-            "stopped early on validation. " + (f"No records yet for {', '.join(missing)}." if missing else "")
+            "stopped early on validation; `code` names the git revisions that trained the group. "
+            + (f"No records yet for {', '.join(missing)}." if missing else "")
         )
     )
     display(grouped)

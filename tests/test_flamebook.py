@@ -133,6 +133,11 @@ def test_a_run_resumed_on_another_machine_or_from_unlogged_epochs_is_not_timed_a
     assert match == {"one machine": "same", "two machines": "different", "unlogged epochs": "not recorded"}
     revisions = [flamebook.revisions({**single, "sessions": v}) for v in runs.values()] + [flamebook.revisions(single)]
     assert revisions == ["aaa, bbb", "aaa", "unlogged, bbb", "aaa"]  # no sessions: the record's own revision
+    full = {"profile": "full", "epoch_budget": 200, "epochs_run": 9, "model": {"max_len": 50}}
+    group = [{**single, **full, "seed": s, "sessions": v} for s, v in zip((42, 43), runs.values())]
+    keys = ("NDCG@20",)
+    summary = flamebook.records_summary(flamebook.records_frame(group, keys), keys).iloc[0]
+    assert summary["seeds"] == [42, 43] and summary["code"] == "aaa, bbb"  # each revision once
 
 
 def test_table_4_summarises_seeds_and_says_why_a_speed_up_is_missing():

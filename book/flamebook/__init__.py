@@ -155,7 +155,8 @@ def records_frame(records: list[dict], keys=METRIC_KEYS) -> pd.DataFrame:
 
 
 def records_summary(frame: pd.DataFrame, keys=METRIC_KEYS) -> pd.DataFrame:
-    """`records_frame` grouped by dataset, method and profile: the seeds, budgets and mean ± sd of each metric."""
+    """`records_frame` grouped by dataset, method and profile: the seeds, budgets, mean ± sd of each metric and
+    the code that trained them (the git revisions of its records, in order, each once)."""
     return frame.groupby(["dataset", "method", "profile"], sort=False).agg(
         seeds=("seed", lambda v: list(v)),
         epoch_budget=("epoch budget", "max"),
@@ -164,6 +165,7 @@ def records_summary(frame: pd.DataFrame, keys=METRIC_KEYS) -> pd.DataFrame:
         max_len=("max_len", "max"),
         device=("device", "first"),
         **{k: (k, mean_sd) for k in keys},
+        code=("git", lambda v: ", ".join(dict.fromkeys(", ".join(v).split(", ")))),
     )
 
 
