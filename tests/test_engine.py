@@ -13,7 +13,7 @@ from flame_core import engine
 from flame_core.anchor import anchor_key, cached_anchor_results, load_anchor, pretrain_anchor
 from flame_core.config import ModelConfig, TrainConfig
 from flame_core.data import build_split, load_dataset, synthetic
-from flame_core.engine import TrainingDiverged, evaluate, train
+from flame_core.engine import EpochRunner, TrainingDiverged, evaluate, make_optimizer, train
 from flame_core.methods import Single, build_method
 
 from conftest import same_history
@@ -223,6 +223,21 @@ def test_cpu_training_reuses_freed_memory_instead_of_faulting_it_in_again():
     _, before = faults("default")
     assert before > 1000  # the defaults fault the churn's pages in anew (about 3,600 here)
     assert after < before / 10
+
+
+def test_the_engines_multi_tensor_adam_gives_the_per_tensor_loops_weights_on_the_cpu(tiny):
+    data, split = tiny
+    order = torch.randperm(split.train_inputs.shape[0], generator=torch.Generator().manual_seed(0))[None, :192]
+    weights = []
+    for make_opt in (
+        lambda m: make_optimizer(m, torch.device("cpu")),
+        lambda m: torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=m.cfg.lr, foreach=False),
+    ):
+        method = make("flame", data, CFG)
+        torch.manual_seed(0)  # the same dropout masks
+        EpochRunner(method, make_opt(method), split, 64).run(order)  # three steps
+        weights.append(method.state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # bit for bit
 
 
 def test_steps_timed_side_by_side_visit_every_method_in_each_round(tiny, monkeypatch):
