@@ -58,15 +58,16 @@ def machine_fingerprint(device: torch.device) -> dict:
 
 
 def git_revision(cwd: str | Path | None = None) -> str:
-    """The commit of the working tree at `cwd` (default: this package's), with '+dirty' when it has uncommitted
-    changes; 'unknown' outside git."""
+    """The commit checked out at `cwd` (default: this package's folder), with '+dirty' when the files under
+    `cwd` differ from it (changed, or new and not ignored), so a run names the code it ran: records and
+    benchmark results written elsewhere in the repository leave it clean. 'unknown' outside git."""
     cwd = cwd or Path(__file__).parent
     try:
         rev = subprocess.run(
             ["git", "rev-parse", "--short=12", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True, timeout=10
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--", "."],
             cwd=cwd,
             capture_output=True,
             text=True,

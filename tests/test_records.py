@@ -3,6 +3,7 @@ compact per-user ranks that paired tests between methods read."""
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from flame_core.metrics import RANK_CAP, decode_ranks, encode_ranks, metrics_from_ranks
-from flame_core.utils import machine_fingerprint, portable_command
+from flame_core.utils import git_revision, machine_fingerprint, portable_command
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = sorted((ROOT / "results").glob("*/*.json")) + sorted((ROOT / "bench" / "results").glob("*.json"))
@@ -60,6 +61,27 @@ def test_commands_are_recorded_with_relative_paths(tmp_path):
     command = portable_command(argv, cwd=tmp_path)
     assert command == "python -m flame_core train --out run --record=rec -x"
     assert not ABSOLUTE.search(portable_command(["--frozen", "/opt/w.pt"], cwd="/work/main"))
+
+
+def test_the_revision_is_dirty_only_when_the_code_it_names_changed(tmp_path):
+    def git(*args):
+        return subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True, text=True).stdout
+
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "results").mkdir()
+    (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
+    (tmp_path / "results" / "r.json").write_text("{}\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first")
+    head, pkg = git("rev-parse", "--short=12", "HEAD").strip(), tmp_path / "pkg"
+    (tmp_path / "results" / "r.json").write_text('{"new": 1}\n')  # a record written beside the code
+    assert git_revision(pkg) == head
+    (pkg / "b.py").write_text("y = 2\n")  # a new module the package could import
+    assert git_revision(pkg) == head + "+dirty"
+    (pkg / "b.py").unlink()
+    (pkg / "a.py").write_text("x = 2\n")
+    assert git_revision(pkg).endswith("+dirty")
 
 
 def test_the_machine_that_timed_a_run_is_named_without_identifying_it():
