@@ -44,7 +44,7 @@ from flame_core.measure import (
     sync,
     untrained,
 )
-from flame_core.utils import atomic_json, machine_name, resolve_device, seed_everything
+from flame_core.utils import atomic_json, git_revision, machine_name, resolve_device, seed_everything
 
 try:
     from bench.naive import naive_training
@@ -116,6 +116,7 @@ def run(args: argparse.Namespace) -> dict:
         "amp": False,
         "compile": args.compile,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "code": git_revision(),  # the commit of flame_core that ran, as records name it
         "training_samples": split.train_inputs.shape[0],
     }
     out["matmul_peak_gflops"] = matmul_peak_gflops(device)
@@ -196,7 +197,7 @@ def table(r: dict) -> str:
     lines = [
         f"speed benchmark: {r['dataset']} ({r['training_samples']:,} training samples), device {r['device']} "
         f"({r['machine']}), torch {r['torch']}, {r['threads']} threads, batch {r['batch_size']}, "
-        f"{r['steps']} timed steps, {r['date']}",
+        f"{r['steps']} timed steps, {r['date']}, code {r.get('code', 'unnamed')}",
         f"{'step (ms)':16s} " + " ".join(f"{c[:-3]:>9s}" for c in cols) + f" {'vs single':>9s} {'GFLOP/s':>8s}",
     ]
     for name, row in r["steps_ms"].items():

@@ -20,4 +20,5 @@ def test_the_benchmark_writes_every_figure_it_prints(tmp_path, capsys):
     assert result["naive_sasrec_ms"] > 0 and result["naive_over_single"] == result["naive_sasrec_ms"] / single
     assert {"x1_ms", "x3_ms", "x3_over_3_x1"} <= set(result["stacked"]["flame"])
     assert result["score_head_ms"]["autograd"] > 0 and result["eval_users"] == 200
+    assert f"code {result['code']}" in printed  # the commit that ran (or "unknown" outside git)
     assert f"{result['naive_sasrec_ms']:.2f}" in printed and "stacked seeds, flame" in printed
