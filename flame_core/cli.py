@@ -263,7 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="local",
         help="submitit's local executor, a Slurm array, or this process (default: local)",
     )
-    p.add_argument("--parallel", type=int, default=1, help="jobs at a time (default: 1)")
+    p.add_argument(
+        "--parallel",
+        type=int,
+        default=1,
+        help="jobs at a time (default: 1); on a CPU each then gets cores/N threads unless OMP_NUM_THREADS is set",
+    )
     p.add_argument("--dry-run", action="store_true", help="list the jobs and what is recorded, run nothing")
     return parser
 

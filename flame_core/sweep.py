@@ -3,27 +3,37 @@
     python -m flame_core sweep --profile full --datasets amazon-toys,amazon-beauty --device cuda
 
 A *job* is one dataset, one method and one anchor (pretrained here, or a released file with ``--released DIR``:
-FLAME trained from the official release's frozen network; ``--released-only`` runs just those) with all its
-seeds: stacked in one model where the method allows and the device is a GPU (``--stack``/``--no-stack`` decide
-otherwise), else one after another. A job whose every seed already has a record under ``--record`` (same
+FLAME trained from the official release's frozen network; ``--released-only`` runs just those) with its seeds:
+all of them stacked in one model where the method allows and the device is a GPU (``--stack``/``--no-stack``
+decide otherwise), else one job per seed. A job whose every seed already has a record under ``--record`` (same
 dataset, method, profile, seed and anchor) is skipped; an interrupted one resumes from its run folders under
 ``--runs``. Jobs run through submitit (a maintained job engine): its local executor by default, each job a
 subprocess, ``--parallel`` at a time; ``--executor slurm`` submits them as one Slurm array; ``--executor debug``
 runs them in this process. A line per job as it ends, a table at the end.
+
+On a CPU, stacking seeds in one model does not pay (its batched products are as compute-bound as the separate
+ones), but running seeds side by side does: torch's 64-wide products scale poorly over threads, so two jobs of
+one thread each get more done than one job of two (``bench/speed.py``, "seeds in parallel processes"). With
+``--parallel N`` on a CPU each job therefore gets cores / N threads, unless OMP_NUM_THREADS says otherwise.
+Jobs that share an anchor or a teacher wait for whichever trains it first (a file lock) and reuse it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from flame_core.config import ModelConfig, TrainConfig
 from flame_core.experiments import load_records, record, run_seeds
 from flame_core.registry import method_class
-from flame_core.utils import git_revision, portable_command, resolve_device
+from flame_core.utils import git_revision, portable_command, resolve_device, usable_cores
 
 PROFILES = {  # the protocol settings of each profile; anything else stays at the official defaults
     "full": {"epochs": 200, "patience": 30, "max_len": 50, "anneal_epochs": 200},  # the paper's
@@ -45,6 +55,7 @@ class Job:
     stack: bool = True  # train the seeds as one stacked model (when the method allows)
     runs: str = "runs"
     records: str = "results"
+    threads: int | None = None  # torch's intra-op threads in the job's process (None: torch's default)
 
     @property
     def name(self) -> str:
@@ -106,6 +117,8 @@ def recorded_seeds(job: Job) -> set[int]:
 def run_job(job: Job) -> list[dict]:
     """Train (or resume, or reuse) the job's seeds that have no record yet and record each; returns one summary
     row per seed. Runs in a submitit worker (or in this process)."""
+    if job.threads:
+        torch.set_num_threads(job.threads)
     model, cfg = job.configs()
     git = git_revision()  # the code this job runs, as it starts
     todo = [s for s in job.seeds if s not in recorded_seeds(job)]
@@ -171,13 +184,29 @@ def plan(
         raise ValueError("--released-only needs --released DIR, the folder of the released anchors")
     settings = {**PROFILES[profile], "device": device, **(overrides or {})}
     stack = resolve_device(device).type == "cuda" if stack is None else stack  # stacking pays on a GPU only
-    common = dict(seeds=tuple(seeds), profile=profile, settings=settings, stack=stack, runs=runs, records=records)
-    jobs = [] if released_only else [Job(dataset=d, method=m, **common) for d in datasets for m in methods]
+    common = dict(profile=profile, settings=settings, stack=stack, runs=runs, records=records)
+
+    def jobs_of(dataset: str, method: str, released: str | None = None) -> list[Job]:
+        together = stack and len(seeds) > 1 and method_class(method).stackable
+        groups = [tuple(seeds)] if together else [(s,) for s in seeds]  # unstacked: a job per seed
+        return [Job(dataset=dataset, method=method, seeds=g, released=released, **common) for g in groups]
+
+    jobs = [] if released_only else [j for d in datasets for m in methods for j in jobs_of(d, m)]
     for d in datasets if released_dir else []:
         anchor = Path(released_dir) / f"{d}.pt"
         if anchor.exists() and "flame" in methods:
-            jobs.append(Job(dataset=d, method="flame", released=str(anchor), **common))
+            jobs += jobs_of(d, "flame", str(anchor))
     return jobs
+
+
+def job_threads(job: Job, executor: str, parallel: int) -> int | None:
+    """The intra-op threads of a job run `parallel` at a time: cores / parallel for CPU jobs on this machine
+    (local executor), unless OMP_NUM_THREADS is set; None (torch's default) otherwise."""
+    device = str(job.settings["device"])
+    on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if executor != "local" or parallel <= 1 or "OMP_NUM_THREADS" in os.environ or on_gpu:
+        return None
+    return max(1, usable_cores() // parallel)
 
 
 def sweep(
@@ -190,6 +219,8 @@ def sweep(
     """Run the jobs that are not fully recorded through submitit; returns the summary rows of every job."""
     import submitit
 
+    if parallel < 1:
+        raise ValueError(f"--parallel {parallel}: run at least one job at a time")
     rows, todo = [], []
     for job in jobs:
         done = recorded_seeds(job)
@@ -197,7 +228,7 @@ def sweep(
             log(f"skip   {job.name}: recorded")
             rows += [{"job": job.name, "seed": s, "status": "recorded"} for s in job.seeds]
         else:
-            todo.append(job)
+            todo.append(dataclasses.replace(job, threads=job_threads(job, executor, parallel)))
     if not todo:
         return rows
     if executor == "debug":

@@ -50,11 +50,15 @@ def machine_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def machine_fingerprint(device: torch.device) -> dict:
     """What decides whether two runs' seconds compare: the hardware's name, the cores this process may use
     and torch's intra-op threads. No host name and no path, so records stay free of the machine's identity."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"name": machine_name(device), "cores": cores, "threads": torch.get_num_threads()}
+    return {"name": machine_name(device), "cores": usable_cores(), "threads": torch.get_num_threads()}
 
 
 def git_revision(cwd: str | Path | None = None) -> str:

@@ -1,6 +1,7 @@
 """The sweep: a grid through submitit (in this process and as local subprocesses), a record per run, skipping
 what is recorded, FLAME from a released anchor as its own job, the command line's dry run."""
 
+import dataclasses
 import io
 import json
 import os
@@ -38,7 +39,7 @@ def grid(tmp_path, methods=("single", "flame"), seeds=(42, 43), **kw):
 
 def test_a_sweep_records_every_run_and_skips_them_the_second_time(tmp_path, cache):
     jobs = grid(tmp_path)
-    assert [j.name for j in jobs] == ["synthetic single seeds 42,43", "synthetic flame seeds 42,43"]
+    assert [j.name for j in jobs] == [f"synthetic {m} seeds {s}" for m in ("single", "flame") for s in (42, 43)]
     lines = []
     rows = sweep.sweep(jobs, "debug", folder=tmp_path / "logs", log=lines.append)
     assert sorted((r["job"].split()[1], r["seed"], r["status"]) for r in rows) == [
@@ -47,7 +48,7 @@ def test_a_sweep_records_every_run_and_skips_them_the_second_time(tmp_path, cach
         ("single", 42, "trained"),
         ("single", 43, "trained"),
     ]
-    assert sum(line.startswith("done") for line in lines) == 2
+    assert sum(line.startswith("done") for line in lines) == 4  # a job per seed on a CPU
     records = sorted((tmp_path / "results" / "synthetic").glob("*.json"))
     assert len(records) == 4
     rec = json.loads(records[0].read_text())
@@ -57,14 +58,33 @@ def test_a_sweep_records_every_run_and_skips_them_the_second_time(tmp_path, cach
     again = []
     rows = sweep.sweep(grid(tmp_path), "debug", folder=tmp_path / "logs", log=again.append)
     assert {r["status"] for r in rows} == {"recorded"} and all(line.startswith("skip") for line in again)
-    assert "synthetic flame seeds 42,43" in sweep.table(rows)
+    assert "synthetic flame seeds 43" in sweep.table(rows)
 
 
-def test_a_job_runs_as_a_subprocess_through_submitit(tmp_path, cache):
-    (job,) = grid(tmp_path, methods=("single",), seeds=(7,))
-    rows = sweep.sweep([job], "local", folder=tmp_path / "logs", log=lambda s: None)
-    assert [(r["seed"], r["status"]) for r in rows] == [(7, "trained")]
-    assert len(list((tmp_path / "results" / "synthetic").glob("single-seed7-*.json"))) == 1
+def test_jobs_run_as_subprocesses_through_submitit_side_by_side_with_their_share_of_the_cores(
+    tmp_path, cache, monkeypatch
+):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(sweep, "usable_cores", lambda: 4)  # two jobs at a time: two threads each
+    jobs = grid(tmp_path, methods=("single",), seeds=(7, 8))
+    rows = sweep.sweep(jobs, "local", parallel=2, folder=tmp_path / "logs", log=lambda s: None)
+    assert sorted((r["seed"], r["status"]) for r in rows) == [(7, "trained"), (8, "trained")]
+    records = sorted((tmp_path / "results" / "synthetic").glob("single-seed*.json"))
+    assert [json.loads(p.read_text())["machine"]["threads"] for p in records] == [2, 2]
+
+
+def test_a_job_gets_cores_over_parallel_threads_on_a_cpu_only(tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(sweep, "usable_cores", lambda: 16)
+    job = grid(tmp_path, methods=("single",), seeds=(1,))[0]
+    assert sweep.job_threads(job, "local", 4) == 4 and sweep.job_threads(job, "local", 32) == 1
+    assert sweep.job_threads(job, "local", 1) is None and sweep.job_threads(job, "debug", 4) is None
+    gpu = dataclasses.replace(job, settings={**job.settings, "device": "cuda"})
+    assert sweep.job_threads(gpu, "local", 4) is None  # the GPU does the work; torch's default for the host
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert sweep.job_threads(job, "local", 4) is None  # the user's setting stands
+    with pytest.raises(ValueError, match="--parallel"):
+        sweep.sweep([job], "local", parallel=0, folder=tmp_path / "logs")
 
 
 def test_flame_from_a_released_anchor_is_its_own_job(tmp_path, cache):
@@ -72,20 +92,26 @@ def test_flame_from_a_released_anchor_is_its_own_job(tmp_path, cache):
     released.mkdir()
     (released / "synthetic.pt").write_bytes(b"")  # only its presence matters to the plan
     jobs = grid(tmp_path, methods=("single", "flame"), released_dir=str(released))
-    assert [j.released for j in jobs] == [None, None, str(released / "synthetic.pt")]
+    assert [j.released for j in jobs] == [None] * 4 + [str(released / "synthetic.pt")] * 2
     command = jobs[-1].command()
     assert "--released" in command and " /" not in command  # relative to the working directory
     alone = grid(tmp_path, methods=("single", "flame"), released_dir=str(released), released_only=True)
-    assert [j.released for j in alone] == [str(released / "synthetic.pt")]  # what the record's command reruns
+    assert [j.released for j in alone] == [str(released / "synthetic.pt")] * 2  # what the record's command reruns
     assert "--released-only" in command and "--methods flame " in command
     with pytest.raises(ValueError, match="--released-only needs --released"):
         grid(tmp_path, released_only=True)
     assert not grid(tmp_path, methods=("single",), released_dir=str(released))[-1].released  # no flame, no job
 
 
-def test_stacking_is_the_default_on_a_gpu_only(tmp_path):
-    assert grid(tmp_path)[0].stack is False  # cpu
-    assert grid(tmp_path, stack=True)[0].stack is True
+def test_stacking_is_the_default_on_a_gpu_only_and_unstacked_seeds_are_jobs_of_their_own(tmp_path):
+    assert [(j.method, j.seeds, j.stack) for j in grid(tmp_path)] == [  # cpu
+        ("single", (42,), False),
+        ("single", (43,), False),
+        ("flame", (42,), False),
+        ("flame", (43,), False),
+    ]
+    stacked = grid(tmp_path, methods=("single", "emkd"), stack=True)  # EMKD's replicas do not stack
+    assert [(j.method, j.seeds) for j in stacked] == [("single", (42, 43)), ("emkd", (42,)), ("emkd", (43,))]
 
 
 def test_the_command_line_lists_the_plan_without_running(tmp_path, capsys):
@@ -96,7 +122,8 @@ def test_the_command_line_lists_the_plan_without_running(tmp_path, capsys):
     ]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "synthetic single seeds 1,2: to run" in out and "--set epochs=1" in out
+    assert "synthetic single seeds 1: to run" in out and "synthetic single seeds 2: to run" in out
+    assert "--set epochs=1" in out
     assert main(["sweep", "--datasets", "synthetic", "--set", "epochz=1", "--dry-run"]) == 2  # a bad setting, named
     assert "epochz" in capsys.readouterr().err
 
