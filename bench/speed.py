@@ -13,8 +13,11 @@ as a replayed CUDA graph. The variants are timed side by side (`measure.steps_ms
 rounds that each run every variant in turn, the median round per variant), so that a machine whose speed
 drifts during the run slows them alike and their ratios hold. Stacked seeds: S = 3 replicas of a method in
 one stacked model against S = 1 (side by side too), in the layout the engine uses by default (packed on CPU,
-graph on CUDA). The naive reference (`bench/naive.py`) is SASRec written with `torch.nn` blocks, the way a
-user would, timed on random batches of the same split in the same rounds as the engine's variants.
+graph on CUDA). Seeds in parallel processes (CPU): three seeds' steps as the sweep runs them with
+``--parallel 2`` (two processes of cores/2 threads at once, the third seed after them) against one process
+with every core training the seeds one after another, the wall time of the whole, alternated over rounds.
+The naive reference (`bench/naive.py`) is SASRec written with `torch.nn` blocks, the way a user would, timed
+on random batches of the same split in the same rounds as the engine's variants.
 
 It prints a table and writes the same figures as JSON (``--json``, default bench/results/speed-DATASET-DEVICE.json)
 for the efficiency chapter. The measuring functions (timed steps, FLOPs of real tokens, peak memory, the matmul
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -37,6 +41,7 @@ from flame_core.engine import EpochRunner, evaluate_replicas, make_optimizer
 from flame_core.measure import (
     matmul_peak_gflops,
     peak_rss_mb,
+    random_order,
     score_head_ms,
     step_flops,
     step_ms,
@@ -44,12 +49,78 @@ from flame_core.measure import (
     sync,
     untrained,
 )
-from flame_core.utils import atomic_json, git_revision, machine_name, resolve_device, seed_everything
+from flame_core.utils import (
+    atomic_json,
+    git_revision,
+    machine_name,
+    resolve_device,
+    seed_everything,
+    usable_cores,
+)
 
 try:
     from bench.naive import naive_training
 except ImportError:  # run as a script: bench/ is on sys.path
     from naive import naive_training
+
+PARALLEL_METHODS = ("single", "flame")
+
+
+def seeds_child(args: argparse.Namespace, threads: int, seeds: int, start, queue) -> None:
+    """One worker of the parallel-seeds measurement: `seeds` seeds' worth of steps of each method in turn,
+    starting with its siblings at the barrier `start`; puts (method, finish time) for each."""
+    torch.set_num_threads(threads)
+    seed_everything(0)
+    data = load_dataset(args.dataset)
+    split = build_split(data, 50)
+    runners = {}
+    for method in PARALLEL_METHODS:
+        m = untrained(method, data, ModelConfig(), torch.device("cpu"))
+        runners[method] = EpochRunner(m, make_optimizer(m, torch.device("cpu")), split, args.batch_size)
+        runners[method].run(random_order(split, 1, 4 * args.batch_size, seed=1))  # warm-up
+    for method, runner in runners.items():
+        orders = [random_order(split, 1, args.steps * args.batch_size, seed=s) for s in range(seeds)]
+        start.wait()
+        for order in orders:
+            runner.run(order)
+        queue.put((method, time.perf_counter()))
+
+
+def seeds_wall_ms(args: argparse.Namespace, workers: int, seeds: int = 3) -> dict[str, float]:
+    """Milliseconds per seed-step of `seeds` seeds trained by `workers` processes of cores/workers threads at
+    once (worker w takes seeds w, w + workers, ...), wall time from the common start to the last finish."""
+    ctx = mp.get_context("spawn")
+    start, queue = ctx.Barrier(workers + 1), ctx.Queue()
+    threads = max(1, usable_cores() // workers)
+    shares = [len(range(w, seeds, workers)) for w in range(workers)]
+    children = [ctx.Process(target=seeds_child, args=(args, threads, n, start, queue)) for n in shares]
+    for child in children:
+        child.start()
+    out = {}
+    for method in PARALLEL_METHODS:
+        start.wait()
+        t0 = time.perf_counter()
+        ends = [queue.get() for _ in children]
+        assert {m for m, _ in ends} == {method}
+        out[method] = (max(t for _, t in ends) - t0) * 1000 / (seeds * args.steps)
+    for child in children:
+        child.join()
+    return out
+
+
+def parallel_seeds(args: argparse.Namespace, workers: int = 2, seeds: int = 3) -> dict:
+    """Three seeds in `workers` parallel processes against one after another in one process (all cores),
+    alternated over `args.seed_rounds` rounds, the median round of each."""
+    runs = {"separate": [], "parallel": []}
+    for _ in range(args.seed_rounds):
+        runs["separate"].append(seeds_wall_ms(args, 1, seeds))
+        runs["parallel"].append(seeds_wall_ms(args, workers, seeds))
+    out = {"seeds": seeds, "workers": workers, "threads_per_worker": max(1, usable_cores() // workers)}
+    for method in PARALLEL_METHODS:
+        separate = statistics.median(r[method] for r in runs["separate"])
+        parallel = statistics.median(r[method] for r in runs["parallel"])
+        out[method] = {"separate_ms": separate, "parallel_ms": parallel, "parallel_over_separate": parallel / separate}
+    return out
 
 
 def epoch_child(args: argparse.Namespace, replicas: int, queue) -> None:
@@ -169,6 +240,8 @@ def run(args: argparse.Namespace) -> dict:
             "x3_over_x1": three / one,
             "x3_over_3_x1": three / (3 * one),
         }
+    if not cuda and usable_cores() > 1 and args.seed_rounds:
+        out["parallel_seeds"] = parallel_seeds(args)
     m = untrained("single", data, model, device)
     evaluate_replicas(m, split, "test")  # warm-up
     t0 = time.perf_counter()
@@ -228,6 +301,17 @@ def table(r: dict) -> str:
             f"3 seeds {row['x3_ms']:.2f} ms per step = {row['x3_over_x1']:.2f}x one seed, "
             f"{row['x3_over_3_x1']:.2f}x three separate"
         )
+    if "parallel_seeds" in r:
+        ps = r["parallel_seeds"]
+        lines.append(
+            f"seeds in parallel processes: {ps['seeds']} seeds in {ps['workers']} processes of "
+            f"{ps['threads_per_worker']} thread(s) against one process training them one after another: "
+            + ", ".join(
+                f"{m} {ps[m]['parallel_ms']:.2f} vs {ps[m]['separate_ms']:.2f} ms per seed-step "
+                f"({ps[m]['parallel_over_separate']:.2f}x)"
+                for m in PARALLEL_METHODS
+            )
+        )
     lines.append(f"evaluation of all {r['eval_users']:,} users (test split): {r['eval_seconds_all_users']:.2f} s")
     if "epoch_seconds" in r:
         lines.append(
@@ -257,6 +341,12 @@ def main(argv=None) -> int:
         help="also time torch.compile of the padded variants' loss (static shapes), eager steps around it",
     )
     p.add_argument("--no-epoch", action="store_true", help="skip the full-epoch measurement")
+    p.add_argument(
+        "--seed-rounds",
+        type=int,
+        default=3,
+        help="rounds of the parallel-seeds measurement on a CPU (0 skips it; default: 3)",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--json", default=None, help="where to write the JSON result")
     args = p.parse_args(argv)

@@ -238,8 +238,10 @@ ratios.round(2)
 # %% [markdown]
 # What the engine's choices buy on each machine, where the file measured it: our Single step against the
 # naive `torch.nn` SASRec, the next-item loss through autograd against `item_cross_entropy` (over the
-# dataset's items, as above), the captured CUDA graph against the same padded step run eagerly, and three
-# seeds stacked in one model against one seed (below 3: stacking is cheaper than three separate runs).
+# dataset's items, as above), the captured CUDA graph against the same padded step run eagerly, three
+# seeds stacked in one model against one seed (below 3: stacking is cheaper than three separate runs), and,
+# on a CPU, three seeds in two processes side by side (as `sweep --parallel 2` runs them, cores/2 threads
+# each) against one process training them one after another (below 1: running them side by side pays).
 
 # %% tags=["hide-input"]
 gains = pd.DataFrame(
@@ -253,6 +255,9 @@ gains = pd.DataFrame(
             "loss: autograd / item_cross_entropy": r.get("score_head_ms", {}).get("autograd_over_fused"),
             "3 stacked Single / 1": r.get("stacked", {}).get("single", {}).get("x3_over_x1"),
             "3 stacked FLAME / 1": r.get("stacked", {}).get("flame", {}).get("x3_over_x1"),
+            "3 FLAME seeds side by side / one after another": r.get("parallel_seeds", {})
+            .get("flame", {})
+            .get("parallel_over_separate"),
             "FLAME epoch + validation s": r.get("epoch_with_valid_seconds"),
         }
         for label, r in bench.items()
@@ -299,7 +304,7 @@ plt.show()
 # ## The benchmark, rerun here
 #
 # The same script on this chapter's dataset and device, with fewer timed steps and without the full
-# epoch, so that it takes seconds (the benchmark uses the default window of 50 items, whatever this
+# epoch or the seeds in parallel processes, so that it takes seconds (the benchmark uses the default window of 50 items, whatever this
 # chapter's `max_len`). On MovieLens-100K the sequences are long (up to 53 items are kept per user), so
 # padding is a smaller share of the work than on the Amazon data and the packed layout saves less.
 #
@@ -322,6 +327,8 @@ cmd = [
     "--threads",
     str(speed_threads),
     "--no-epoch",
+    "--seed-rounds",  # no seeds in parallel processes either: they need the machine to themselves
+    "0",
     "--json",
     str(live_json),
 ]
