@@ -304,9 +304,10 @@ plt.show()
 # ## The benchmark, rerun here
 #
 # The same script on this chapter's dataset and device, with fewer timed steps and without the full
-# epoch or the seeds in parallel processes, so that it takes seconds (the benchmark uses the default window of 50 items, whatever this
-# chapter's `max_len`). On MovieLens-100K the sequences are long (up to 53 items are kept per user), so
-# padding is a smaller share of the work than on the Amazon data and the packed layout saves less.
+# epoch or the seeds in parallel processes, so that it takes seconds (the benchmark uses the default
+# window of 50 items, whatever this chapter's `max_len`). On MovieLens-100K the sequences are long (up to
+# 53 items are kept per user), so padding is a smaller share of the work than on the Amazon data and the
+# packed layout saves less.
 #
 # On a CPU the quick profile measures with one thread (`speed_threads`). Timings taken while other
 # programs compete for the cores are only meaningful as ratios, and with two or more threads they are
