@@ -14,8 +14,9 @@ rounds that each run every variant in turn, the median round per variant), so th
 drifts during the run slows them alike and their ratios hold. Stacked seeds: S = 3 replicas of a method in
 one stacked model against S = 1 (side by side too), in the layout the engine uses by default (packed on CPU,
 graph on CUDA). Seeds in parallel processes (CPU): three seeds' steps as the sweep runs them with
-``--parallel 2`` (two processes of cores/2 threads at once, the third seed after them) against one process
-with every core training the seeds one after another, the wall time of the whole, alternated over rounds.
+``--parallel W`` (W processes of cores/W threads at once, at least one; with W = 2 the third seed after
+the first two) against one process with every core training the seeds one after another, the wall time of
+the whole, alternated over rounds.
 The naive reference (`bench/naive.py`) is SASRec written with `torch.nn` blocks, the way a user would, timed
 on random batches of the same split in the same rounds as the engine's variants.
 
@@ -108,19 +109,23 @@ def seeds_wall_ms(args: argparse.Namespace, workers: int, seeds: int = 3) -> dic
     return out
 
 
-def parallel_seeds(args: argparse.Namespace, workers: int = 2, seeds: int = 3) -> dict:
-    """Three seeds in `workers` parallel processes against one after another in one process (all cores),
-    alternated over `args.seed_rounds` rounds, the median round of each."""
-    runs = {"separate": [], "parallel": []}
+def parallel_seeds(args: argparse.Namespace, seeds: int = 3) -> dict:
+    """Three seeds in W parallel processes (each W of `args.seed_workers`) against one after another in one
+    process with every core, alternated over `args.seed_rounds` rounds, the median round of each."""
+    runs = {w: [] for w in (1, *args.seed_workers)}
     for _ in range(args.seed_rounds):
-        runs["separate"].append(seeds_wall_ms(args, 1, seeds))
-        runs["parallel"].append(seeds_wall_ms(args, workers, seeds))
-    out = {"seeds": seeds, "workers": workers, "threads_per_worker": max(1, usable_cores() // workers)}
-    for method in PARALLEL_METHODS:
-        separate = statistics.median(r[method] for r in runs["separate"])
-        parallel = statistics.median(r[method] for r in runs["parallel"])
-        out[method] = {"separate_ms": separate, "parallel_ms": parallel, "parallel_over_separate": parallel / separate}
-    return out
+        for w, times in runs.items():
+            times.append(seeds_wall_ms(args, w, seeds))
+    ms = {w: {m: statistics.median(r[m] for r in times) for m in PARALLEL_METHODS} for w, times in runs.items()}
+    side_by_side = [
+        {
+            "workers": w,
+            "threads_per_worker": max(1, usable_cores() // w),
+            **{m: {"ms": ms[w][m], "over_separate": ms[w][m] / ms[1][m]} for m in PARALLEL_METHODS},
+        }
+        for w in args.seed_workers
+    ]
+    return {"seeds": seeds, "separate_ms": ms[1], "side_by_side": side_by_side}
 
 
 def epoch_child(args: argparse.Namespace, replicas: int, queue) -> None:
@@ -304,14 +309,15 @@ def table(r: dict) -> str:
     if "parallel_seeds" in r:
         ps = r["parallel_seeds"]
         lines.append(
-            f"seeds in parallel processes: {ps['seeds']} seeds in {ps['workers']} processes of "
-            f"{ps['threads_per_worker']} thread(s) against one process training them one after another: "
-            + ", ".join(
-                f"{m} {ps[m]['parallel_ms']:.2f} vs {ps[m]['separate_ms']:.2f} ms per seed-step "
-                f"({ps[m]['parallel_over_separate']:.2f}x)"
-                for m in PARALLEL_METHODS
-            )
+            f"{ps['seeds']} seeds one after another in one process: "
+            + ", ".join(f"{m} {ps['separate_ms'][m]:.2f} ms per seed-step" for m in PARALLEL_METHODS)
         )
+        for row in ps["side_by_side"]:
+            lines.append(
+                f"{ps['seeds']} seeds in {row['workers']} processes side by side, {row['threads_per_worker']} "
+                "thread(s) each: "
+                + ", ".join(f"{m} {row[m]['ms']:.2f} ms ({row[m]['over_separate']:.2f}x)" for m in PARALLEL_METHODS)
+            )
     lines.append(f"evaluation of all {r['eval_users']:,} users (test split): {r['eval_seconds_all_users']:.2f} s")
     if "epoch_seconds" in r:
         lines.append(
@@ -346,6 +352,13 @@ def main(argv=None) -> int:
         type=int,
         default=3,
         help="rounds of the parallel-seeds measurement on a CPU (0 skips it; default: 3)",
+    )
+    p.add_argument(
+        "--seed-workers",
+        type=lambda text: tuple(int(w) for w in text.split(",")),
+        default=(2, 3),
+        metavar="W,W,...",
+        help="processes side by side in the parallel-seeds measurement (default: 2,3)",
     )
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--json", default=None, help="where to write the JSON result")

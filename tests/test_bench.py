@@ -11,7 +11,19 @@ from bench import speed  # noqa: E402
 
 def test_the_benchmark_writes_every_figure_it_prints(tmp_path, capsys):
     out = tmp_path / "speed.json"
-    argv = ["--dataset", "synthetic", "--steps", "1", "--batch-size", "32", "--no-epoch", "--seed-rounds", "1"]
+    argv = [
+        "--dataset",
+        "synthetic",
+        "--steps",
+        "1",
+        "--batch-size",
+        "32",
+        "--no-epoch",
+        "--seed-rounds",
+        "1",
+        "--seed-workers",
+        "2",
+    ]
     argv += ["--json", str(out)]
     assert speed.main(argv) == 0
     printed, result = capsys.readouterr().out, json.loads(out.read_text())
@@ -23,7 +35,8 @@ def test_the_benchmark_writes_every_figure_it_prints(tmp_path, capsys):
     assert result["score_head_ms"]["autograd"] > 0 and result["eval_users"] == 200
     if "parallel_seeds" in result:  # a CPU of two cores or more
         ps = result["parallel_seeds"]
-        assert ps["seeds"] == 3 and ps["flame"]["parallel_over_separate"] > 0
-        assert f"({ps['flame']['parallel_over_separate']:.2f}x)" in printed
+        (row,) = ps["side_by_side"]
+        assert ps["seeds"] == 3 and row["workers"] == 2 and row["flame"]["over_separate"] > 0
+        assert f"{row['flame']['ms']:.2f} ms ({row['flame']['over_separate']:.2f}x)" in printed
     assert f"code {result['code']}" in printed  # the commit that ran (or "unknown" outside git)
     assert f"{result['naive_sasrec_ms']:.2f}" in printed and "stacked seeds, flame" in printed
