@@ -12,9 +12,10 @@ subprocess, ``--parallel`` at a time; ``--executor slurm`` submits them as one S
 runs them in this process. A line per job as it ends, a table at the end.
 
 On a CPU, stacking seeds in one model does not pay (its batched products are as compute-bound as the separate
-ones), but running seeds side by side does: torch's 64-wide products scale poorly over threads, so two jobs of
-one thread each get more done than one job of two (``bench/speed.py``, "seeds in parallel processes"). With
-``--parallel N`` on a CPU each job therefore gets cores / N threads, unless OMP_NUM_THREADS says otherwise.
+ones); running seeds side by side in processes of their own can, as torch's 64-wide products scale poorly over
+threads (``bench/speed.py``, "seeds in parallel processes": 0.84x to 0.90x with three single-thread processes
+on a 2-core CPU, not reliably better with two). With ``--parallel N`` on a CPU each job gets cores / N threads
+(at least one), unless OMP_NUM_THREADS says otherwise, so N jobs share the cores instead of each claiming all.
 Jobs that share an anchor or a teacher wait for whichever trains it first (a file lock) and reuse it.
 """
 
