@@ -65,6 +65,7 @@ except ImportError:  # run as a script: bench/ is on sys.path
     from naive import naive_training
 
 PARALLEL_METHODS = ("single", "flame")
+WAIT_S = 900  # a worker that died (out of memory, say) breaks the barrier instead of hanging the benchmark
 
 
 def seeds_child(args: argparse.Namespace, threads: int, seeds: int, start, queue) -> None:
@@ -81,7 +82,7 @@ def seeds_child(args: argparse.Namespace, threads: int, seeds: int, start, queue
         runners[method].run(random_order(split, 1, 4 * args.batch_size, seed=1))  # warm-up
     for method, runner in runners.items():
         orders = [random_order(split, 1, args.steps * args.batch_size, seed=s) for s in range(seeds)]
-        start.wait()
+        start.wait(WAIT_S)
         for order in orders:
             runner.run(order)
         queue.put((method, time.perf_counter()))
@@ -99,9 +100,9 @@ def seeds_wall_ms(args: argparse.Namespace, workers: int, seeds: int = 3) -> dic
         child.start()
     out = {}
     for method in PARALLEL_METHODS:
-        start.wait()
+        start.wait(WAIT_S)
         t0 = time.perf_counter()
-        ends = [queue.get() for _ in children]
+        ends = [queue.get(timeout=WAIT_S) for _ in children]
         assert {m for m, _ in ends} == {method}
         out[method] = (max(t for _, t in ends) - t0) * 1000 / (seeds * args.steps)
     for child in children:
