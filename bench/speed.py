@@ -56,6 +56,7 @@ from flame_core.utils import (
     machine_name,
     resolve_device,
     seed_everything,
+    threads_per_process,
     usable_cores,
 )
 
@@ -93,7 +94,7 @@ def seeds_wall_ms(args: argparse.Namespace, workers: int, seeds: int = 3) -> dic
     once (worker w takes seeds w, w + workers, ...), wall time from the common start to the last finish."""
     ctx = mp.get_context("spawn")
     start, queue = ctx.Barrier(workers + 1), ctx.Queue()
-    threads = max(1, usable_cores() // workers)
+    threads = threads_per_process(workers)
     shares = [len(range(w, seeds, workers)) for w in range(workers)]
     children = [ctx.Process(target=seeds_child, args=(args, threads, n, start, queue)) for n in shares]
     for child in children:
@@ -121,7 +122,7 @@ def parallel_seeds(args: argparse.Namespace, seeds: int = 3) -> dict:
     side_by_side = [
         {
             "workers": w,
-            "threads_per_worker": max(1, usable_cores() // w),
+            "threads_per_worker": threads_per_process(w),
             **{m: {"ms": ms[w][m], "over_separate": ms[w][m] / ms[1][m]} for m in PARALLEL_METHODS},
         }
         for w in args.seed_workers

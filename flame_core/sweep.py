@@ -21,12 +21,11 @@ Jobs that share an anchor or a teacher wait for whichever trains it first (a fil
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -34,7 +33,7 @@ import torch
 from flame_core.config import ModelConfig, TrainConfig
 from flame_core.experiments import load_records, record, run_seeds
 from flame_core.registry import method_class
-from flame_core.utils import git_revision, portable_command, resolve_device, usable_cores
+from flame_core.utils import git_revision, portable_command, resolve_device, threads_per_process
 
 PROFILES = {  # the protocol settings of each profile; anything else stays at the official defaults
     "full": {"epochs": 200, "patience": 30, "max_len": 50, "anneal_epochs": 200},  # the paper's
@@ -115,6 +114,12 @@ def recorded_seeds(job: Job) -> set[int]:
     }
 
 
+def stacked(stack: bool, method: str, seeds) -> bool:
+    """Whether `seeds` of `method` train as one stacked model: stacking asked for, several seeds, and a method
+    whose replicas stack."""
+    return stack and len(seeds) > 1 and method_class(method).stackable
+
+
 def run_job(job: Job) -> list[dict]:
     """Train (or resume, or reuse) the job's seeds that have no record yet and record each; returns one summary
     row per seed. Runs in a submitit worker (or in this process)."""
@@ -123,8 +128,7 @@ def run_job(job: Job) -> list[dict]:
     model, cfg = job.configs()
     git = git_revision()  # the code this job runs, as it starts
     todo = [s for s in job.seeds if s not in recorded_seeds(job)]
-    stackable = job.stack and len(todo) > 1 and method_class(job.method).stackable
-    groups = [todo] if stackable else [[s] for s in todo]
+    groups = [todo] if stacked(job.stack, job.method, todo) else [[s] for s in todo]
     rows = []
     for seeds in groups:
         for exp in run_seeds(
@@ -188,8 +192,7 @@ def plan(
     common = dict(profile=profile, settings=settings, stack=stack, runs=runs, records=records)
 
     def jobs_of(dataset: str, method: str, released: str | None = None) -> list[Job]:
-        together = stack and len(seeds) > 1 and method_class(method).stackable
-        groups = [tuple(seeds)] if together else [(s,) for s in seeds]  # unstacked: a job per seed
+        groups = [tuple(seeds)] if stacked(stack, method, seeds) else [(s,) for s in seeds]  # else a job per seed
         return [Job(dataset=dataset, method=method, seeds=g, released=released, **common) for g in groups]
 
     jobs = [] if released_only else [j for d in datasets for m in methods for j in jobs_of(d, m)]
@@ -207,7 +210,7 @@ def job_threads(job: Job, executor: str, parallel: int) -> int | None:
     on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if executor != "local" or parallel <= 1 or "OMP_NUM_THREADS" in os.environ or on_gpu:
         return None
-    return max(1, usable_cores() // parallel)
+    return threads_per_process(parallel)
 
 
 def sweep(
@@ -229,7 +232,7 @@ def sweep(
             log(f"skip   {job.name}: recorded")
             rows += [{"job": job.name, "seed": s, "status": "recorded"} for s in job.seeds]
         else:
-            todo.append(dataclasses.replace(job, threads=job_threads(job, executor, parallel)))
+            todo.append(replace(job, threads=job_threads(job, executor, parallel)))
     if not todo:
         return rows
     if executor == "debug":

@@ -55,6 +55,11 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def threads_per_process(processes: int) -> int:
+    """torch's intra-op threads for each of `processes` processes sharing this machine's cores (at least one)."""
+    return max(1, usable_cores() // processes)
+
+
 def machine_fingerprint(device: torch.device) -> dict:
     """What decides whether two runs' seconds compare: the hardware's name, the cores this process may use
     and torch's intra-op threads. No host name and no path, so records stay free of the machine's identity."""

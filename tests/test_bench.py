@@ -11,19 +11,7 @@ from bench import speed  # noqa: E402
 
 def test_the_benchmark_writes_every_figure_it_prints(tmp_path, capsys):
     out = tmp_path / "speed.json"
-    argv = [
-        "--dataset",
-        "synthetic",
-        "--steps",
-        "1",
-        "--batch-size",
-        "32",
-        "--no-epoch",
-        "--seed-rounds",
-        "1",
-        "--seed-workers",
-        "2",
-    ]
+    argv = "--dataset synthetic --steps 1 --batch-size 32 --no-epoch --seed-rounds 1 --seed-workers 2".split()
     argv += ["--json", str(out)]
     assert speed.main(argv) == 0
     printed, result = capsys.readouterr().out, json.loads(out.read_text())

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from flame_core import sweep
+from flame_core import sweep, utils
 from flame_core.cli import main
 
 TINY = {"epochs": 1, "hidden": 16, "max_len": 12, "batch_size": 128}
@@ -65,7 +65,7 @@ def test_jobs_run_as_subprocesses_through_submitit_side_by_side_with_their_share
     tmp_path, cache, monkeypatch
 ):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(sweep, "usable_cores", lambda: 4)  # two jobs at a time: two threads each
+    monkeypatch.setattr(utils, "usable_cores", lambda: 4)  # two jobs at a time: two threads each
     jobs = grid(tmp_path, methods=("single",), seeds=(7, 8))
     rows = sweep.sweep(jobs, "local", parallel=2, folder=tmp_path / "logs", log=lambda s: None)
     assert sorted((r["seed"], r["status"]) for r in rows) == [(7, "trained"), (8, "trained")]
@@ -75,7 +75,7 @@ def test_jobs_run_as_subprocesses_through_submitit_side_by_side_with_their_share
 
 def test_a_job_gets_cores_over_parallel_threads_on_a_cpu_only(tmp_path, monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(sweep, "usable_cores", lambda: 16)
+    monkeypatch.setattr(utils, "usable_cores", lambda: 16)
     job = grid(tmp_path, methods=("single",), seeds=(1,))[0]
     assert sweep.job_threads(job, "local", 4) == 4 and sweep.job_threads(job, "local", 32) == 1
     assert sweep.job_threads(job, "local", 1) is None and sweep.job_threads(job, "debug", 4) is None
