@@ -28,9 +28,10 @@ from flame_core.anchor import anchor_key, cached_anchor_results, load_anchor, pr
 from flame_core.backbone import SASRecStack
 from flame_core.config import ModelConfig, TrainConfig
 from flame_core.data import Interactions, Split, build_split, load_dataset
-from flame_core.engine import evaluate, load_weights, selected_weights, train, train_stacked
+from flame_core.engine import load_weights, selected_weights, train, train_stacked
 from flame_core.files import CHECKPOINT, read_json, require
 from flame_core.methods import Method, Single, build_method
+from flame_core.metrics import evaluate_scores, metrics_from_ranks
 from flame_core.registry import method_class
 from flame_core.utils import (
     atomic_json,
@@ -106,16 +107,25 @@ def pretrained_provenance(specs: list, paths: list[Path], data: Interactions, fr
     return out
 
 
-def evaluate_network(
+def network_ranks(
     net: SASRecStack | str | Path, model: ModelConfig, split: Split, which: str = "test", batch_size: int = 1024
-) -> dict:
-    """Full-ranking metrics of one SASRec used alone: a 1-network stack, or weights in a file (a released or
-    cached anchor)."""
+) -> torch.Tensor:
+    """Each user's target rank (U,) on split "valid" or "test" under one SASRec used alone (a 1-network stack,
+    or weights in a file: a released or cached anchor), ranked as every run is (full ranking, history
+    excluded, dropout off), so it compares user by user with a record's ``test_ranks``."""
     if not isinstance(net, SASRecStack):
         net = load_anchor(net, model, split.num_items)
     probe = Single(split.num_items, model, TrainConfig(method="single"))
     probe.learn.load_state_dict(net.state_dict())
-    return evaluate(probe.to(split.test_targets.device), split, which, batch_size)
+    probe.to(split.test_targets.device).eval()
+    return evaluate_scores(probe.scores, *split.inputs(which), batch_size)[1]
+
+
+def evaluate_network(
+    net: SASRecStack | str | Path, model: ModelConfig, split: Split, which: str = "test", batch_size: int = 1024
+) -> dict:
+    """Full-ranking metrics of one SASRec used alone (`network_ranks`)."""
+    return metrics_from_ranks(network_ranks(net, model, split, which, batch_size))
 
 
 def pretrained_metrics(method: Method, split: Split, which: str = "test") -> dict[str, dict]:

@@ -14,7 +14,9 @@ from flame_core.anchor import anchor_key, cached_anchor_results, load_anchor, pr
 from flame_core.config import ModelConfig, TrainConfig
 from flame_core.data import build_split, load_dataset, synthetic
 from flame_core.engine import EpochRunner, TrainingDiverged, evaluate, make_optimizer, train
+from flame_core.experiments import evaluate_network, network_ranks
 from flame_core.methods import Single, build_method
+from flame_core.metrics import metrics_from_ranks
 
 from conftest import same_history
 
@@ -160,6 +162,9 @@ def test_released_toys_anchor_gives_the_published_figures():
     assert round(valid["NDCG@20"], 2) == 8.34
     assert round(test["NDCG@20"], 2) == 7.02
     assert round(test["HR@20"], 2) == 13.19
+    ranks = network_ranks(weights, model, split, "test")  # what the book compares with records, user by user
+    assert ranks.shape == split.test_targets.shape and metrics_from_ranks(ranks) == test
+    assert evaluate_network(weights, model, split, "valid") == valid
 
 
 def _run_in_child(root: str, cache: str, queue) -> None:
