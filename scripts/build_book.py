@@ -318,6 +318,9 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     env, jobs = dict(os.environ), max(1, args.jobs)
     env["FLAMEBOOK_BUILD"] = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"  # nbval reuses papermill's timings
+    for var in ("FLAME_DATA_DIR", "FLAME_CACHE_DIR"):  # a chapter runs in two working directories (papermill's
+        if env.get(var):  # --cwd, then nbval's notebook folder), so a relative folder would name two places
+            env[var] = str(Path(env[var]).expanduser().resolve())
     if jobs > 1:
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
         LOGS.mkdir(parents=True, exist_ok=True)
