@@ -23,7 +23,7 @@
 # chapter under the chosen parameter profile, or loaded from a results record that a documented command
 # produced; each table says which. The quick profile trains a few epochs on MovieLens-100K on a CPU, which
 # is enough to check the machinery and see the early phase of training, not to reproduce the paper's
-# numbers; the main table (Table 3) and the convergence comparison (Table 4) read the full-profile records
+# numbers; the main table (Table 3) and the convergence comparison (Table 5) read the full-profile records
 # that the sweep writes, whatever this chapter's own profile.
 #
 # **After this chapter you can** state the protocol every number here follows and why history items must
@@ -49,6 +49,8 @@ from flame_core.analysis import convergence
 from flame_core.experiments import anchor_metrics, load, load_records, pretraining_seconds
 from flame_core.metrics import mask_history, metrics_from_ranks, target_ranks
 from flame_core.registry import display_name
+from flame_core.release import RELEASED_ANCHORS
+from flamebook import released
 
 # %% tags=["parameters"]
 dataset = "ml-100k"  # a name (ml-100k, or a file in $FLAME_DATA_DIR) or a path
@@ -64,6 +66,7 @@ fraction = 0.95  # convergence: first epoch that reaches this fraction of the be
 related = ["emkd", "canet", "ckd"]  # related systems (chapter 5) trained for the main table; [] leaves them out
 full_profile = "full"  # the records of the main table (Table 3): the sweep's full profile
 table_datasets = ["amazon-toys", "amazon-beauty", "amazon-games", "amazon-sports", "yelp", "ml-100k"]  # its rows
+released_dir = "../shared/official_weights"  # the release's anchors (Table 4); relative to the repository root
 
 # %% tags=["hide-input"]
 out = flamebook.setup(output_dir, seed=seeds[0])
@@ -320,6 +323,51 @@ findings.append(
 display(Markdown("\n\n".join(findings)))
 
 # %% [markdown]
+# ### The release's anchors as a reference point
+#
+# The release ships the frozen networks it trained FLAME with, for amazon-toys, amazon-beauty and
+# amazon-games, and they answer two questions that Table 3 leaves open. Is our Single, trained here with
+# the full profile, as strong as the network the paper's authors trained? A weak baseline would flatter
+# every method compared with it. And how far does FLAME trained from that anchor get beyond the frozen
+# network that guided it, which a reader could deploy instead at the same cost? Each anchor is evaluated
+# exactly as every run is (the full profile's split, full ranking, history excluded) and compared user by
+# user on the test split, as Table 3 compares methods with Single: per user, NDCG@20 averaged over the
+# seeds of the compared row, its mean difference from the anchor's in points with a 95% confidence
+# interval, and the Wilcoxon signed-rank p.
+
+# %% tags=["hide-input"]
+anchor_folder = flamebook.resolve(released_dir)
+found, unavailable = released.available(table_datasets, anchor_folder)
+anchors = {  # evaluated once per book build (papermill's run), reused by nbval's
+    d: flamebook.measured(
+        output_dir, f"released-anchor-{d}", lambda d=d: released.anchor_record(d, anchor_folder, device)
+    )
+    for d in found
+}
+if anchors:
+    anchor_numbers = released.numbers(full, anchors)
+    files = ", ".join(f"`{a['file']}`" for a in anchors.values())
+    display(
+        Markdown(
+            f"**Table 4.** The release's anchors ({files}) "
+            f"evaluated by `flame_core`, against the `{full_profile}` records of Single and of FLAME trained from "
+            "that anchor: validation NDCG@20 (the selected epoch's, mean over seeds), test NDCG@20 and HR@20 "
+            "(percent, mean ± sd over seeds) and the per-user paired comparison with the anchor. Protocol as "
+            "Table 3."
+        )
+    )
+    display(released.table(anchor_numbers))
+    anchor_lines = [
+        f"{released.sentence(d, anchor_numbers)} {released.together(d, anchor_numbers, numbers_full)}".rstrip()
+        for d in anchors
+    ]
+else:
+    anchor_numbers, anchor_lines = pd.DataFrame(), []
+if unavailable:
+    anchor_lines.append(f"Not evaluated here (anchors looked for in `{released_dir}`): {'; '.join(unavailable)}.")
+display(Markdown("\n\n".join(anchor_lines) or "No dataset of the table has a released anchor."))
+
+# %% [markdown]
 # ## Convergence, the paper's way
 #
 # The paper reports that FLAME reaches Single's best validation NDCG@20 up to
@@ -331,7 +379,7 @@ display(Markdown("\n\n".join(findings)))
 # other work, so their seconds are noisier than their epochs. A record also names the machine that timed it
 # (the CPU's or GPU's model, the cores it could use and torch's threads); two records that name different
 # machines do not compare in seconds. Records written before records named their machine say only "cpu" or
-# "cuda", and the sentences below Table 4 say where a speed-up in seconds rests on such a pair. FLAME
+# "cuda", and the sentences below Table 5 say where a speed-up in seconds rests on such a pair. FLAME
 # trained from the release's anchor is compared the same way, in its own row; the release does not say how
 # long its anchor trained, so that row has no figure with the pretraining included.
 
@@ -341,7 +389,7 @@ if len(conv_full):
     summary = flamebook.convergence_summary(conv_full)
     display(
         Markdown(
-            f"**Table 4.** Epochs and training seconds to Single's best validation NDCG@20, means over "
+            f"**Table 5.** Epochs and training seconds to Single's best validation NDCG@20, means over "
             f"the seeds both ran; speed-up = Single's / the method's (above 1: FLAME is faster; the paper "
             f"claims up to {flamebook.PAPER_SPEEDUP}). A seed where FLAME never reaches Single's best "
             "counts as not reached and leaves its speed-up out; a seed whose two records ran on different "
@@ -391,7 +439,7 @@ if records:
     grouped = flamebook.records_summary(recs)
     display(
         Markdown(
-            f"**Table 5.** Test metrics (percent) of the {len(records)} committed records in "
+            f"**Table 6.** Test metrics (percent) of the {len(records)} committed records in "
             f"`{results_dir}/`, by dataset, method and profile (mean ± sd where a group has several "
             "seeds); `code` names the git revisions that trained each group (`unlogged` for epochs of a "
             "resumed run trained before runs logged their sessions)."
@@ -472,7 +520,7 @@ conv_table["FLAME speed-up incl. pretraining"] = (
 )
 display(
     Markdown(
-        f"**Table 6.** Epochs and training seconds to reach {fraction:.0%} of each run's best "
+        f"**Table 7.** Epochs and training seconds to reach {fraction:.0%} of each run's best "
         f"validation NDCG@20 (means over seeds {seeds}); FLAME speed-up = the method's seconds / FLAME's "
         "seconds (above 1: FLAME gets there faster). "
         f"Protocol: {PROTOCOL}."
@@ -503,7 +551,7 @@ if records:
     )
     display(
         Markdown(
-            f"**Table 7.** Convergence of the committed records in `{results_dir}/` ({fraction:.0%} "
+            f"**Table 8.** Convergence of the committed records in `{results_dir}/` ({fraction:.0%} "
             "of each run's best validation NDCG@20; seconds exclude any anchor pretraining)."
         )
     )
@@ -558,7 +606,8 @@ fig.show()
 #   ranking with the history excluded (the official code's $0$ does not exclude it), selection on
 #   validation NDCG@20 and a single test evaluation.
 # - The main table (Table 3) reads the full-profile records: mean ± sd over seeds, how many runs
-#   converged, the gain over Single and a per-user paired test; convergence (Table 4) counts seconds to
+#   converged, the gain over Single and a per-user paired test; Table 4 measures our Single and FLAME
+#   trained from the release's anchor against that anchor itself; convergence (Table 5) counts seconds to
 #   Single's best with and without the anchor's pretraining.
 # - What the numbers of this build show:
 
@@ -577,7 +626,8 @@ full_note = (
     else ("No full-profile record exists yet, so this build cannot say whether FLAME beats Single.")
 )
 speed_note = " ".join(lines) if len(summary) else "Convergence speed-ups need full records of both methods."
-display(Markdown("\n\n".join([quick, full_note, speed_note])))
+anchor_note = " ".join(anchor_lines) if anchors else "No released anchor was evaluated in this build."
+display(Markdown("\n\n".join([quick, full_note, anchor_note, speed_note])))
 
 # %% [markdown]
 # ## Exercises
@@ -600,7 +650,7 @@ display(Markdown("\n\n".join([quick, full_note, speed_note])))
 # Each solution is a cell to unfold; it runs when the chapter runs, so its numbers are this build's.
 
 # %% [markdown]
-# **Solution 1.** `flamebook.convergence_table`, read by Table 4, holds the answer seed by seed for every seed
+# **Solution 1.** `flamebook.convergence_table`, read by Table 5, holds the answer seed by seed for every seed
 # both methods ran.
 
 # %% tags=["hide-cell"]
@@ -704,6 +754,8 @@ metrics = {
     "records": len(records),
     "full_records": len(full),
     "main_table": main_full.reset_index().to_dict(orient="records"),
+    "released_anchors": {d: {"valid": a["valid"], "test": a["test"]} for d, a in anchors.items()},
+    "released_unavailable": unavailable,
     "convergence_full": summary.reset_index().to_dict(orient="records"),
     "checks": [
         {"name": "methods present", "value": int(rows["method"].nunique()), "op": "==", "bound": len(methods)},
@@ -732,6 +784,18 @@ metrics = {
             ),
             "op": "==",
             "bound": 0,
+        },
+        {
+            "name": "released anchors: each of the table's datasets with one is evaluated or says why not",
+            "value": len(found) + len(unavailable),
+            "op": "==",
+            "bound": sum(d in RELEASED_ANCHORS for d in table_datasets),
+        },
+        {
+            "name": "released Toys anchor: test NDCG@20 off the published 7.02 by (where evaluated)",
+            "value": abs(anchors["amazon-toys"]["test"]["NDCG@20"] - 7.02) if "amazon-toys" in anchors else 0.0,
+            "op": "<",
+            "bound": 0.005,
         },
         {
             "name": "records of the full profile that stored per-user ranks",

@@ -116,6 +116,21 @@ def test_chapter_extra_checks(chapter):
         assert OPS[op](value, bound), f"{chapter}: {key} = {value!r}, expected {op} {bound!r} ({why})"
 
 
+def test_training_chapter_measures_every_released_anchor_beside_the_repository():
+    """Chapter 3's Table 4 evaluates the release's anchors; where ../shared holds them and their datasets (the
+    development and CI machines), none may be left out."""
+    if "03_training" not in toc_chapters():
+        pytest.skip("03_training is not in _toc.yml")
+    data = metrics("03_training")
+    shared = ROOT.parent / "shared"
+    if not (shared / "official_weights").is_dir() or not os.environ.get("FLAME_DATA_DIR"):
+        pytest.skip("no ../shared/official_weights or FLAME_DATA_DIR beside the repository")
+    assert data["released_unavailable"] == []
+    assert sorted(data["released_anchors"]) == ["amazon-beauty", "amazon-games", "amazon-toys"]
+    for d, anchor in data["released_anchors"].items():
+        assert 0 < anchor["test"]["NDCG@20"] <= anchor["test"]["HR@20"] <= 100, d
+
+
 def test_html_built():
     m = manifest()
     assert m["html"]["status"] in ("ok", "skipped"), f"jupyter-book build -W failed: {m['html']}"

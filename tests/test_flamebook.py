@@ -7,6 +7,7 @@ import pytest
 import flamebook
 from flame_core.analysis import paired_comparison, time_to_reach, user_ndcg
 from flame_core.metrics import encode_ranks
+from flamebook import released
 
 
 def rec(method, seed, ranks, history, anchor=None, dataset="toy"):
@@ -194,3 +195,50 @@ def test_measured_once_per_build_and_afresh_outside_one(tmp_path, monkeypatch):
     monkeypatch.setenv("FLAMEBOOK_BUILD", "b2")
     assert flamebook.measured(tmp_path, "x", measure) == {"ms": 4.0}  # another build measures again
     assert len(calls) == 4
+
+
+def test_the_released_anchor_is_a_reference_that_single_and_flame_from_it_are_compared_with_per_user():
+    rng = np.random.default_rng(1)
+    anchor_ranks = rng.integers(0, 60, 400)
+    lower = [anchor_ranks + 2, anchor_ranks + 1]  # Single's two seeds: every target ranked lower than the anchor's
+    from_file = [{"origin": "file", "file": "toy.pt"}]
+    records = [{**rec("single", s, lower[i], hist([1])), "valid": {"NDCG@20": 5.0}} for i, s in enumerate((42, 43))]
+    records.append({**rec("flame", 42, anchor_ranks, hist([1]), from_file), "valid": {"NDCG@20": 6.0}})
+    anchor = {
+        "file": "toy.pt",
+        "valid": {"NDCG@20": 7.0},
+        "test": {"NDCG@20": 100 * user_ndcg(anchor_ranks).mean(), "HR@20": 100 * float((anchor_ranks < 20).mean())},
+        "test_ranks": encode_ranks(anchor_ranks),
+    }
+    numbers = released.numbers(records, {"toy": anchor, "other": anchor})
+    single, flame = numbers.loc[("toy", "Single")], numbers.loc[("toy", flamebook.RELEASED_VARIANT)]
+    expected = paired_comparison(np.mean([user_ndcg(r) for r in lower], 0), user_ndcg(anchor_ranks))
+    assert single["mean diff"] == pytest.approx(expected["mean_diff"]) and single["mean diff"] < 0
+    assert flamebook.verdict(single) == "significantly worse than" and single["valid NDCG@20"] == 5.0
+    assert flame["mean diff"] == 0 and flame["p"] == 1.0 and flamebook.verdict(flame) == "not distinguishable from"
+    table = released.table(numbers)
+    assert table.loc[("toy", released.ANCHOR), "seeds"] == "(the release's)"
+    assert table.loc[("toy", released.ANCHOR), "p (Wilcoxon)"] == "reference"
+    assert table.loc[("toy", "Single"), "seeds"] == "42, 43" and (table.loc[("other", "Single")] == "not run").all()
+    said = released.sentence("toy", numbers)
+    assert f"test NDCG@20 {anchor['test']['NDCG@20']:.2f} (validation 7.00)" in said
+    assert "(seeds 42, 43)" in said and "significantly worse than the release's network" in said
+    assert "(seed 42)" in said and "not distinguishable from the anchor it was trained from" in said
+    assert released.sentence("other", numbers).endswith("FLAME (released anchor) has no full record there yet.")
+    main = flamebook.main_numbers(records, ["toy", "other"], ["Single", flamebook.RELEASED_VARIANT])
+    together = released.together("toy", numbers, main)
+    assert "is significantly better than Single and not distinguishable from the anchor it was" in together
+    assert "Single is significantly worse than that anchor" in together and "does not show against" in together
+    assert released.together("other", numbers, main) == ""  # nothing compared there
+    with pytest.raises(ValueError, match="400 test users and the anchor's split 300"):
+        released.numbers(records, {"toy": {**anchor, "test_ranks": encode_ranks(anchor_ranks[:300])}})
+
+
+def test_released_anchors_are_looked_for_and_a_missing_one_says_why(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLAME_DATA_DIR", str(tmp_path / "data"))  # no dataset file there
+    (tmp_path / "amazon-toys.pt").write_bytes(b"")
+    found, missing = released.available(["amazon-toys", "amazon-games", "ml-100k"], tmp_path)
+    assert found == [] and missing == [
+        "amazon-toys: its data file is fetchable",
+        "amazon-games: no file amazon-games.pt",
+    ]
