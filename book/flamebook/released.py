@@ -111,7 +111,6 @@ def _compared(recs: list[dict], reference: np.ndarray) -> dict:
     c = paired_comparison(ours, reference)
     return {
         **cells,
-        "compared seeds": tuple(r["seed"] for r in ranked),
         "comparison": PER_USER,
         "mean diff": c["mean_diff"],
         "ci low": c["ci_low"],
