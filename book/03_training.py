@@ -375,8 +375,10 @@ display(Markdown("\n\n".join(anchor_lines) or "No dataset of the table has a rel
 # seconds Single needs to reach its own best validation NDCG@20, against the seconds FLAME needs to reach
 # that same value (evaluation excluded), once without and once with the seconds spent pretraining
 # FLAME's anchor, which the paper's comparison does not count. Seconds are wall-clock times on the device
-# each record names, under whatever else that machine ran: the CPU records of ml-100k were trained beside
-# other work, so their seconds are noisier than their epochs. A record also names the machine that timed it
+# each record names, under whatever else that machine ran. Every CPU record so far was trained beside other
+# work, and not always at one priority (the amazon-beauty Single ran at the lowest priority while FLAME from
+# the released anchor ran at the normal one, and both shared the cores with test runs), so on the CPU their
+# seconds say little and their epochs are the figure to read. A record also names the machine that timed it
 # (the CPU's or GPU's model, the cores it could use and torch's threads); two records that name different
 # machines do not compare in seconds. Records written before records named their machine say only "cpu" or
 # "cuda", and the sentences below Table 5 say where a speed-up in seconds rests on such a pair. FLAME
