@@ -362,7 +362,7 @@ if anchors:
         for d in anchors
     ]
 else:
-    anchor_numbers, anchor_lines = pd.DataFrame(), []
+    anchor_lines = []
 if unavailable:
     anchor_lines.append(f"Not evaluated here (anchors looked for in `{released_dir}`): {'; '.join(unavailable)}.")
 display(Markdown("\n\n".join(anchor_lines) or "No dataset of the table has a released anchor."))
