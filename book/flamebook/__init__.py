@@ -196,6 +196,17 @@ GAIN, DELTA, P_VALUE = "gain over Single %", "Δ NDCG@20 vs Single (95% CI)", "p
 MAIN_COLUMNS = ("seeds", "converged", "NDCG@20", "HR@20", GAIN, DELTA, P_VALUE)
 
 
+def records_of(records: list[dict], dataset: str, name: str) -> list[dict]:
+    """The records of one dataset and table row (`variant`), by seed."""
+    return sorted((r for r in records if r["dataset"] == dataset and variant(r) == name), key=lambda r: r["seed"])
+
+
+def metrics_over_seeds(recs: list[dict]) -> dict:
+    """Test NDCG@20 and HR@20 of records: mean and sd over seeds (sd NaN for one seed)."""
+    ndcg, hr = (pd.Series([r["test"][k] for r in recs]) for k in ("NDCG@20", "HR@20"))
+    return {"NDCG@20": ndcg.mean(), "NDCG@20 sd": ndcg.std(ddof=1), "HR@20": hr.mean(), "HR@20 sd": hr.std(ddof=1)}
+
+
 def main_numbers(
     records: list[dict], datasets: list[str], variants: list[str], baseline: str = "Single"
 ) -> pd.DataFrame:
@@ -206,15 +217,12 @@ def main_numbers(
     both ran: mean difference of NDCG@20 in points, its 95% CI, the Wilcoxon signed-rank p. `main_table`
     formats it; `verdict`, `against_single` and `records_sentence` read it."""
 
-    def of(dataset: str, name: str) -> list[dict]:
-        return sorted((r for r in records if r["dataset"] == dataset and variant(r) == name), key=lambda r: r["seed"])
-
     rows = []
     for dataset in datasets:
-        base = of(dataset, baseline)
+        base = records_of(records, dataset, baseline)
         for name in variants:
             missing = NO_ANCHOR if name == RELEASED_VARIANT and dataset not in RELEASED_ANCHORS else NOT_RUN
-            cells = _main_numbers(of(dataset, name), base, is_baseline=name == baseline, missing=missing)
+            cells = _main_numbers(records_of(records, dataset, name), base, name == baseline, missing)
             rows.append({"dataset": dataset, "method": name, **cells})
     return pd.DataFrame(rows).set_index(["dataset", "method"])
 
@@ -226,8 +234,7 @@ def _main_numbers(recs: list[dict], base: list[dict], is_baseline: bool, missing
     )
     if not recs:
         return {"state": missing, "seeds": (), "converged": 0, "comparison": missing, **cells}
-    ndcg, hr = (pd.Series([r["test"][k] for r in recs]) for k in ("NDCG@20", "HR@20"))
-    cells |= {"NDCG@20": ndcg.mean(), "NDCG@20 sd": ndcg.std(ddof=1), "HR@20": hr.mean(), "HR@20 sd": hr.std(ddof=1)}
+    cells |= metrics_over_seeds(recs)
     ran_cells = {
         "state": "ran",
         "seeds": tuple(r["seed"] for r in recs),
@@ -235,7 +242,7 @@ def _main_numbers(recs: list[dict], base: list[dict], is_baseline: bool, missing
     }
     if is_baseline or not base:
         return {**ran_cells, "comparison": BASELINE if is_baseline else SINGLE_NOT_RUN, **cells}
-    cells["gain %"] = 100 * (ndcg.mean() / np.mean([r["test"]["NDCG@20"] for r in base]) - 1)
+    cells["gain %"] = 100 * (cells["NDCG@20"] / np.mean([r["test"]["NDCG@20"] for r in base]) - 1)
     ranked = lambda rs: {r["seed"] for r in rs if r.get("test_ranks")}  # noqa: E731
     common = sorted(ranked(recs) & ranked(base))
     if not common:

@@ -17,11 +17,23 @@ import pandas as pd
 
 from flame_core.analysis import paired_comparison, user_ndcg
 from flame_core.config import ModelConfig
-from flame_core.experiments import load, network_ranks
+from flame_core.experiments import evaluate_network, load, network_ranks
 from flame_core.metrics import decode_ranks, encode_ranks, metrics_from_ranks
 from flame_core.release import RELEASED_ANCHORS, state
 
-from . import NOT_RUN, PER_USER, RELEASED_VARIANT, delta_text, p_text, plus_minus, seeds_phrase, variant, verdict
+from . import (
+    NOT_RUN,
+    PER_USER,
+    RELEASED_VARIANT,
+    delta_text,
+    metrics_over_seeds,
+    p_text,
+    plus_minus,
+    records_of,
+    seeds_phrase,
+    user_ndcg_over_seeds,
+    verdict,
+)
 
 ANCHOR = "released anchor"  # the reference row of each dataset
 COMPARED = ("Single", RELEASED_VARIANT)  # what is compared with the anchor: our baseline, FLAME trained from it
@@ -51,7 +63,7 @@ def anchor_record(dataset: str, folder: str | Path, device: str = "cpu") -> dict
     model = ModelConfig()  # the release's sizes, and the full profile's window
     _, split = load(dataset, model.max_len)
     split, path = split.to(device), Path(folder) / f"{dataset}.pt"
-    valid = metrics_from_ranks(network_ranks(path, model, split, "valid"))
+    valid = evaluate_network(path, model, split, "valid")
     ranks = network_ranks(path, model, split, "test")  # (U,)
     return {"file": path.name, "valid": valid, "test": metrics_from_ranks(ranks), "test_ranks": encode_ranks(ranks)}
 
@@ -79,30 +91,23 @@ def numbers(records: list[dict], anchors: dict[str, dict]) -> pd.DataFrame:
             }
         )
         for name in COMPARED:
-            recs = sorted(
-                (r for r in records if r["dataset"] == dataset and variant(r) == name), key=lambda r: r["seed"]
-            )
-            rows.append({"dataset": dataset, "row": name, **_compared(recs, reference)})
+            rows.append({"dataset": dataset, "row": name, **_compared(records_of(records, dataset, name), reference)})
     return pd.DataFrame(rows).set_index(["dataset", "row"])
 
 
 def _compared(recs: list[dict], reference: np.ndarray) -> dict:
     if not recs:
         return {"state": NOT_RUN, "seeds": (), "comparison": NOT_RUN}
-    ndcg, hr = (pd.Series([r["test"][k] for r in recs]) for k in ("NDCG@20", "HR@20"))
     cells = {
         "state": "ran",
         "seeds": tuple(r["seed"] for r in recs),
         "valid NDCG@20": np.mean([r["valid"]["NDCG@20"] for r in recs]),
-        "NDCG@20": ndcg.mean(),
-        "NDCG@20 sd": ndcg.std(ddof=1),
-        "HR@20": hr.mean(),
-        "HR@20 sd": hr.std(ddof=1),
+        **metrics_over_seeds(recs),
     }
-    ranked = [r for r in recs if r.get("test_ranks")]
+    ranked = [r["seed"] for r in recs if r.get("test_ranks")]
     if not ranked:
         return {**cells, "comparison": "ranks not stored"}
-    ours = np.mean([user_ndcg(decode_ranks(r["test_ranks"])) for r in ranked], axis=0)  # (U,)
+    ours = user_ndcg_over_seeds(recs, ranked)  # (U,)
     if ours.shape != reference.shape:
         raise ValueError(
             f"the records hold {ours.size} test users and the anchor's split {reference.size}: "
