@@ -378,7 +378,12 @@ display(Markdown("\n\n".join(anchor_lines) or "No dataset of the table has a rel
 # each record names, under whatever else that machine ran. Every CPU record so far was trained beside other
 # work, and not always at one priority (the amazon-beauty Single ran at the lowest priority while FLAME from
 # the released anchor ran at the normal one, and both shared the cores with test runs), so on the CPU their
-# seconds say little and their epochs are the figure to read. A record also names the machine that timed it
+# wall seconds say little and their epochs are the figure to read. Runs also log each epoch's CPU seconds,
+# the training process's own CPU time, which work beside it does not inflate the way it inflates wall time;
+# a pair of CPU records that logged them for every epoch compares by those, and Table 5's `clock` column
+# says which clock each row read (CPU records written before runs logged CPU seconds have only wall
+# seconds; on a GPU the host's CPU time says nothing of the device's work, so GPU records compare by wall
+# seconds). A record also names the machine that timed it
 # (the CPU's or GPU's model, the cores it could use and torch's threads); two records that name different
 # machines do not compare in seconds. Records written before records named their machine say only "cpu" or
 # "cuda", and the sentences below Table 5 say where a speed-up in seconds rests on such a pair. FLAME

@@ -111,12 +111,15 @@ def paired_comparison(a: np.ndarray, b: np.ndarray) -> dict:
     }
 
 
-def time_to_reach(history: list[dict], target: float, key: str = "valid/NDCG@20") -> dict | None:
-    """The first epoch whose `key` reaches `target`, and the training seconds spent until its end; None when
-    the run never reaches it."""
+def time_to_reach(
+    history: list[dict], target: float, key: str = "valid/NDCG@20", clock: str = "train_seconds"
+) -> dict | None:
+    """The first epoch whose `key` reaches `target`, and the training seconds spent until its end by `clock`
+    (wall seconds, or "train_cpu_seconds": the process's CPU seconds; NaN where an epoch lacks them); None
+    when the run never reaches it."""
     seconds = 0.0
     for row in history:
-        seconds += row["train_seconds"]
+        seconds += row.get(clock, float("nan"))
         if row[key] >= target:
             return {"epoch": row["epoch"], "seconds": seconds}
     return None

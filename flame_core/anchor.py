@@ -71,7 +71,7 @@ def _pretrain_or_load(
     single_cfg = cfg.replace(method="single")
     method = Single(data.num_items, model, single_cfg).to(device)
     results = train(method, split, out_dir=root / f"{data.name}-{key}-run", resume=True, log=log)
-    meta = {k: results[k] for k in ("best_epoch", "epochs_run", "valid", "test", "train_seconds")}
+    meta = {k: results[k] for k in ("best_epoch", "epochs_run", "valid", "test", "train_seconds", "train_cpu_seconds")}
     meta["machine"] = machine_fingerprint(device)  # the machine that timed it (that finished it, if it resumed)
     settings = {"model": model.to_dict(), "train": {k: getattr(cfg, k) for k in ANCHOR_SETTINGS}}
     atomic_torch_save(

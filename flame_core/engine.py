@@ -4,7 +4,8 @@ Protocol (README, "The protocol"): model selection on validation NDCG@20 only, p
 weights restored at the end and the test split evaluated once with them. A run directory holds
 
     config.json      the model and training configuration
-    history.jsonl    one line per epoch: losses, lambda, validation metrics, seconds
+    history.jsonl    one line per epoch: losses, lambda, validation metrics, seconds (wall, and this
+                     process's CPU seconds, which other work on the machine does not inflate)
     checkpoint.pt    everything needed to resume after the last finished epoch (weights, optimiser, RNGs);
                      while training, the one it replaced stays beside it as checkpoint.prev.pt
     results.json     the final record: selected epoch, validation and test metrics, cost, the method's
@@ -323,14 +324,14 @@ def _train(
         if all(rep["stopped"] for rep in reps):
             break
         method.start_epoch(epoch)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         order = torch.stack([method.epoch_indices(epoch, num_samples, g) for g in gens]).to(device)  # (S, X')
         try:
             losses = runner.run(order, f"epoch {epoch}", cfg.progress)
         except TrainingDiverged as err:
             kept = f"the last good checkpoint ({ckpt_path}, epoch {start}) is kept" if ckpt_path else "nothing saved"
             raise TrainingDiverged(f"{err}; training stopped, {kept}. Try a lower --lr.") from None
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         valid = evaluate_replicas(method, split, "valid", cfg.eval_batch_size)
         t2 = time.perf_counter()
         rows = []
@@ -343,6 +344,8 @@ def _train(
                 **{k: v[s] for k, v in losses.items()},
                 **{f"valid/{k}": v for k, v in valid[s].items()},
                 "train_seconds": t1 - t0,
+                "train_cpu_seconds": c1
+                - c0,  # this process's CPU time (all its threads): other work does not add to it
                 "eval_seconds": t2 - t1,
             }
             rep["history"].append(row)
@@ -407,6 +410,14 @@ def _write_configs(method: Method, ckpt_dir: Path | None, dirs: list[Path | None
         atomic_json(ckpt_dir / "config.json", stack)
 
 
+def _cpu_seconds(history: list[dict]) -> float | None:
+    """The training CPU seconds of a run's epochs, or None where some epochs were trained before runs logged
+    them (a run resumed from an older checkpoint)."""
+    if all("train_cpu_seconds" in row for row in history):
+        return sum(row["train_cpu_seconds"] for row in history)
+    return None
+
+
 def _epoch_line(row: dict, rep: dict, keys: list[str]) -> str:
     losses = " ".join(f"{k}={row[k]:.4f}" for k in keys)
     star = " *" if rep["best_epoch"] == row["epoch"] else ""
@@ -444,6 +455,7 @@ def _finish(
             "test_ranks": encode_ranks(ranks[s]),  # per user, for paired tests between methods
             "parameters": method.num_parameters(),
             "train_seconds": rep["seconds"],
+            "train_cpu_seconds": _cpu_seconds(rep["history"]),
             "inference_seconds_per_1000_users": 1000.0 * infer / max(users, 1),
             "report": report,
             "sessions": rep["sessions"],

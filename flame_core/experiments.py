@@ -101,7 +101,11 @@ def pretrained_provenance(specs: list, paths: list[Path], data: Interactions, fr
                 "epoch_budget": cfg.epochs,
                 "key": anchor_key(data, model, cfg),
                 "file": path.name,
-                **{k: cached[k] for k in ("train_seconds", "epochs_run", "best_epoch", "machine") if k in cached},
+                **{
+                    k: cached[k]
+                    for k in ("train_seconds", "train_cpu_seconds", "epochs_run", "best_epoch", "machine")
+                    if cached.get(k) is not None
+                },
             },
         )
     return out
@@ -288,6 +292,7 @@ def record(
         "history": results["history"],
         "parameters": results["parameters"],
         "train_seconds": results["train_seconds"],
+        "train_cpu_seconds": results.get("train_cpu_seconds"),  # None where some epochs did not log them
         "inference_seconds_per_1000_users": results["inference_seconds_per_1000_users"],
         "report": results.get("report", {}),
         "sessions": results.get("sessions", []),

@@ -45,6 +45,7 @@ def test_train_prints_the_results_table_and_writes_the_run(tmp_path, capsys, mon
     assert rec["pretrained"][0]["file"].endswith(".pt") and "--record" in rec["command"]
     assert rec["pretrained"][0]["origin"] == "pretrained" and rec["pretrained"][0]["seed"] == 0
     assert rec["pretrained"][0]["train_seconds"] > 0 and rec["pretrained"][0]["epochs_run"] == 1  # the anchor's cost
+    assert rec["pretrained"][0]["train_cpu_seconds"] > 0 and rec["train_cpu_seconds"] > 0  # CPU seconds too
     assert rec["machine"] == machine_fingerprint(torch.device("cpu"))  # what timed it: hardware, cores, threads
     assert rec["pretrained"][0]["machine"] == rec["machine"]  # and what timed its anchor
     assert "dataset=synthetic users=200" in printed and "training samples=" in printed

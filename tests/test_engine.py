@@ -50,6 +50,7 @@ def test_one_epoch_smoke_run(tiny, tmp_path, method):
     assert 0 <= results["test"]["NDCG@20"] <= results["test"]["HR@20"] <= 100
     row = results["history"][0]
     assert row["loss"] > 0 and row["train_seconds"] > 0 and "valid/NDCG@20" in row
+    assert row["train_cpu_seconds"] > 0 and results["train_cpu_seconds"] == row["train_cpu_seconds"]
     if method != "single":
         assert row["align"] > 0 and row["lambda"] == pytest.approx(1e-5 ** (1 / 200))  # epoch 1 of R = 200
     if method == "ensemble_scratch":

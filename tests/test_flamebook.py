@@ -120,6 +120,30 @@ def test_seconds_compare_only_between_records_that_name_one_machine():
     assert "both records say only that they ran on a cpu" in said["unnamed"] and "which machine" not in said["same"]
 
 
+def test_cpu_records_compare_by_cpu_seconds_where_every_epoch_logged_them():
+    def timed(values, wall, cpu):
+        return [{**row, "train_cpu_seconds": cpu} for row in hist(values, seconds=wall)]
+
+    anchor = [{"origin": "pretrained", "train_seconds": 90.0, "train_cpu_seconds": 8.0}]
+    single = rec("single", 42, [1, 2], timed([1.0, 2.0, 3.0], wall=10.0, cpu=4.0))  # best 3.0 after 12 CPU s
+    busy = rec("flame", 42, [1, 2], timed([2.0, 3.1], wall=50.0, cpu=2.0), anchor)  # wall seconds beside other work
+    (row,) = flamebook.convergence_vs_single([single, busy], "toy").to_dict(orient="records")
+    assert row["clock"] == "CPU" and row["Single s"] == 12.0 and row["FLAME s"] == 4.0 and row["anchor s"] == 8.0
+    assert row["speed-up (s)"] == pytest.approx(3.0) and row["speed-up incl. anchor (s)"] == pytest.approx(1.0)
+    summary = flamebook.convergence_summary(flamebook.convergence_table([single, busy], ["toy"], ["FLAME"])).iloc[0]
+    said = flamebook.convergence_sentence("toy", "FLAME", summary)
+    assert "3.00x as fast as Single in CPU seconds without its anchor's pretraining" in said
+    no_cpu_anchor = {**busy, "pretrained": [{"origin": "pretrained", "train_seconds": 90.0}]}
+    (row,) = flamebook.convergence_vs_single([single, no_cpu_anchor], "toy").to_dict(orient="records")
+    assert row["speed-up (s)"] == pytest.approx(3.0) and np.isnan(row["speed-up incl. anchor (s)"])
+    older = {**busy, "history": hist([2.0, 3.1], seconds=50.0)}  # written before runs logged CPU seconds
+    (row,) = flamebook.convergence_vs_single([single, older], "toy").to_dict(orient="records")
+    assert row["clock"] == "wall" and row["speed-up (s)"] == pytest.approx(30 / 100)
+    on_gpu = [{**r, "device": "cuda"} for r in (single, busy)]  # a GPU's host CPU time says nothing of its work
+    (row,) = flamebook.convergence_vs_single(on_gpu, "toy").to_dict(orient="records")
+    assert row["clock"] == "wall" and row["speed-up (s)"] == pytest.approx(30 / 100)
+
+
 def test_a_run_resumed_on_another_machine_or_from_unlogged_epochs_is_not_timed_alike():
     cpu, gpu = {"name": "AMD EPYC", "cores": 2, "threads": 1}, {"name": "NVIDIA H200", "cores": 16, "threads": 16}
     single = {**rec("single", 42, [1, 2], hist([1.0, 2.0, 3.0])), "machine": cpu, "git": "aaa"}
@@ -162,7 +186,8 @@ def test_table_4_summarises_seeds_and_says_why_a_speed_up_is_missing():
     assert a["speed-up incl. anchor (s)"] == pytest.approx(30 / 50) and a["speed-up (epochs)"] == pytest.approx(1.5)
     assert (a["seeds reached"], a["seeds timed alike"], b["seeds reached"]) == ("2/2", "1/2", "1/2")
     said = flamebook.convergence_sentence("a", "FLAME", a)
-    assert "3.00x as fast as Single without its anchor's pretraining and 0.60x with it (1.50x in epochs)" in said
+    assert "in training seconds without its anchor's pretraining and 0.60x with it (1.50x in epochs)" in said
+    assert "3.00x as fast as Single in training seconds" in said
     said = flamebook.convergence_sentence("b", "FLAME (released anchor)", b)
     assert "in 1/2 seeds, 3.00x as fast as Single in training seconds" in said and "the release does not state" in said
     only_apart = flamebook.convergence_summary(conv[conv["device"] == "cuda"]).iloc[0]

@@ -330,7 +330,9 @@ def convergence_vs_single(records: list[dict], dataset: str, name: str = "FLAME"
     Single's seconds / the method's (above 1: the method gets there faster). Seconds are compared only between
     records timed alike ("timed alike"): one device, and where both records name their machine (`machine`:
     "same", "different" or "not recorded", as in records written before they did), one machine with the same
-    cores and threads. Otherwise the seconds and their speed-ups are NaN and the epochs stay. An anchor read
+    cores and threads. Otherwise the seconds and their speed-ups are NaN and the epochs stay. Two CPU records
+    whose every epoch logged the process's CPU seconds compare by those ("clock": "CPU"), which other work on
+    the machine does not inflate the way it inflates wall seconds ("wall", the clock otherwise). An anchor read
     from a released file has no known pretraining seconds, and a pretrained one that names another machine
     than its run's has seconds that do not add: "anchor s" and the speed-up including it are NaN there. Empty
     when nothing matches."""
@@ -342,12 +344,17 @@ def convergence_vs_single(records: list[dict], dataset: str, name: str = "FLAME"
         if base is None:
             continue
         best = max(row["valid/NDCG@20"] for row in base["history"])
-        s_time = time_to_reach(base["history"], best)
-        reach = time_to_reach(rec["history"], best)
+        clock = (
+            "train_cpu_seconds"
+            if rec["device"] == base["device"] == "cpu" and cpu_timed(rec, base)
+            else "train_seconds"
+        )
+        s_time = time_to_reach(base["history"], best, clock=clock)
+        reach = time_to_reach(rec["history"], best, clock=clock)
         anchors = rec.get("pretrained", [])
         released = any(p["origin"] == "file" for p in anchors)  # the release does not say how long it trained
         elsewhere = any(machine_match(rec, p) == "different" for p in anchors)  # pretrained on another machine
-        anchor = np.nan if released or elsewhere else sum(p.get("train_seconds", np.nan) for p in anchors)
+        anchor = np.nan if released or elsewhere else sum(p.get(clock, np.nan) for p in anchors)
         machine = machine_match(rec, base)
         same = rec["device"] == base["device"] and machine != "different"  # a CPU's seconds against a GPU's say nothing
         row = {
@@ -359,6 +366,7 @@ def convergence_vs_single(records: list[dict], dataset: str, name: str = "FLAME"
             f"{name} s": reach["seconds"] if reach and same else np.nan,
             "anchor s": anchor if same else np.nan,
             "device": rec["device"],
+            "clock": "CPU" if clock == "train_cpu_seconds" else "wall",
             "machine": machine,
             "timed alike": same,
             "reached": reach is not None,
@@ -368,6 +376,12 @@ def convergence_vs_single(records: list[dict], dataset: str, name: str = "FLAME"
         row["speed-up (epochs)"] = row["Single epochs"] / row[f"{name} epochs"]
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def cpu_timed(*recs: dict) -> bool:
+    """Whether every epoch of these records logged its CPU seconds (records written before runs did, or
+    resumed from such a run, have only wall seconds)."""
+    return all("train_cpu_seconds" in row for rec in recs for row in rec["history"])
 
 
 def machine_match(rec: dict, base: dict) -> str:
@@ -422,7 +436,7 @@ CONVERGENCE_MEANS = (
 def convergence_summary(conv: pd.DataFrame) -> pd.DataFrame:
     """`convergence_table` by dataset and method: the means over seeds (NaN left out, so a speed-up averages
     the seeds that reached Single's best timed alike), how many seeds reached it and how many were timed alike,
-    how many of those name their machine (the others compare by device alone), and the device."""
+    how many of those name their machine (the others compare by device alone), the device and the clock."""
     conv = conv.assign(named=conv["timed alike"] & (conv["machine"] == "same"))
     by = conv.groupby(["dataset", "method"], sort=False)
     summary = by[list(CONVERGENCE_MEANS)].mean()
@@ -430,6 +444,7 @@ def convergence_summary(conv: pd.DataFrame) -> pd.DataFrame:
         summary[column] = by[flag].agg(lambda v: f"{int(v.sum())}/{len(v)}")
     summary["machines named"] = [f"{int(k)}/{int(n)}" for k, n in zip(by["named"].sum(), by["timed alike"].sum())]
     summary["device"] = by["device"].agg(lambda v: ", ".join(sorted(set(v))))
+    summary["clock"] = by["clock"].agg(lambda v: ", ".join(sorted(set(v))))
     return summary
 
 
@@ -447,6 +462,8 @@ def convergence_sentence(dataset: str, method: str, row: pd.Series) -> str:
             "different devices or machines and do not compare."
         )
     pace = f"({epochs:.2f}x in epochs), against the paper's {paper}x"
+    mixed = "training seconds (CPU seconds where both records logged them, wall seconds otherwise)"
+    unit = {"CPU": "CPU seconds", "wall": "training seconds"}.get(row.get("clock", "wall"), mixed)
     named, alike = (int(n) for n in row["machines named"].split("/"))
     if named < alike:
         pairs = "both records" if alike == 1 else f"{alike - named} of its {alike} pairs of records"
@@ -459,11 +476,11 @@ def convergence_sentence(dataset: str, method: str, row: pd.Series) -> str:
             "the release does not state" if method == RELEASED_VARIANT else "the records do not hold on one machine"
         )
         return start + (
-            f"{seconds:.2f}x as fast as Single in training seconds {pace}; no figure includes the anchor's "
+            f"{seconds:.2f}x as fast as Single in {unit} {pace}; no figure includes the anchor's "
             f"pretraining, whose seconds {unknown}."
         )
     return start + (
-        f"{seconds:.2f}x as fast as Single without its anchor's pretraining and "
+        f"{seconds:.2f}x as fast as Single in {unit} without its anchor's pretraining and "
         f"{row['speed-up incl. anchor (s)']:.2f}x with it {pace}."
     )
 
