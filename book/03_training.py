@@ -420,7 +420,8 @@ if len(conv_full):
             sns.lineplot(part, x=x, y="valid NDCG@20", hue="method", units="seed", estimator=None, ax=ax)
             for best in conv_full.loc[conv_full["dataset"] == d, "Single best valid NDCG@20"].unique():
                 ax.axhline(best, color="grey", lw=0.6, ls=":")
-            ax.set(title=f"{d}: full records, validation NDCG@20 (%) against {x}", xlabel=x)
+            label = x if x == "epoch" else f"{part['clock'].iloc[0]} seconds of training"
+            ax.set(title=f"{d}: full records, validation NDCG@20 (%) against {x}", xlabel=label)
     fig.tight_layout()
     fig.savefig(out / "convergence_full.png", dpi=120)
     plt.show()

@@ -136,9 +136,13 @@ def test_cpu_records_compare_by_cpu_seconds_where_every_epoch_logged_them():
     no_cpu_anchor = {**busy, "pretrained": [{"origin": "pretrained", "train_seconds": 90.0}]}
     (row,) = flamebook.convergence_vs_single([single, no_cpu_anchor], "toy").to_dict(orient="records")
     assert row["speed-up (s)"] == pytest.approx(3.0) and np.isnan(row["speed-up incl. anchor (s)"])
+    curves = flamebook.record_curves([single, busy], "toy", ["Single", "FLAME"])  # the figure beside Table 5
+    assert (curves["clock"] == "CPU").all() and curves["seconds"].tolist() == [4.0, 8.0, 12.0, 2.0, 4.0]
     older = {**busy, "history": hist([2.0, 3.1], seconds=50.0)}  # written before runs logged CPU seconds
     (row,) = flamebook.convergence_vs_single([single, older], "toy").to_dict(orient="records")
     assert row["clock"] == "wall" and row["speed-up (s)"] == pytest.approx(30 / 100)
+    curves = flamebook.record_curves([single, older], "toy", ["Single", "FLAME"])
+    assert (curves["clock"] == "wall").all() and curves["seconds"].tolist() == [10.0, 20.0, 30.0, 50.0, 100.0]
     on_gpu = [{**r, "device": "cuda"} for r in (single, busy)]  # a GPU's host CPU time says nothing of its work
     (row,) = flamebook.convergence_vs_single(on_gpu, "toy").to_dict(orient="records")
     assert row["clock"] == "wall" and row["speed-up (s)"] == pytest.approx(30 / 100)
