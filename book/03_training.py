@@ -421,7 +421,7 @@ if len(conv_full):
             for best in conv_full.loc[conv_full["dataset"] == d, "Single best valid NDCG@20"].unique():
                 ax.axhline(best, color="grey", lw=0.6, ls=":")
             label = x if x == "epoch" else f"{part['clock'].iloc[0]} seconds of training"
-            ax.set(title=f"{d}: full records, validation NDCG@20 (%) against {x}", xlabel=label)
+            ax.set(title=f"{d}: full records", xlabel=label, ylabel="validation NDCG@20 (%)")
     fig.tight_layout()
     fig.savefig(out / "convergence_full.png", dpi=120)
     plt.show()
