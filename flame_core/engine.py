@@ -344,8 +344,8 @@ def _train(
                 **{k: v[s] for k, v in losses.items()},
                 **{f"valid/{k}": v for k, v in valid[s].items()},
                 "train_seconds": t1 - t0,
-                "train_cpu_seconds": c1
-                - c0,  # this process's CPU time (all its threads): other work does not add to it
+                # this process's CPU time (all its threads), which other work on the machine does not add to
+                "train_cpu_seconds": c1 - c0,
                 "eval_seconds": t2 - t1,
             }
             rep["history"].append(row)

@@ -52,8 +52,9 @@ class _ItemCrossEntropy(torch.autograd.Function):
     On the CPU the networks are scored one at a time, each with its own buffer: one network's scores
     (I+1, B) fit in the last-level cache where N networks' do not (12 MB each on Amazon data, 32 MB of L3 on
     the 2-core machine), and a buffer over glibc's 32 MB mmap limit is fresh, page-faulted memory on every
-    step. A step of three stacked replicas spent 40% more per network in this function before (14.9 against
-    10.5 ms a network, `bench/speed.py`'s stacked seeds). A GPU scores all N in one batched call."""
+    step. Scoring three to six networks in one buffer cost 40% more per network, forward and backward, than
+    one at a time (14.9 against 10.5 ms a network on amazon-toys, the two alternated in one loop). A GPU
+    scores all N in one batched call."""
 
     @staticmethod
     def forward(ctx, z: Tensor, table: Tensor, target: Tensor) -> Tensor:
@@ -61,19 +62,19 @@ class _ItemCrossEntropy(torch.autograd.Function):
         step = 1 if z.device.type == "cpu" else N
         ctx.parts = [slice(n, n + step) for n in range(0, N, step)]
         losses, exps, totals = [], [], []
-        for p in ctx.parts:
-            scores = batched_mm(table[p], z[p].transpose(1, 2))  # (n, I+1, B)
+        for part in ctx.parts:
+            scores = batched_mm(table[part], z[part].transpose(1, 2))  # (n, I+1, B)
             scores[:, 0] = float("-inf")
-            picked = scores.gather(1, target[p, None])[:, 0]  # (n, B): the target's score
+            picked = scores.gather(1, target[part, None])[:, 0]  # (n, B): the target's score
             top = scores.amax(1, keepdim=True)  # (n, 1, B)
             exp = scores.sub_(top).exp_()  # (n, I+1, B), in place: exp(score - max)
             total = exp.sum(1)  # (n, B)
             losses.append(top[:, 0] + total.log() - picked)
             exps.append(exp)
             totals.append(total)
-        ctx.save_for_backward(z, table, target, torch.cat(totals), *exps)
+        ctx.save_for_backward(z, table, target, _joined(totals), *exps)
         ctx.spent = False
-        return torch.cat(losses)
+        return _joined(losses)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -83,14 +84,19 @@ class _ItemCrossEntropy(torch.autograd.Function):
         ctx.spent = True
         z, table, target, total, *exps = ctx.saved_tensors
         grad_z, grad_table = [], []
-        for p, exp in zip(ctx.parts, exps):
-            g = exp.mul_((grad[p] / total[p])[:, None])  # (n, I+1, B): grad * softmax
-            g.scatter_add_(1, target[p, None], -grad[p, None])  # minus grad at the target: grad * (p - onehot)
+        for part, exp in zip(ctx.parts, exps):
+            g = exp.mul_((grad[part] / total[part])[:, None])  # (n, I+1, B): grad * softmax
+            g.scatter_add_(1, target[part, None], -grad[part, None])  # minus grad at the target: grad * (p - onehot)
             if ctx.needs_input_grad[0]:
-                grad_z.append(batched_mm(g.transpose(1, 2), table[p]))  # (n, B, D)
+                grad_z.append(batched_mm(g.transpose(1, 2), table[part]))  # (n, B, D)
             if ctx.needs_input_grad[1]:
-                grad_table.append(batched_mm(g, z[p]))  # (n, I+1, D)
-        return (torch.cat(grad_z) if grad_z else None), (torch.cat(grad_table) if grad_table else None), None
+                grad_table.append(batched_mm(g, z[part]))  # (n, I+1, D)
+        return (_joined(grad_z) if grad_z else None), (_joined(grad_table) if grad_table else None), None
+
+
+def _joined(parts: list[Tensor]) -> Tensor:
+    """The parts' tensors concatenated along networks; a single part as it is, without a copy."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def lambda_schedule(epoch: int, horizon: int = 200, lambda_0: float = 1.0, lambda_R: float = 1e-5) -> float:
