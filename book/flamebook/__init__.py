@@ -344,11 +344,7 @@ def convergence_vs_single(records: list[dict], dataset: str, name: str = "FLAME"
         if base is None:
             continue
         best = max(row["valid/NDCG@20"] for row in base["history"])
-        clock = (
-            "train_cpu_seconds"
-            if rec["device"] == base["device"] == "cpu" and cpu_timed(rec, base)
-            else "train_seconds"
-        )
+        clock = seconds_clock(rec, base)
         s_time = time_to_reach(base["history"], best, clock=clock)
         reach = time_to_reach(rec["history"], best, clock=clock)
         anchors = rec.get("pretrained", [])
@@ -366,7 +362,7 @@ def convergence_vs_single(records: list[dict], dataset: str, name: str = "FLAME"
             f"{name} s": reach["seconds"] if reach and same else np.nan,
             "anchor s": anchor if same else np.nan,
             "device": rec["device"],
-            "clock": "CPU" if clock == "train_cpu_seconds" else "wall",
+            "clock": CLOCKS[clock],
             "machine": machine,
             "timed alike": same,
             "reached": reach is not None,
@@ -378,10 +374,17 @@ def convergence_vs_single(records: list[dict], dataset: str, name: str = "FLAME"
     return pd.DataFrame(rows)
 
 
-def cpu_timed(*recs: dict) -> bool:
-    """Whether every epoch of these records logged its CPU seconds (records written before runs did, or
-    resumed from such a run, have only wall seconds)."""
-    return all("train_cpu_seconds" in row for rec in recs for row in rec["history"])
+CLOCKS = {"train_cpu_seconds": "CPU", "train_seconds": "wall"}  # history field -> the clock's name in tables
+
+
+def seconds_clock(*recs: dict) -> str:
+    """The history field that times these records alike: the training process's CPU seconds where every
+    record trained on the CPU and logged them for every epoch (records written before runs did, or resumed
+    from such a run, have only wall seconds; a GPU's host CPU time says nothing of its work), else wall
+    seconds."""
+    on_cpu = all(rec["device"] == "cpu" for rec in recs)
+    logged = all("train_cpu_seconds" in row for rec in recs for row in rec["history"])
+    return "train_cpu_seconds" if on_cpu and logged else "train_seconds"
 
 
 def machine_match(rec: dict, base: dict) -> str:
@@ -490,8 +493,7 @@ def record_curves(records: list[dict], dataset: str, names: list[str]) -> pd.Dat
     seconds are CPU seconds ("clock": "CPU") where every record shown trained on the CPU and logged them for
     every epoch, as Table 5 compares them, and wall seconds otherwise."""
     chosen = [r for r in records if r["dataset"] == dataset and variant(r) in names]
-    cpu = all(r["device"] == "cpu" for r in chosen) and cpu_timed(*chosen)
-    clock = "train_cpu_seconds" if cpu else "train_seconds"
+    clock = seconds_clock(*chosen)
     return pd.DataFrame(
         [
             {
@@ -499,7 +501,7 @@ def record_curves(records: list[dict], dataset: str, names: list[str]) -> pd.Dat
                 "seed": r["seed"],
                 "epoch": row["epoch"],
                 "seconds": sum(h[clock] for h in r["history"][: row["epoch"]]),
-                "clock": "CPU" if cpu else "wall",
+                "clock": CLOCKS[clock],
                 "valid NDCG@20": row["valid/NDCG@20"],
             }
             for r in chosen
