@@ -246,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--stack",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="train a job's seeds as one stacked model (default: on a GPU only, where it pays)",
+        help="train a job's seeds as one stacked model (default: on a GPU only; on a CPU it does not pay)",
     )
     p.add_argument(
         "--set",

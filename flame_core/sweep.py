@@ -13,10 +13,11 @@ runs them in this process. A line per job as it ends, a table at the end.
 
 On a CPU, stacking seeds in one model does not pay (its batched products are as compute-bound as the separate
 ones); running seeds side by side in processes of their own can, as torch's 64-wide products scale poorly over
-threads (``bench/speed.py``, "seeds in parallel processes": 0.84x to 0.90x with three single-thread processes
-on a 2-core CPU, not reliably better with two). With ``--parallel N`` on a CPU each job gets cores / N threads
-(at least one), unless OMP_NUM_THREADS says otherwise, so N jobs share the cores instead of each claiming all.
-Jobs that share an anchor or a teacher wait for whichever trains it first (a file lock) and reuse it.
+threads (``bench/speed.py``, "seeds in parallel processes": 0.67x to 0.90x of one process's wall time with three
+single-thread processes on a 2-core CPU over three runs, not reliably better with two). With ``--parallel N`` on a
+CPU each job gets cores / N threads (at least one), unless OMP_NUM_THREADS says otherwise, so N jobs share the
+cores instead of each claiming all. Jobs that share an anchor or a teacher wait for whichever trains it first (a
+file lock) and reuse it.
 """
 
 from __future__ import annotations
@@ -188,7 +189,8 @@ def plan(
     if released_only and not released_dir:
         raise ValueError("--released-only needs --released DIR, the folder of the released anchors")
     settings = {**PROFILES[profile], "device": device, **(overrides or {})}
-    stack = resolve_device(device).type == "cuda" if stack is None else stack  # stacking pays on a GPU only
+    # stacking does not pay on a CPU (measured); on a GPU it saves per-call overhead (not measured yet)
+    stack = resolve_device(device).type == "cuda" if stack is None else stack
     common = dict(profile=profile, settings=settings, stack=stack, runs=runs, records=records)
 
     def jobs_of(dataset: str, method: str, released: str | None = None) -> list[Job]:
