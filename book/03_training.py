@@ -401,7 +401,8 @@ if len(conv_full):
             f"claims up to {flamebook.PAPER_SPEEDUP}). A seed where FLAME never reaches Single's best "
             "counts as not reached and leaves its speed-up out; a seed whose two records ran on different "
             "devices, or name different machines, leaves its seconds and their speed-ups out (its epochs still "
-            'compare); "machines named" counts the seeds timed alike whose records both name their machine. '
+            'compare); "machines named" counts, of the seeds whose seconds make the speed-up, those whose records '
+            "both name their machine. "
             "FLAME from the released anchor has no anchor seconds: the release does not say how long its anchor "
             "trained; nor has a run whose anchor names another machine than the run's."
         )

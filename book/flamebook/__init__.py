@@ -439,13 +439,15 @@ CONVERGENCE_MEANS = (
 def convergence_summary(conv: pd.DataFrame) -> pd.DataFrame:
     """`convergence_table` by dataset and method: the means over seeds (NaN left out, so a speed-up averages
     the seeds that reached Single's best timed alike), how many seeds reached it and how many were timed alike,
-    how many of those name their machine (the others compare by device alone), the device and the clock."""
-    conv = conv.assign(named=conv["timed alike"] & (conv["machine"] == "same"))
+    how many of the seeds whose seconds make the speed-up (reached and timed alike) name their machine (the
+    others compare by device alone), the device and the clock."""
+    timed = conv["reached"] & conv["timed alike"]
+    conv = conv.assign(timed=timed, named=timed & (conv["machine"] == "same"))
     by = conv.groupby(["dataset", "method"], sort=False)
     summary = by[list(CONVERGENCE_MEANS)].mean()
     for column, flag in (("seeds reached", "reached"), ("seeds timed alike", "timed alike")):
         summary[column] = by[flag].agg(lambda v: f"{int(v.sum())}/{len(v)}")
-    summary["machines named"] = [f"{int(k)}/{int(n)}" for k, n in zip(by["named"].sum(), by["timed alike"].sum())]
+    summary["machines named"] = [f"{int(k)}/{int(n)}" for k, n in zip(by["named"].sum(), by["timed"].sum())]
     summary["device"] = by["device"].agg(lambda v: ", ".join(sorted(set(v))))
     summary["clock"] = by["clock"].agg(lambda v: ", ".join(sorted(set(v))))
     return summary
@@ -459,6 +461,10 @@ def convergence_sentence(dataset: str, method: str, row: pd.Series) -> str:
     paper, epochs, seconds = PAPER_SPEEDUP, row["speed-up (epochs)"], row["speed-up (s)"]
     if pd.isna(epochs):
         return start + f"so no speed-up can be measured there: {method} is not faster, against the paper's {paper}x."
+    reached, seeds = (int(n) for n in row["seeds reached"].split("/"))
+    if reached < seeds:  # the speed-ups average the seeds that got there; the others never did
+        did = "the one" if reached == 1 else f"the {reached}"
+        start = start[:-2] + f" ({seeds - reached} never did within its run); in {did} that did, "
     if pd.isna(seconds):
         return start + (
             f"{epochs:.2f}x as fast as Single in epochs, against the paper's {paper}x; their seconds ran on "
