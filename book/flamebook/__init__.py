@@ -464,7 +464,7 @@ def convergence_sentence(dataset: str, method: str, row: pd.Series) -> str:
     reached, seeds = (int(n) for n in row["seeds reached"].split("/"))
     if reached < seeds:  # the speed-ups average the seeds that got there; the others never did
         did = "the one" if reached == 1 else f"the {reached}"
-        start = start[:-2] + f" ({seeds - reached} never did within its run); in {did} that did, "
+        start += f"{seeds - reached} never within its run; in {did} that did, "
     if pd.isna(seconds):
         return start + (
             f"{epochs:.2f}x as fast as Single in epochs, against the paper's {paper}x; their seconds ran on "
