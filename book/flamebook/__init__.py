@@ -453,6 +453,12 @@ def convergence_summary(conv: pd.DataFrame) -> pd.DataFrame:
     return summary
 
 
+def _counts(cell: str) -> tuple[int, int]:
+    """A "k/n" cell of `convergence_summary` read back as (k, n)."""
+    k, n = cell.split("/")
+    return int(k), int(n)
+
+
 def convergence_sentence(dataset: str, method: str, row: pd.Series) -> str:
     """One row of `convergence_summary` as a sentence against the paper's claim: the speed-ups that could be
     measured, and why the others could not (not reached, devices or machines apart, a released anchor's unknown
@@ -461,7 +467,7 @@ def convergence_sentence(dataset: str, method: str, row: pd.Series) -> str:
     paper, epochs, seconds = PAPER_SPEEDUP, row["speed-up (epochs)"], row["speed-up (s)"]
     if pd.isna(epochs):
         return start + f"so no speed-up can be measured there: {method} is not faster, against the paper's {paper}x."
-    reached, seeds = (int(n) for n in row["seeds reached"].split("/"))
+    reached, seeds = _counts(row["seeds reached"])
     if reached < seeds:  # the speed-ups average the seeds that got there; the others never did
         did = "the one" if reached == 1 else f"the {reached}"
         start += f"{seeds - reached} never within its run; in {did} that did, "
@@ -473,7 +479,7 @@ def convergence_sentence(dataset: str, method: str, row: pd.Series) -> str:
     pace = f"({epochs:.2f}x in epochs), against the paper's {paper}x"
     mixed = "training seconds (CPU seconds where both records logged them, wall seconds otherwise)"
     unit = {"CPU": "CPU seconds", "wall": "training seconds"}.get(row.get("clock", "wall"), mixed)
-    named, alike = (int(n) for n in row["machines named"].split("/"))
+    named, alike = _counts(row["machines named"])
     if named < alike:
         pairs = "both records" if alike == 1 else f"{alike - named} of its {alike} pairs of records"
         pace += (
