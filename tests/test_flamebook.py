@@ -47,7 +47,7 @@ def test_the_main_table_compares_with_single_per_user_and_says_what_was_not_run(
     assert numbers.loc[("toy", "FLAME"), "mean diff"] == pytest.approx(expected["mean_diff"])
     assert flamebook.verdict(numbers.loc[("toy", "FLAME")]) == "significantly better than"
     worse = numbers.loc[("toy", "FLAME")].copy()
-    worse["mean diff"] = -worse["mean diff"]
+    worse["mean diff"], worse["side"] = -worse["mean diff"], -worse["side"]
     assert flamebook.verdict(worse) == "significantly worse than"
     assert flamebook.verdict(numbers.loc[("toy", "Single")]) == "not distinguishable from"  # the baseline itself
     assert table.loc[("toy", "Single"), flamebook.P_VALUE] == "baseline"
@@ -67,6 +67,35 @@ def test_the_main_table_compares_with_single_per_user_and_says_what_was_not_run(
     released = flamebook.main_table(flamebook.main_numbers(records, ["amazon-toys", "toy"], variants))
     assert (released.loc[("amazon-toys", "FLAME (released anchor)")] == "not run").all()  # the release has one
     assert (released.loc[("toy", "FLAME (released anchor)")] == "no released anchor").all()
+
+
+def test_the_verdict_follows_the_signed_ranks_and_says_where_the_mean_disagrees():
+    # 30 users move up one place (5 -> 4), three fall out of the top 20 from the first place: the signed ranks
+    # favour FLAME (many small gains), the mean does not (three large losses), and the other 367 users tie
+    single = np.full(400, 50)
+    single[:30], single[30:33] = 5, 0
+    flame = single.copy()
+    flame[:30], flame[30:33] = 4, 50
+    c = paired_comparison(user_ndcg(flame), user_ndcg(single))
+    assert c["wilcoxon_side"] == 1 and c["mean_diff"] < 0 and c["wilcoxon_p"] < 0.05 < c["t_p"]
+    anchor = [{"origin": "pretrained", "train_seconds": 1.0}]
+    records = [rec("single", 42, single, hist([1])), rec("flame", 42, flame, hist([1]), anchor)]
+    row = flamebook.main_numbers(records, ["toy"], ["Single", "FLAME"]).loc[("toy", "FLAME")]
+    assert flamebook.verdict(row) == "significantly better than"
+    assert flamebook.disagreement(row) == (
+        "; only the Wilcoxon test, which ranks the per-user differences, finds it: the 95% interval of their "
+        f"mean includes zero (paired t-test p = {c['t_p']:.2g})"
+    )
+    both = row.copy()
+    both["t p"] = 0.01
+    assert flamebook.disagreement(both).startswith("; their mean points the other way: the 95% interval of their")
+    both["mean diff"] = -both["mean diff"]  # both tests find a gain
+    assert flamebook.disagreement(both) == ""
+    mean_only = both.copy()
+    mean_only["p"] = 0.2
+    assert flamebook.verdict(mean_only) == "not distinguishable from"
+    assert "does not find it, while the 95% interval of their mean excludes zero" in flamebook.disagreement(mean_only)
+    assert flamebook.disagreement(flamebook.main_numbers(records, ["toy"], ["Single"]).loc[("toy", "Single")]) == ""
 
 
 def test_convergence_counts_seconds_to_singles_best_with_and_without_the_anchor():

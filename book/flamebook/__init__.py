@@ -214,8 +214,9 @@ def main_numbers(
     from the released anchor on a dataset the release ships none for), the seeds, how many converged, test
     NDCG@20 and HR@20 (mean and sd over seeds), the gain over `baseline` in percent, and `comparison` (per user,
     or why not: baseline, Single not run, ranks not stored) with the per-user paired comparison on the seeds
-    both ran: mean difference of NDCG@20 in points, its 95% CI, the Wilcoxon signed-rank p. `main_table`
-    formats it; `verdict`, `against_single` and `records_sentence` read it."""
+    both ran: mean difference of NDCG@20 in points, its 95% CI, the Wilcoxon signed-rank p (and the paired
+    t-test's, which the CI reflects). `main_table` formats it; `verdict`, `disagreement`, `against_single` and
+    `records_sentence` read it."""
 
     rows = []
     for dataset in datasets:
@@ -230,7 +231,8 @@ def main_numbers(
 def _main_numbers(recs: list[dict], base: list[dict], is_baseline: bool, missing: str) -> dict:
     """One row of `main_numbers`; `missing` is the state of a row without records."""
     cells = dict.fromkeys(
-        ("NDCG@20", "NDCG@20 sd", "HR@20", "HR@20 sd", "gain %", "mean diff", "ci low", "ci high", "p"), np.nan
+        ("NDCG@20", "NDCG@20 sd", "HR@20", "HR@20 sd", "gain %", "mean diff", "ci low", "ci high", "p", "side", "t p"),
+        np.nan,
     )
     if not recs:
         return {"state": missing, "seeds": (), "converged": 0, "comparison": missing, **cells}
@@ -248,7 +250,7 @@ def _main_numbers(recs: list[dict], base: list[dict], is_baseline: bool, missing
     if not common:
         return {**ran_cells, "comparison": RANKS_NOT_STORED, **cells}
     c = paired_comparison(user_ndcg_over_seeds(recs, common), user_ndcg_over_seeds(base, common))
-    cells |= {"mean diff": c["mean_diff"], "ci low": c["ci_low"], "ci high": c["ci_high"], "p": c["wilcoxon_p"]}
+    cells |= per_user_cells(c)
     return {**ran_cells, "comparison": PER_USER, **cells}
 
 
@@ -294,11 +296,38 @@ def ran(numbers: pd.DataFrame) -> pd.DataFrame:
 
 def verdict(row: pd.Series, alpha: float = 0.05) -> str:
     """A `main_numbers` row against Single: "significantly better than", "significantly worse than" (Wilcoxon p
-    below `alpha`, in the direction of the paired mean difference on the seeds both ran) or "not
-    distinguishable from" (also when the row was not compared per user)."""
+    below `alpha`, on the side its signed ranks favour on the seeds both ran) or "not distinguishable from"
+    (also when the row was not compared per user)."""
     if row["comparison"] != PER_USER or row["p"] >= alpha:
         return "not distinguishable from"
-    return "significantly better than" if row["mean diff"] > 0 else "significantly worse than"
+    return "significantly better than" if row["side"] > 0 else "significantly worse than"
+
+
+def per_user_cells(c: dict) -> dict:
+    """A `paired_comparison` as the cells of a table row: mean diff, ci low, ci high, p and side (Wilcoxon's),
+    t p."""
+    keys = {"mean diff": "mean_diff", "ci low": "ci_low", "ci high": "ci_high", "p": "wilcoxon_p"}
+    keys |= {"side": "wilcoxon_side", "t p": "t_p"}
+    return {cell: c[key] for cell, key in keys.items()}
+
+
+def disagreement(row: pd.Series, alpha: float = 0.05) -> str:
+    """A clause to append to a row's `verdict` where the two paired tests disagree at `alpha`: the Wilcoxon test
+    (the verdict's) ranks the per-user differences, the paired t-test (whose 95% CI the tables show) weighs
+    their mean; many users differ by exactly zero, which Wilcoxon drops and the mean keeps. Empty where they
+    agree or the row was not compared per user."""
+    if row["comparison"] != PER_USER or np.isnan(row["t p"]):
+        return ""
+    ranks, mean = row["p"] < alpha, row["t p"] < alpha
+    if ranks == mean and (not ranks or np.sign(row["mean diff"]) == row["side"]):
+        return ""
+    lead = {
+        (True, True): "their mean points the other way:",
+        (True, False): "only the Wilcoxon test, which ranks the per-user differences, finds it:",
+        (False, True): "the Wilcoxon test, which ranks the per-user differences, does not find it, while",
+    }[ranks, mean]
+    interval = "excludes" if mean else "includes"
+    return f"; {lead} the 95% interval of their mean {interval} zero (paired t-test p = {row['t p']:.2g})"
 
 
 def against_single(numbers: pd.DataFrame) -> str:

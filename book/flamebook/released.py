@@ -26,8 +26,10 @@ from . import (
     PER_USER,
     RELEASED_VARIANT,
     delta_text,
+    disagreement,
     metrics_over_seeds,
     p_text,
+    per_user_cells,
     plus_minus,
     records_of,
     seeds_phrase,
@@ -113,15 +115,7 @@ def _compared(recs: list[dict], reference: np.ndarray) -> dict:
             f"the records hold {ours.size} test users and the anchor's split {reference.size}: "
             "the records were not made on the full profile's split"
         )
-    c = paired_comparison(ours, reference)
-    return {
-        **cells,
-        "comparison": PER_USER,
-        "mean diff": c["mean_diff"],
-        "ci low": c["ci_low"],
-        "ci high": c["ci_high"],
-        "p": c["wilcoxon_p"],
-    }
+    return {**cells, "comparison": PER_USER, **per_user_cells(paired_comparison(ours, reference))}
 
 
 def table(nums: pd.DataFrame) -> pd.DataFrame:
@@ -161,6 +155,7 @@ def sentence(dataset: str, nums: pd.DataFrame) -> str:
         text = f"{name} reaches {plus_minus(row['NDCG@20'], row['NDCG@20 sd'])} ({seeds})"
         if row["comparison"] == PER_USER:
             text += f", {delta_text(row)} points per test user (Wilcoxon p = {p_text(row)}): {verdict(row)} {against}"
+            text += disagreement(row)
         said.append(text + ".")
     return " ".join(said)
 
