@@ -306,9 +306,14 @@ def verdict(row: pd.Series, alpha: float = 0.05) -> str:
 def per_user_cells(c: dict) -> dict:
     """A `paired_comparison` as the cells of a table row: mean diff, ci low, ci high, p and side (Wilcoxon's),
     t p."""
-    keys = {"mean diff": "mean_diff", "ci low": "ci_low", "ci high": "ci_high", "p": "wilcoxon_p"}
-    keys |= {"side": "wilcoxon_side", "t p": "t_p"}
-    return {cell: c[key] for cell, key in keys.items()}
+    return {
+        "mean diff": c["mean_diff"],
+        "ci low": c["ci_low"],
+        "ci high": c["ci_high"],
+        "p": c["wilcoxon_p"],
+        "side": c["wilcoxon_side"],
+        "t p": c["t_p"],
+    }
 
 
 def disagreement(row: pd.Series, alpha: float = 0.05) -> str:
