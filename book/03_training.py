@@ -402,7 +402,8 @@ if len(conv_full):
         Markdown(
             f"**Table 5.** Epochs and training seconds to Single's best validation NDCG@20, means over "
             f"the seeds both ran; speed-up = Single's / the method's (above 1: FLAME is faster; the paper "
-            f"claims up to {flamebook.PAPER_SPEEDUP}). A seed where FLAME never reaches Single's best "
+            f"claims up to {flamebook.PAPER_SPEEDUP}), and the smallest and largest seed's speed-up in epochs "
+            "(min, max). A seed where FLAME never reaches Single's best "
             "counts as not reached and leaves its speed-up out; a seed whose two records ran on different "
             "devices, or name different machines, leaves its seconds and their speed-ups out (its epochs still "
             'compare); "machines named" counts, of the seeds whose seconds make the speed-up, those whose records '

@@ -231,6 +231,10 @@ def test_table_4_summarises_seeds_and_says_why_a_speed_up_is_missing():
     never = flamebook.convergence_summary(conv[~conv["reached"]]).iloc[0]
     assert "no speed-up can be measured there" in flamebook.convergence_sentence("b", "FLAME", never)
     assert flamebook.convergence_table(records, ["elsewhere"], names).empty
+    spread = conv.copy()
+    spread.loc[(spread["dataset"] == "a") & (spread["seed"] == 2), "speed-up (epochs)"] = 3.0
+    said = flamebook.convergence_sentence("a", "FLAME", flamebook.convergence_summary(spread).loc[("a", "FLAME")])
+    assert "(2.25x in epochs, 1.50x to 3.00x by seed)" in said
 
 
 def test_a_released_anchor_makes_its_own_row():

@@ -474,11 +474,14 @@ def convergence_summary(conv: pd.DataFrame) -> pd.DataFrame:
     """`convergence_table` by dataset and method: the means over seeds (NaN left out, so a speed-up averages
     the seeds that reached Single's best timed alike), how many seeds reached it and how many were timed alike,
     how many of the seeds whose seconds make the speed-up (reached and timed alike) name their machine (the
-    others compare by device alone), the device and the clock."""
+    others compare by device alone), the device and the clock; the epochs' speed-up also by its smallest and
+    largest seed."""
     timed = conv["reached"] & conv["timed alike"]
     conv = conv.assign(timed=timed, named=timed & (conv["machine"] == "same"))
     by = conv.groupby(["dataset", "method"], sort=False)
     summary = by[list(CONVERGENCE_MEANS)].mean()
+    summary["speed-up (epochs) min"] = by["speed-up (epochs)"].min()
+    summary["speed-up (epochs) max"] = by["speed-up (epochs)"].max()
     for column, flag in (("seeds reached", "reached"), ("seeds timed alike", "timed alike")):
         summary[column] = by[flag].agg(lambda v: f"{int(v.sum())}/{len(v)}")
     summary["machines named"] = [f"{int(k)}/{int(n)}" for k, n in zip(by["named"].sum(), by["timed"].sum())]
@@ -505,12 +508,14 @@ def convergence_sentence(dataset: str, method: str, row: pd.Series) -> str:
     if reached < seeds:  # the speed-ups average the seeds that got there; the others never did
         did = "the one" if reached == 1 else f"the {reached}"
         start += f"{seeds - reached} never within its run; in {did} that did, "
+    low, high = row["speed-up (epochs) min"], row["speed-up (epochs) max"]
+    spread = f", {low:.2f}x to {high:.2f}x by seed" if f"{low:.2f}" != f"{high:.2f}" else ""
     if pd.isna(seconds):
         return start + (
-            f"{epochs:.2f}x as fast as Single in epochs, against the paper's {paper}x; their seconds ran on "
-            "different devices or machines and do not compare."
+            f"{epochs:.2f}x as fast as Single in epochs{spread}, against the paper's {paper}x; their seconds ran "
+            "on different devices or machines and do not compare."
         )
-    pace = f"({epochs:.2f}x in epochs), against the paper's {paper}x"
+    pace = f"({epochs:.2f}x in epochs{spread}), against the paper's {paper}x"
     mixed = "training seconds (CPU seconds where both records logged them, wall seconds otherwise)"
     unit = {"CPU": "CPU seconds", "wall": "training seconds"}.get(row.get("clock", "wall"), mixed)
     named, alike = _counts(row["machines named"])
