@@ -207,6 +207,18 @@ def metrics_over_seeds(recs: list[dict]) -> dict:
     return {"NDCG@20": ndcg.mean(), "NDCG@20 sd": ndcg.std(ddof=1), "HR@20": hr.mean(), "HR@20 sd": hr.std(ddof=1)}
 
 
+# a table row's cells of a per-user comparison, and the `paired_comparison` key each one holds (p and side are
+# Wilcoxon's; the CI is the paired t-test's, whose p is "t p")
+PER_USER_CELLS = {
+    "mean diff": "mean_diff",
+    "ci low": "ci_low",
+    "ci high": "ci_high",
+    "p": "wilcoxon_p",
+    "side": "wilcoxon_side",
+    "t p": "t_p",
+}
+
+
 def main_numbers(
     records: list[dict], datasets: list[str], variants: list[str], baseline: str = "Single"
 ) -> pd.DataFrame:
@@ -230,10 +242,7 @@ def main_numbers(
 
 def _main_numbers(recs: list[dict], base: list[dict], is_baseline: bool, missing: str) -> dict:
     """One row of `main_numbers`; `missing` is the state of a row without records."""
-    cells = dict.fromkeys(
-        ("NDCG@20", "NDCG@20 sd", "HR@20", "HR@20 sd", "gain %", "mean diff", "ci low", "ci high", "p", "side", "t p"),
-        np.nan,
-    )
+    cells = dict.fromkeys(("NDCG@20", "NDCG@20 sd", "HR@20", "HR@20 sd", "gain %", *PER_USER_CELLS), np.nan)
     if not recs:
         return {"state": missing, "seeds": (), "converged": 0, "comparison": missing, **cells}
     cells |= metrics_over_seeds(recs)
@@ -304,16 +313,8 @@ def verdict(row: pd.Series, alpha: float = 0.05) -> str:
 
 
 def per_user_cells(c: dict) -> dict:
-    """A `paired_comparison` as the cells of a table row: mean diff, ci low, ci high, p and side (Wilcoxon's),
-    t p."""
-    return {
-        "mean diff": c["mean_diff"],
-        "ci low": c["ci_low"],
-        "ci high": c["ci_high"],
-        "p": c["wilcoxon_p"],
-        "side": c["wilcoxon_side"],
-        "t p": c["t_p"],
-    }
+    """A `paired_comparison` as the cells of a table row (`PER_USER_CELLS`)."""
+    return {cell: c[key] for cell, key in PER_USER_CELLS.items()}
 
 
 def disagreement(row: pd.Series, alpha: float = 0.05) -> str:
