@@ -69,6 +69,29 @@ def test_the_main_table_compares_with_single_per_user_and_says_what_was_not_run(
     assert (released.loc[("toy", "FLAME (released anchor)")] == "no released anchor").all()
 
 
+def test_the_per_user_sentence_names_the_seeds_where_a_row_lacks_some_of_singles():
+    rng = np.random.default_rng(1)
+    single = {s: rng.integers(0, 60, 300) for s in (42, 43, 44)}
+    flame = {s: np.maximum(r - 2, 0) for s, r in single.items()}
+    records = [rec("single", s, r, hist([1])) for s, r in single.items()]
+
+    def text(flame_seeds, ranked=True):
+        runs = [rec("flame", s, flame[s], hist([1])) for s in flame_seeds]
+        runs = runs if ranked else [{**r, "test_ranks": None} for r in runs]
+        numbers = flamebook.main_numbers(records + runs, ["toy"], ["Single", "FLAME"]).loc["toy"]
+        return numbers.loc["FLAME"], flamebook.per_user_text(numbers.loc["FLAME"], numbers.loc["Single"])
+
+    row, sentence = text((42, 43))
+    mean_over = lambda runs: np.mean([user_ndcg(runs[s]) for s in (42, 43)], 0)  # noqa: E731
+    assert row["paired seeds"] == (42, 43)
+    assert row["mean diff"] == pytest.approx(paired_comparison(mean_over(flame), mean_over(single))["mean_diff"])
+    delta, p = flamebook.delta_text(row), flamebook.p_text(row)
+    assert sentence == f"per user on seeds 42, 43, the only ones both ran, {delta} points, Wilcoxon p = {p}"
+    assert text((44,))[1].startswith("per user on seed 44, the only one both ran, +")
+    assert text((42, 43, 44))[1].startswith("per user on the seeds both ran, +")
+    assert text((42,), ranked=False)[1] == "per user: ranks not stored"
+
+
 def test_the_verdict_follows_the_signed_ranks_and_says_where_the_mean_disagrees():
     # 30 users move up one place (5 -> 4), three fall out of the top 20 from the first place: the signed ranks
     # favour FLAME (many small gains), the mean does not (three large losses), and the other 367 users tie

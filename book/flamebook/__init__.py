@@ -260,7 +260,7 @@ def _main_numbers(recs: list[dict], base: list[dict], is_baseline: bool, missing
         return {**ran_cells, "comparison": RANKS_NOT_STORED, **cells}
     c = paired_comparison(user_ndcg_over_seeds(recs, common), user_ndcg_over_seeds(base, common))
     cells |= per_user_cells(c)
-    return {**ran_cells, "comparison": PER_USER, **cells}
+    return {**ran_cells, "comparison": PER_USER, "paired seeds": tuple(common), **cells}
 
 
 def main_table(numbers: pd.DataFrame) -> pd.DataFrame:
@@ -334,6 +334,21 @@ def disagreement(row: pd.Series, alpha: float = 0.05) -> str:
     }[ranks, mean]
     interval = "excludes" if mean else "includes"
     return f"; {lead} the 95% interval of their mean {interval} zero (paired t-test p = {row['t p']:.2g})"
+
+
+def per_user_text(row: pd.Series, single: pd.Series) -> str:
+    """A `main_numbers` row's per-user comparison with Single (`single`, its dataset's Single row), for a
+    sentence: "per user on the seeds both ran, +0.04 [-0.05, +0.12] points, Wilcoxon p = 0.65". The seeds are
+    named where they are not all of Single's, which the gain's mean is over: "per user on seeds 42, 43, the
+    only ones both ran, ..."; a row not compared per user says why ("per user: ranks not stored")."""
+    if row["comparison"] != PER_USER:
+        return f"per user: {row['comparison']}"
+    seeds = list(row["paired seeds"])
+    on = "the seeds both ran"
+    if len(seeds) < len(single["seeds"]):
+        only = "the only ones" if len(seeds) > 1 else "the only one"
+        on = f"{seeds_phrase(seeds, shown=', '.join(map(str, seeds)))}, {only} both ran"
+    return f"per user on {on}, {delta_text(row)} points, Wilcoxon p = {p_text(row)}"
 
 
 def against_single(numbers: pd.DataFrame) -> str:
