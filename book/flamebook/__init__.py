@@ -226,9 +226,9 @@ def main_numbers(
     from the released anchor on a dataset the release ships none for), the seeds, how many converged, test
     NDCG@20 and HR@20 (mean and sd over seeds), the gain over `baseline` in percent, and `comparison` (per user,
     or why not: baseline, Single not run, ranks not stored) with the per-user paired comparison on the seeds
-    both ran: mean difference of NDCG@20 in points, its 95% CI, the Wilcoxon signed-rank p (and the paired
-    t-test's, which the CI reflects). `main_table` formats it; `verdict`, `disagreement`, `against_single` and
-    `records_sentence` read it."""
+    both ran (`paired seeds`): mean difference of NDCG@20 in points, its 95% CI, the Wilcoxon signed-rank p (and
+    the paired t-test's, which the CI reflects). `main_table` formats it; `verdict`, `disagreement`,
+    `per_user_text`, `against_single` and `records_sentence` read it."""
 
     rows = []
     for dataset in datasets:
