@@ -121,6 +121,11 @@ def seeds_phrase(seeds: list, shown: str | None = None) -> str:
     return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {shown or seeds}"
 
 
+def seeds_listed(seeds) -> str:
+    """`seeds_phrase` with the seeds as a plain list: "seed 42", "seeds 42, 43"."""
+    return seeds_phrase(list(seeds), shown=", ".join(map(str, seeds)))
+
+
 def mean_sd(values: pd.Series) -> str:
     """'mean ± sd' over seeds (the mean alone for one value), two decimals."""
     return plus_minus(values.mean(), values.std(ddof=1))
@@ -343,11 +348,11 @@ def per_user_text(row: pd.Series, single: pd.Series) -> str:
     only ones both ran, ..."; a row not compared per user says why ("per user: ranks not stored")."""
     if row["comparison"] != PER_USER:
         return f"per user: {row['comparison']}"
-    seeds = list(row["paired seeds"])
+    seeds = row["paired seeds"]
     on = "the seeds both ran"
     if len(seeds) < len(single["seeds"]):
         only = "the only ones" if len(seeds) > 1 else "the only one"
-        on = f"{seeds_phrase(seeds, shown=', '.join(map(str, seeds)))}, {only} both ran"
+        on = f"{seeds_listed(seeds)}, {only} both ran"
     return f"per user on {on}, {delta_text(row)} points, Wilcoxon p = {p_text(row)}"
 
 
@@ -363,8 +368,7 @@ def records_sentence(numbers: pd.DataFrame) -> str:
     per-user comparisons with Single, and the methods not run."""
 
     def result(method: str, row: pd.Series) -> str:
-        seeds = seeds_phrase(list(row["seeds"]), shown=", ".join(map(str, row["seeds"])))
-        return f"{method} {plus_minus(row['NDCG@20'], row['NDCG@20 sd'])} ({seeds})"
+        return f"{method} {plus_minus(row['NDCG@20'], row['NDCG@20 sd'])} ({seeds_listed(row['seeds'])})"
 
     parts = ["test NDCG@20 " + ", ".join(result(m, row) for m, row in ran(numbers).iterrows())]
     if versus := against_single(numbers):

@@ -32,7 +32,7 @@ from . import (
     per_user_cells,
     plus_minus,
     records_of,
-    seeds_phrase,
+    seeds_listed,
     user_ndcg_over_seeds,
     verdict,
 )
@@ -151,8 +151,7 @@ def sentence(dataset: str, nums: pd.DataFrame) -> str:
         if row["state"] != "ran":
             said.append(f"{name} has no full record there yet.")
             continue
-        seeds = seeds_phrase(list(row["seeds"]), shown=", ".join(map(str, row["seeds"])))
-        text = f"{name} reaches {plus_minus(row['NDCG@20'], row['NDCG@20 sd'])} ({seeds})"
+        text = f"{name} reaches {plus_minus(row['NDCG@20'], row['NDCG@20 sd'])} ({seeds_listed(row['seeds'])})"
         if row["comparison"] == PER_USER:
             text += f", {delta_text(row)} points per test user (Wilcoxon p = {p_text(row)}): {verdict(row)} {against}"
             text += disagreement(row)
