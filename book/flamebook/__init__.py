@@ -540,10 +540,10 @@ def convergence_sentence(dataset: str, method: str, row: pd.Series) -> str:
     unit = {"CPU": "CPU seconds", "wall": "training seconds"}.get(row.get("clock", "wall"), mixed)
     named, alike = _counts(row["machines named"])
     if named < alike:
-        pairs = "both records" if alike == 1 else f"{alike - named} of its {alike} pairs of records"
+        pairs = "its pair of records does" if alike == 1 else f"{alike - named} of its {alike} pairs of records do"
         pace += (
-            f"; {pairs} say only that they ran on a {row['device']}, not on which machine or with how many threads, "
-            "so these seconds may compare two machines"
+            f"; {pairs} not both name the machine and threads they ran on (a record written before records named "
+            f'them says only "{row["device"]}"), so these seconds may compare two machines'
         )
     if pd.isna(row["speed-up incl. anchor (s)"]):
         unknown = (
