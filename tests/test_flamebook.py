@@ -2,6 +2,7 @@
 checked on hand-made records."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import flamebook
@@ -171,6 +172,9 @@ def test_seconds_compare_only_between_records_that_name_one_machine():
     assert elsewhere["speed-up (s)"] == pytest.approx(3.0)
     assert "its pair of records does not both name the machine" in said["unnamed"]
     assert "name the machine" not in said["same"]
+    pairs = pd.concat([tables["same"], tables["unnamed"].assign(seed=43)])  # two seeds, one pair unnamed
+    two = flamebook.convergence_sentence("toy", "FLAME", flamebook.convergence_summary(pairs).iloc[0])
+    assert "1 of its 2 pairs of records does not both name the machine" in two
 
 
 def test_cpu_records_compare_by_cpu_seconds_where_every_epoch_logged_them():

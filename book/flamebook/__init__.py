@@ -540,7 +540,9 @@ def convergence_sentence(dataset: str, method: str, row: pd.Series) -> str:
     unit = {"CPU": "CPU seconds", "wall": "training seconds"}.get(row.get("clock", "wall"), mixed)
     named, alike = _counts(row["machines named"])
     if named < alike:
-        pairs = "its pair of records does" if alike == 1 else f"{alike - named} of its {alike} pairs of records do"
+        unnamed = alike - named
+        verb = "does" if unnamed == 1 else "do"  # "1 of its 2 pairs does", "2 of its 3 pairs do"
+        pairs = "its pair of records does" if alike == 1 else f"{unnamed} of its {alike} pairs of records {verb}"
         pace += (
             f"; {pairs} not both name the machine and threads they ran on (a record written before records named "
             f'them says only "{row["device"]}"), so these seconds may compare two machines'
