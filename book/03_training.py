@@ -318,7 +318,8 @@ for d in table_datasets:
             f"{flamebook.verdict(numbers)} Single, with {row['converged']} runs stopped early"
             f"{flamebook.disagreement(numbers)}."
         )
-    if compared and (versus := flamebook.against_single(numbers_full.loc[d].drop(index=["Single", *flames]))):
+    others = numbers_full.loc[d].drop(index=["Single", *flames])
+    if compared and (versus := flamebook.against_single(others, numbers_full.loc[(d, "Single")])):
         findings[-1] += f" The other methods run there, against Single per test user: {versus}."
 missing = [d for d in table_datasets if not flamebook.ran(numbers_full.loc[d]).index.isin(flames).any()]
 findings.append(

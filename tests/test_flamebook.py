@@ -59,7 +59,9 @@ def test_the_main_table_compares_with_single_per_user_and_says_what_was_not_run(
     sentence = flamebook.records_sentence(one_seed.loc["toy"])
     assert f"FLAME {flame['NDCG@20']} (seeds 42, 43)" in sentence and "(seed 42);" in sentence
     emkd = flamebook.main_table(one_seed).loc[("toy", "EMKD")]
-    assert f"EMKD {emkd[flamebook.DELTA]} points (Wilcoxon p = {emkd[flamebook.P_VALUE]})" in sentence
+    on = "on seed 42, the only one both ran"  # Single ran two seeds, EMKD one: the comparison names it
+    assert f"EMKD {emkd[flamebook.DELTA]} points {on} (Wilcoxon p = {emkd[flamebook.P_VALUE]})" in sentence
+    assert f"FLAME {flame[flamebook.DELTA]} points (Wilcoxon p = {flame[flamebook.P_VALUE]})" in sentence
     assert sentence.endswith("not run: CKD")
     unranked = [{**r, "test_ranks": None} if r["method"] == "flame" else r for r in records]
     cells = flamebook.main_table(flamebook.main_numbers(unranked, ["toy"], ["Single", "FLAME"])).loc[("toy", "FLAME")]

@@ -348,19 +348,30 @@ def per_user_text(row: pd.Series, single: pd.Series) -> str:
     only ones both ran, ..."; a row not compared per user says why ("per user: ranks not stored")."""
     if row["comparison"] != PER_USER:
         return f"per user: {row['comparison']}"
-    seeds = row["paired seeds"]
-    on = "the seeds both ran"
-    if len(seeds) < len(single["seeds"]):
-        only = "the only ones" if len(seeds) > 1 else "the only one"
-        on = f"{seeds_listed(seeds)}, {only} both ran"
+    on = fewer_seeds(row, single) or "the seeds both ran"
     return f"per user on {on}, {delta_text(row)} points, Wilcoxon p = {p_text(row)}"
 
 
-def against_single(numbers: pd.DataFrame) -> str:
-    """Each row of one dataset's `main_numbers` that was compared with Single per user, as a phrase:
-    "Ensemble-Guide +0.13 [-0.72, +0.99] points (Wilcoxon p = 0.89); FLAME ..."; empty when none was."""
-    compared = numbers[numbers["comparison"] == PER_USER]
-    return "; ".join(f"{m} {delta_text(row)} points (Wilcoxon p = {p_text(row)})" for m, row in compared.iterrows())
+def fewer_seeds(row: pd.Series, single: pd.Series) -> str:
+    """Where a row was compared with Single per user on fewer seeds than Single ran (`single`, its dataset's
+    Single row), those seeds: "seeds 42, 43, the only ones both ran", "seed 42, the only one both ran"; else ''."""
+    seeds = row["paired seeds"]
+    if len(seeds) >= len(single["seeds"]):
+        return ""
+    return f"{seeds_listed(seeds)}, {'the only ones' if len(seeds) > 1 else 'the only one'} both ran"
+
+
+def against_single(numbers: pd.DataFrame, single: pd.Series) -> str:
+    """Each row of one dataset's `main_numbers` that was compared with Single (`single`, its Single row) per user,
+    as a phrase: "Ensemble-Guide +0.13 [-0.72, +0.99] points (Wilcoxon p = 0.89); FLAME ...", naming the seeds
+    where they are fewer than Single's ("... points on seed 42, the only one both ran (Wilcoxon ...)"); empty
+    when none was."""
+
+    def phrase(method: str, row: pd.Series) -> str:
+        on = f" on {few}" if (few := fewer_seeds(row, single)) else ""
+        return f"{method} {delta_text(row)} points{on} (Wilcoxon p = {p_text(row)})"
+
+    return "; ".join(phrase(m, row) for m, row in numbers[numbers["comparison"] == PER_USER].iterrows())
 
 
 def records_sentence(numbers: pd.DataFrame) -> str:
@@ -371,7 +382,7 @@ def records_sentence(numbers: pd.DataFrame) -> str:
         return f"{method} {plus_minus(row['NDCG@20'], row['NDCG@20 sd'])} ({seeds_listed(row['seeds'])})"
 
     parts = ["test NDCG@20 " + ", ".join(result(m, row) for m, row in ran(numbers).iterrows())]
-    if versus := against_single(numbers):
+    if "Single" in numbers.index and (versus := against_single(numbers, numbers.loc["Single"])):
         parts.append(f"per test user against Single: {versus}")
     if len(missing := numbers.index[numbers["state"] == NOT_RUN]):
         parts.append(f"not run: {', '.join(missing)}")
