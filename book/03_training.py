@@ -321,6 +321,8 @@ for d in table_datasets:
     others = numbers_full.loc[d].drop(index=["Single", *flames])
     if compared and (versus := flamebook.against_single(others, numbers_full.loc[(d, "Single")])):
         findings[-1] += f" The other methods run there, against Single per test user: {versus}."
+    if compared and (modules := flamebook.modules_sentence(full, d)):
+        findings[-1] += f" {modules}."
 missing = [d for d in table_datasets if not flamebook.ran(numbers_full.loc[d]).index.isin(flames).any()]
 findings.append(
     f"Not run yet (no full record of FLAME from either anchor): {', '.join(missing)}."

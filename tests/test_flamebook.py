@@ -95,6 +95,30 @@ def test_the_per_user_sentence_names_the_seeds_where_a_row_lacks_some_of_singles
     assert text((42,), ranked=False)[1] == "per user: ranks not stored"
 
 
+def test_flame_is_compared_with_ensemble_guide_only_where_both_trained_from_one_anchor():
+    rng = np.random.default_rng(2)
+    guide = {s: rng.integers(0, 60, 300) for s in (42, 43)}
+    flame = {s: np.maximum(r - 2, 0) for s, r in guide.items()}
+    anchor = lambda key: [{"origin": "pretrained", "key": key}]  # noqa: E731
+    records = [rec("ensemble_guide", s, r, hist([1]), anchor("ddb03e19aa")) for s, r in guide.items()]
+    records += [rec("flame", s, r, hist([1]), anchor("ddb03e19aa")) for s, r in flame.items()]
+    sentence = flamebook.modules_sentence(records, "toy")
+    over = lambda runs: np.mean([user_ndcg(runs[s]) for s in (42, 43)], 0)  # noqa: E731
+    expected = paired_comparison(over(flame), over(guide))
+    gain = 100 * (
+        np.mean([user_ndcg(r).mean() for r in flame.values()]) / np.mean([user_ndcg(r).mean() for r in guide.values()])
+        - 1
+    )
+    assert sentence.startswith(
+        "FLAME against Ensemble-Guide, which trains from the same frozen anchor (content key `ddb03e19`)"
+    )
+    assert f"{gain:+.1f}% test NDCG@20 (per user on the seeds both ran, {expected['mean_diff']:+.2f} [" in sentence
+    assert sentence.endswith("significantly better than Ensemble-Guide")
+    other = [{**r, "pretrained": anchor("0123abcd")} if r["method"] == "flame" else r for r in records]
+    assert flamebook.modules_sentence(other, "toy") == ""  # different anchors: the comparison would mix two effects
+    assert flamebook.modules_sentence(records[:2], "toy") == ""  # FLAME not run
+
+
 def test_the_verdict_follows_the_signed_ranks_and_says_where_the_mean_disagrees():
     # 30 users move up one place (5 -> 4), three fall out of the top 20 from the first place: the signed ranks
     # favour FLAME (many small gains), the mean does not (three large losses), and the other 367 users tie

@@ -374,6 +374,23 @@ def against_single(numbers: pd.DataFrame, single: pd.Series) -> str:
     return "; ".join(phrase(m, row) for m, row in numbers[numbers["comparison"] == PER_USER].iterrows())
 
 
+def modules_sentence(records: list[dict], dataset: str) -> str:
+    """FLAME against Ensemble-Guide on one dataset, per test user, where both trained from one and the same frozen
+    anchor: Ensemble-Guide is FLAME with the networks left whole (two paths instead of 2^M), so the comparison
+    measures what cutting them into modules adds. Empty where either did not run or their anchors differ."""
+    flame, guide = records_of(records, dataset, "FLAME"), records_of(records, dataset, "Ensemble-Guide")
+    keys = {p.get("key") for r in flame + guide for p in r.get("pretrained", [])}
+    if not (flame and guide) or len(keys) != 1 or None in keys:
+        return ""
+    numbers = main_numbers(records, [dataset], ["Ensemble-Guide", "FLAME"], baseline="Ensemble-Guide").loc[dataset]
+    row, guide_row = numbers.loc["FLAME"], numbers.loc["Ensemble-Guide"]
+    return (
+        f"FLAME against Ensemble-Guide, which trains from the same frozen anchor (content key "
+        f"`{keys.pop()[:8]}`) with the two networks left whole: {row['gain %']:+.1f}% test NDCG@20 "
+        f"({per_user_text(row, guide_row)}): {verdict(row)} Ensemble-Guide{disagreement(row)}"
+    )
+
+
 def records_sentence(numbers: pd.DataFrame) -> str:
     """What one dataset's `main_numbers` says, as a clause: each method's test NDCG@20 with its seeds, the
     per-user comparisons with Single, and the methods not run."""
