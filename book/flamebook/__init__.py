@@ -309,9 +309,9 @@ def ran(numbers: pd.DataFrame) -> pd.DataFrame:
 
 
 def verdict(row: pd.Series, alpha: float = 0.05) -> str:
-    """A `main_numbers` row against Single: "significantly better than", "significantly worse than" (Wilcoxon p
-    below `alpha`, on the side its signed ranks favour on the seeds both ran) or "not distinguishable from"
-    (also when the row was not compared per user)."""
+    """A `main_numbers` row against its baseline (Single in the main table): "significantly better than",
+    "significantly worse than" (Wilcoxon p below `alpha`, on the side its signed ranks favour on the seeds both
+    ran) or "not distinguishable from" (also when the row was not compared per user)."""
     if row["comparison"] != PER_USER or row["p"] >= alpha:
         return "not distinguishable from"
     return "significantly better than" if row["side"] > 0 else "significantly worse than"
