@@ -342,10 +342,11 @@ def disagreement(row: pd.Series, alpha: float = 0.05) -> str:
 
 
 def per_user_text(row: pd.Series, single: pd.Series) -> str:
-    """A `main_numbers` row's per-user comparison with Single (`single`, its dataset's Single row), for a
-    sentence: "per user on the seeds both ran, +0.04 [-0.05, +0.12] points, Wilcoxon p = 0.65". The seeds are
-    named where they are not all of Single's, which the gain's mean is over: "per user on seeds 42, 43, the
-    only ones both ran, ..."; a row not compared per user says why ("per user: ranks not stored")."""
+    """A `main_numbers` row's per-user comparison with its baseline (`single`, its dataset's baseline row: Single
+    in the main table, Ensemble-Guide in `modules_sentence`), for a sentence: "per user on the seeds both ran,
+    +0.04 [-0.05, +0.12] points, Wilcoxon p = 0.65". The seeds are named where they are not all of the baseline's,
+    which the gain's mean is over: "per user on seeds 42, 43, the only ones both ran, ..."; a row not compared
+    per user says why ("per user: ranks not stored")."""
     if row["comparison"] != PER_USER:
         return f"per user: {row['comparison']}"
     on = fewer_seeds(row, single) or "the seeds both ran"
