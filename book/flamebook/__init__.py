@@ -341,23 +341,23 @@ def disagreement(row: pd.Series, alpha: float = 0.05) -> str:
     return f"; {lead} the 95% interval of their mean {interval} zero (paired t-test p = {row['t p']:.2g})"
 
 
-def per_user_text(row: pd.Series, single: pd.Series) -> str:
-    """A `main_numbers` row's per-user comparison with its baseline (`single`, its dataset's baseline row: Single
-    in the main table, Ensemble-Guide in `modules_sentence`), for a sentence: "per user on the seeds both ran,
-    +0.04 [-0.05, +0.12] points, Wilcoxon p = 0.65". The seeds are named where they are not all of the baseline's,
-    which the gain's mean is over: "per user on seeds 42, 43, the only ones both ran, ..."; a row not compared
-    per user says why ("per user: ranks not stored")."""
+def per_user_text(row: pd.Series, baseline: pd.Series) -> str:
+    """A `main_numbers` row's per-user comparison with its dataset's `baseline` row (Single in the main table,
+    Ensemble-Guide in `modules_sentence`), for a sentence: "per user on the seeds both ran, +0.04 [-0.05, +0.12]
+    points, Wilcoxon p = 0.65". The seeds are named where they are not all of the baseline's, which the gain's
+    mean is over: "per user on seeds 42, 43, the only ones both ran, ..."; a row not compared per user says why
+    ("per user: ranks not stored")."""
     if row["comparison"] != PER_USER:
         return f"per user: {row['comparison']}"
-    on = fewer_seeds(row, single) or "the seeds both ran"
+    on = fewer_seeds(row, baseline) or "the seeds both ran"
     return f"per user on {on}, {delta_text(row)} points, Wilcoxon p = {p_text(row)}"
 
 
-def fewer_seeds(row: pd.Series, single: pd.Series) -> str:
-    """Where a row was compared with Single per user on fewer seeds than Single ran (`single`, its dataset's
-    Single row), those seeds: "seeds 42, 43, the only ones both ran", "seed 42, the only one both ran"; else ''."""
+def fewer_seeds(row: pd.Series, baseline: pd.Series) -> str:
+    """Where a row was compared per user on fewer seeds than its dataset's `baseline` row ran, those seeds:
+    "seeds 42, 43, the only ones both ran", "seed 42, the only one both ran"; else ''."""
     seeds = row["paired seeds"]
-    if len(seeds) >= len(single["seeds"]):
+    if len(seeds) >= len(baseline["seeds"]):
         return ""
     return f"{seeds_listed(seeds)}, {'the only ones' if len(seeds) > 1 else 'the only one'} both ran"
 
