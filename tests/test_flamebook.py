@@ -224,6 +224,9 @@ def test_cpu_records_compare_by_cpu_seconds_where_every_epoch_logged_them():
     older = {**busy, "history": hist([2.0, 3.1], seconds=50.0)}  # written before runs logged CPU seconds
     (row,) = flamebook.convergence_vs_single([single, older], "toy").to_dict(orient="records")
     assert row["clock"] == "wall" and row["speed-up (s)"] == pytest.approx(30 / 100)
+    summary = flamebook.convergence_summary(flamebook.convergence_table([single, older], ["toy"], ["FLAME"])).iloc[0]
+    said = flamebook.convergence_sentence("toy", "FLAME", summary)  # the busy run's wall seconds: say so
+    assert "0.30x as fast as Single in wall seconds" in said and "so the epochs are the surer figure" in said
     curves = flamebook.record_curves([single, older], "toy", ["Single", "FLAME"])
     assert (curves["clock"] == "wall").all() and curves["seconds"].tolist() == [10.0, 20.0, 30.0, 50.0, 100.0]
     on_gpu = [{**r, "device": "cuda"} for r in (single, busy)]  # a GPU's host CPU time says nothing of its work
