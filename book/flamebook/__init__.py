@@ -568,9 +568,9 @@ def convergence_sentence(dataset: str, method: str, row: pd.Series) -> str:
     pace = f"({epochs:.2f}x in epochs{spread}), against the paper's {paper}x"
     mixed = "training seconds (CPU seconds where both records logged them, wall seconds otherwise)"
     clock = row.get("clock", "wall")
-    unit = {"CPU": "CPU seconds", "wall": "training seconds"}.get(clock, mixed)
-    if "wall" in clock and row["device"] == "cpu":  # pairs that did not both log CPU seconds
-        unit = "wall seconds" if clock == "wall" else unit
+    cpu_wall = "wall" in clock and row["device"] == "cpu"  # CPU pairs that did not both log CPU seconds
+    unit = {"CPU": "CPU seconds", "wall": "wall seconds" if cpu_wall else "training seconds"}.get(clock, mixed)
+    if cpu_wall:
         pace += (
             "; a CPU's wall seconds also count whatever else ran beside each run, so the epochs are the surer figure"
         )
