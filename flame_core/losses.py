@@ -156,11 +156,13 @@ def symmetric_kl(scores: Tensor, temperature: float = 1.0) -> Tensor:
     scores (N, B, I+1) (column 0 -inf), p_n = softmax(scores_n / T) over the items. Nothing is detached: both
     members of a pair learn from each other. T^2 keeps gradient magnitudes comparable across temperatures.
     """
+    N = scores.shape[0]
     logp = torch.log_softmax(scores[..., 1:] / temperature, dim=-1)  # (N, B, I): padding column dropped
-    i, j = pair_indices(scores.shape[0], scores.device)
-    diff = logp[i] - logp[j]  # (pairs, B, I)
-    kl = ((logp[i].exp() - logp[j].exp()) * diff).sum(-1)  # (pairs, B): KL(p_i||p_j) + KL(p_j||p_i)
-    return kl.mean(1).sum() * temperature**2
+    p = logp.exp()  # (N, B, I)
+    # KL(p_i||p_j) + KL(p_j||p_i) = sum_items (p_i - p_j)(log p_i - log p_j); summed over the pairs i < j this is
+    # sum_items [N sum_n p_n log p_n - (sum_n p_n)(sum_n log p_n)]: one pass over the members, no pair tensors.
+    kl = (N * (p * logp).sum(0) - p.sum(0) * logp.sum(0)).sum(-1)  # (B,): summed over the pairs
+    return kl.mean() * temperature**2
 
 
 def twin_infonce(anchors: Tensor, twins: Tensor, tau: float = 1.0) -> Tensor:

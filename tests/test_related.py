@@ -79,6 +79,24 @@ def test_symmetric_kl_equals_naive_loops():
     torch.testing.assert_close(symmetric_kl(scores, T), expected * T**2)
 
 
+@pytest.mark.parametrize("members", [2, 3, 5])
+@pytest.mark.parametrize("spread", [4.0, 0.01])  # members far apart, and nearly equal (a tiny KL)
+def test_symmetric_kl_float32_at_catalogue_scale_matches_pairwise_float64(members, spread):
+    """The one-pass form cancels large sums; in float32 over 12k items it must still match the pairwise sum."""
+    gen = torch.Generator().manual_seed(1)
+    scores = 4 * torch.randn(1, 16, 12_001, generator=gen) + spread * torch.randn(members, 16, 12_001, generator=gen)
+    scores[..., 0] = float("-inf")
+    logp = torch.log_softmax(scores[..., 1:].double(), -1)
+    expected = sum(
+        ((logp[i].exp() - logp[j].exp()) * (logp[i] - logp[j])).sum(-1).mean()
+        for i in range(members)
+        for j in range(i + 1, members)
+    )
+    got = symmetric_kl(scores)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), expected, rtol=1e-3, atol=0.0)
+
+
 def naive_infonce(a, b, tau):
     """Two directions: row r of a against every row of b (positive b[r]), and row r of b against a."""
     B = a.shape[0]
