@@ -6,7 +6,8 @@ feed-forward, dropout, every position computed in every block, the last position
 item table, cross-entropy over all items, Adam. Padding embeddings are zeroed as in the original SASRec
 and masked by nothing but causality, so it is close to, not exactly, the library's Single: it exists to be
 timed (`bench/speed.py`, side by side with the library's steps on batches of the same split), never to
-report accuracy.
+report accuracy. `pairwise_symmetric_kl` is EMKD's logit distillation written the same way, a pair of members
+at a time, timed against the library's one-pass form by `bench/related.py`.
 """
 
 from __future__ import annotations
@@ -76,3 +77,15 @@ def naive_training(num_items: int, inputs: Tensor, targets: Tensor, batch_size: 
             torch.cuda.synchronize(inputs.device)
 
     return steps
+
+
+def pairwise_symmetric_kl(scores: Tensor, temperature: float = 1.0) -> Tensor:
+    """EMKD's logit distillation as its formula reads, a pair of members at a time: the sum over the pairs
+    i < j of mean_b [KL(p_i||p_j) + KL(p_j||p_i)] * T^2, scores (N, B, I+1) with column 0 -inf. The library's
+    `losses.symmetric_kl` computes the same sum in one pass over the members (`bench/related.py` times both)."""
+    logp = torch.log_softmax(scores[..., 1:] / temperature, dim=-1)  # (N, B, I)
+    N, total = scores.shape[0], scores.new_zeros(())
+    for i in range(N):
+        for j in range(i + 1, N):
+            total = total + ((logp[i].exp() - logp[j].exp()) * (logp[i] - logp[j])).sum(-1).mean()
+    return total * temperature**2

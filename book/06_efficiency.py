@@ -156,11 +156,12 @@ display(
 # SASRec written with `torch.nn` blocks (`bench/naive.py`) on the same batches, as a baseline (in the same
 # rounds, in files that time side by side); three
 # stacked seeds against one; the evaluation of every user; one full FLAME epoch with its validation in a
-# fresh process, and the peak resident memory. Each file under `bench/results/` is one such run (older
-# files lack the newer measurements).
+# fresh process, and the peak resident memory. Each `speed-*.json` file under `bench/results/` is one such
+# run (older files lack the newer measurements); the `related-*.json` files hold `bench/related.py`'s step
+# costs of every method, the related ones included, against Single.
 
 # %%
-bench_files = sorted(flamebook.resolve(bench_dir).glob("*.json"))
+bench_files = sorted(flamebook.resolve(bench_dir).glob("speed-*.json"))
 bench = {}
 for path in bench_files:
     r = json.loads(path.read_text())

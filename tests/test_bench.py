@@ -1,4 +1,4 @@
-"""bench/speed.py end to end on synthetic data: every measurement it prints is in its JSON, timed side by side."""
+"""bench/speed.py and bench/related.py end to end on synthetic data: every figure they print is in their JSON."""
 
 import json
 import sys
@@ -6,7 +6,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: the bench package
 
-from bench import speed  # noqa: E402
+from bench import related, speed  # noqa: E402
+from flame_core.registry import REGISTRY  # noqa: E402
 
 
 def test_the_benchmark_writes_every_figure_it_prints(tmp_path, capsys):
@@ -28,3 +29,15 @@ def test_the_benchmark_writes_every_figure_it_prints(tmp_path, capsys):
         assert f"{row['flame']['ms']:.2f} ms ({row['flame']['over_separate']:.2f}x)" in printed
     assert f"code {result['code']}" in printed  # the commit that ran (or "unknown" outside git)
     assert f"{result['naive_sasrec_ms']:.2f}" in printed and "stacked seeds, flame" in printed
+
+
+def test_the_related_benchmark_times_every_method_and_both_kl_forms(tmp_path, capsys):
+    out = tmp_path / "related.json"
+    assert related.main(f"--dataset synthetic --steps 1 --rounds 1 --batch-size 32 --json {out}".split()) == 0
+    printed, result = capsys.readouterr().out, json.loads(out.read_text())
+    assert set(result["steps_ms"]) == set(REGISTRY) and result["over_single"]["single"] == 1.0
+    assert all(ms > 0 for ms in result["steps_ms"].values())
+    kl = result["emkd_kl"]
+    assert kl["members"] == 3 and kl["step_speedup"] == kl["pairwise_step_ms"] / kl["one_pass_step_ms"]
+    assert kl["max_relative_difference"] < 1e-3  # the two forms of the KL agree in float32
+    assert f"({kl['step_speedup']:.2f}x)" in printed and f"code {result['code']}" in printed
