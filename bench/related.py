@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-from pathlib import Path
 from unittest import mock
 
 import torch
@@ -35,12 +33,14 @@ from flame_core.engine import EpochRunner, make_optimizer
 from flame_core.losses import symmetric_kl
 from flame_core.measure import steps_ms_side_by_side, untrained
 from flame_core.registry import REGISTRY
-from flame_core.utils import atomic_json, git_revision, machine_name, resolve_device, seed_everything
+from flame_core.utils import resolve_device, seed_everything
 
 try:
     from bench.naive import pairwise_symmetric_kl
+    from bench.speed import bench_main, header
 except ImportError:  # run as a script: bench/ is on sys.path
     from naive import pairwise_symmetric_kl
+    from speed import bench_main, header
 
 PAIRWISE = "emkd, pairwise KL"
 
@@ -81,17 +81,8 @@ def run(args: argparse.Namespace) -> dict:
     loops = {PAIRWISE: pairwise_emkd(data, split, model, device, args.batch_size)}
     ms = steps_ms_side_by_side(methods, split, args.steps, args.batch_size, rounds=args.rounds, loops=loops)
     members = methods["emkd"][0].cfg.emkd.emkd_members
-    return {
-        "dataset": data.name,
-        "device": str(device),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "machine": machine_name(device),
-        "batch_size": args.batch_size,
-        "steps": args.steps,
+    return header(data, device, args) | {
         "rounds": args.rounds,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "code": git_revision(),
         "num_items": data.num_items,
         "steps_ms": {name: ms[name] for name in REGISTRY},
         "over_single": {name: ms[name] / ms["single"] for name in REGISTRY},
@@ -103,6 +94,11 @@ def run(args: argparse.Namespace) -> dict:
             "max_relative_difference": kl_agreement(data.num_items, args.batch_size, members, device),
         },
     }
+
+
+def arguments(p: argparse.ArgumentParser) -> None:
+    """related.py's own options."""
+    p.add_argument("--rounds", type=int, default=5, help="rounds the timed steps are spread over")
 
 
 def table(r: dict) -> str:
@@ -123,23 +119,7 @@ def table(r: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", default="amazon-toys")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--steps", type=int, default=20, help="timed steps per method (after 4 warm-up steps)")
-    p.add_argument("--rounds", type=int, default=5, help="rounds the timed steps are spread over")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--json", default=None, help="where to write the JSON result")
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    result = run(args)
-    print(table(result))
-    path = Path(args.json or Path(__file__).parent / "results" / f"related-{result['dataset']}-{args.device}.json")
-    atomic_json(path, result)
-    print(f"written: {path}")
-    return 0
+    return bench_main(argv, __doc__, "related", run, table, arguments)
 
 
 if __name__ == "__main__":

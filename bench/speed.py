@@ -183,18 +183,9 @@ def run(args: argparse.Namespace) -> dict:
     model = ModelConfig()
     lengths = (split.train_inputs[:4096] > 0).sum(1).cpu()  # a sample of lengths for the FLOP count per batch
     lengths = lengths[torch.randperm(len(lengths), generator=torch.Generator().manual_seed(0))[: args.batch_size]]
-    out = {
-        "dataset": data.name,
-        "device": str(device),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "machine": machine_name(device),
-        "batch_size": args.batch_size,
-        "steps": args.steps,
+    out = header(data, device, args) | {
         "amp": False,
         "compile": args.compile,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "code": git_revision(),  # the commit of flame_core that ran, as records name it
         "training_samples": split.train_inputs.shape[0],
     }
     out["matmul_peak_gflops"] = matmul_peak_gflops(device)
@@ -337,12 +328,45 @@ def table(r: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def header(data, device: torch.device, args: argparse.Namespace) -> dict:
+    """What every benchmark result starts with: the data, the machine, the settings, the date and the code."""
+    return {
+        "dataset": data.name,
+        "device": str(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": machine_name(device),
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "code": git_revision(),  # the commit of flame_core that ran, as records name it
+    }
+
+
+def bench_main(argv, doc: str, name: str, run, table, arguments=lambda p: None) -> int:
+    """The command line every benchmark shares: parse the common options and the script's own (`arguments`),
+    run, print the table, write the JSON (default bench/results/NAME-DATASET-DEVICE.json) atomically."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     p.add_argument("--dataset", default="amazon-toys")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--steps", type=int, default=20, help="timed steps per variant (after 3 warm-up steps)")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per variant (after 4 warm-up steps)")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--json", default=None, help="where to write the JSON result")
+    arguments(p)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = run(args)
+    print(table(result))
+    path = Path(args.json or Path(__file__).parent / "results" / f"{name}-{result['dataset']}-{args.device}.json")
+    atomic_json(path, result)
+    print(f"written: {path}")
+    return 0
+
+
+def arguments(p: argparse.ArgumentParser) -> None:
+    """speed.py's own options."""
     p.add_argument(
         "--compile",
         action="store_true",
@@ -362,17 +386,10 @@ def main(argv=None) -> int:
         metavar="W,W,...",
         help="processes side by side in the parallel-seeds measurement (default: 2,3)",
     )
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--json", default=None, help="where to write the JSON result")
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    result = run(args)
-    print(table(result))
-    path = Path(args.json or Path(__file__).parent / "results" / f"speed-{result['dataset']}-{args.device}.json")
-    atomic_json(path, result)
-    print(f"written: {path}")
-    return 0
+
+
+def main(argv=None) -> int:
+    return bench_main(argv, __doc__, "speed", run, table, arguments)
 
 
 if __name__ == "__main__":
