@@ -9,7 +9,9 @@
 #    reference, a FLAME epoch with validation (one seed and three stacked), written as JSON;
 # 3. a stacked training run through the CLI (FLAME, three seeds, three epochs, with its anchor);
 # 4. the library's tests on the GPU machine;
-# 5. torch.compile(mode="reduce-overhead") of the loss beside the hand-captured graph, for comparison.
+# 5. torch.compile(mode="reduce-overhead") of the loss beside the hand-captured graph, for comparison;
+# 6. bench/related.py --device cuda: a step of every method against Single (the GPU hours of the table's
+#    cells), EMKD's KL pairwise against one pass; last, so that a call cut short keeps steps 1 to 5.
 # Each step has its own time limit and log (OUT_DIR, default $OUT or gpu-out); a failing step does not stop
 # the others. The summary lines and each log's tail are printed.
 set -u
@@ -39,4 +41,5 @@ TAIL=12 step cli-stacked 80 "$py" -m flame_core train --method flame --dataset a
 TAIL=6 step library-tests 100 "$py" -m pytest -q -p no:cacheprovider --ignore=tests/test_book.py tests
 TAIL=8 step compile 90 "$py" bench/speed.py --device cuda --steps 30 --compile --no-epoch \
     --json "$out/speed-amazon-toys-cuda-compile.json"
+TAIL=12 step related 60 "$py" bench/related.py --device cuda --steps 20 --json "$out/related-amazon-toys-cuda.json"
 echo "== done"
