@@ -46,7 +46,7 @@ def pretrain_anchor(
     """
     root = Path(root) if root is not None else cache_dir() / "anchors"
     key = anchor_key(data, model, cfg)
-    with file_lock(root / f".{data.name}-{key}.lock"):  # another process training it: wait, then reuse it
+    with file_lock(root / f".{data.name}-{key}.lock", log):  # another process training it: wait, then reuse it
         return _pretrain_or_load(data, split, model, cfg, root, key, log)
 
 

@@ -226,7 +226,7 @@ def run_seeds(
         dirs = [folder / f"{cfg.method}-seed{s}-{run_key(data, model, cfg.replace(seed=s), frozen)}" for s in seeds]
     with contextlib.ExitStack() as locks:  # one lock per run folder, taken in a fixed order
         for d in sorted(dirs):
-            locks.enter_context(file_lock(d.parent / f".{d.name}.lock"))
+            locks.enter_context(file_lock(d.parent / f".{d.name}.lock", log))
         todo = [(s, d) for s, d in zip(seeds, dirs) if not (d / "results.json").exists()]  # the rest are reused
         if len(todo) > 1:  # one stacked model
             stack = [s for s, _ in todo]

@@ -15,6 +15,7 @@ import random
 import shlex
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -155,12 +156,13 @@ def atomic_torch_save(path: str | os.PathLike, obj, previous: str | os.PathLike 
 
 
 @contextlib.contextmanager
-def file_lock(path: str | os.PathLike):
+def file_lock(path: str | os.PathLike, log: Callable[[str], None] | None = None):
     """Hold an exclusive advisory lock on `path` (created if needed) while the block runs.
 
     Processes that share a cache (the book's chapters, executed in parallel) wait for each other here
-    instead of training the same run or anchor twice into the same folder. Without fcntl (Windows) this
-    is a no-op.
+    instead of training the same run or anchor twice into the same folder; `log`, when given, says once that
+    this process is waiting and for which lock, so that a wait of hours is never silent. Without fcntl
+    (Windows) this is a no-op.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -170,7 +172,12 @@ def file_lock(path: str | os.PathLike):
         yield
         return
     with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if log is not None:
+                log(f"waiting for {path.name}: another process holds it (it trains the same run or anchor)")
+            fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
         finally:

@@ -2,12 +2,14 @@
 loses nothing; a damaged checkpoint costs one epoch; the release's datasets are fetched and checked."""
 
 import contextlib
+import fcntl
 import functools
 import http.server
 import json
 import os
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ import torch
 from flame_core import release
 from flame_core.cli import main
 from flame_core.files import CHECKPOINT, PREVIOUS, FileError, load_checkpoint, save_checkpoint
+from flame_core.utils import file_lock
 
 from conftest import same_history
 
@@ -145,6 +148,31 @@ def test_checkpoints_are_written_atomically_with_the_previous_one_kept(tmp_path)
     assert {p.name for p in tmp_path.iterdir()} == {CHECKPOINT, PREVIOUS}  # no temporary file left
     with pytest.raises(FileError, match="no 'method'"):
         load_checkpoint(tmp_path, log=print)
+
+
+def test_a_process_waiting_for_a_run_another_one_trains_says_so_once(tmp_path):
+    lock, lines, entered = tmp_path / ".run.lock", [], threading.Event()
+
+    def wait_for_it():
+        with file_lock(lock, log=lines.append):
+            entered.set()
+
+    with open(lock, "a") as held:  # another process training that run holds its lock
+        fcntl.flock(held, fcntl.LOCK_EX)
+        waiting = threading.Thread(target=wait_for_it)
+        waiting.start()
+        deadline = time.monotonic() + 10
+        while not lines and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not entered.is_set() and lines == [
+            "waiting for .run.lock: another process holds it (it trains the same run or anchor)"
+        ]
+        fcntl.flock(held, fcntl.LOCK_UN)
+    waiting.join(10)
+    assert entered.is_set() and len(lines) == 1
+    with file_lock(lock, log=lines.append):  # free: no line
+        pass
+    assert len(lines) == 1
 
 
 def test_a_run_folder_with_a_damaged_config_or_checkpoint_exits_2(tmp_path, capsys):
