@@ -9,7 +9,9 @@ decide otherwise), else one job per seed. A job whose every seed already has a r
 dataset, method, profile, seed and anchor) is skipped; an interrupted one resumes from its run folders under
 ``--runs``. Jobs run through submitit (a maintained job engine): its local executor by default, each job a
 subprocess, ``--parallel`` at a time; ``--executor slurm`` submits them as one Slurm array; ``--executor debug``
-runs them in this process. A line per job as it ends, a table at the end.
+runs them in this process (submitit opens pdb on a job that fails there; with stdin at its end pdb returns at
+once). A line per job as it ends, a table at the end. Stopping the sweep (Ctrl-C, or SIGTERM: ``kill PID``)
+stops its local jobs and keeps their checkpoints, so the same command resumes them; Slurm jobs go on.
 
 On a CPU, stacking seeds in one model does not pay (its batched products are as compute-bound as the separate
 ones); running seeds side by side in processes of their own can, as torch's 64-wide products scale poorly over
@@ -22,8 +24,11 @@ file lock) and reuse it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -244,27 +249,79 @@ def sweep(
         ex.update_parameters(timeout_min=24 * 60)
         if executor == "slurm":
             ex.update_parameters(slurm_array_parallelism=parallel, gpus_per_node=1)
-    t0 = time.perf_counter()
+    t0, submitted = time.perf_counter(), []
     if executor == "slurm":  # one array; Slurm runs --parallel of them at a time
         batches = [list(zip(todo, ex.map_array(run_job, todo)))]
     else:
         size = 1 if executor == "debug" else parallel
         batches = ([(job, ex.submit(run_job, job)) for job in todo[k : k + size]] for k in range(0, len(todo), size))
-    for batch in batches:
-        for job, handle in batch:
-            try:
-                out = handle.result()
-            except Exception as err:  # one failed job does not stop the others; its log says why
-                lines = str(err).strip().splitlines()
-                log(f"failed {job.name}: {lines[-1] if lines else type(err).__name__} (logs in {folder})")
-                rows += [{"job": job.name, "seed": s, "status": "failed"} for s in job.seeds]
-                continue
-            rows += out
-            summary = ", ".join(
-                f"seed {r['seed']}: {r['epochs run']} epochs, NDCG@20 {r['test NDCG@20']:.2f}" for r in out
-            )
-            log(f"done   {job.name} ({time.perf_counter() - t0:.0f} s): {summary}")
+    try:
+        with _interruptible():
+            for batch in batches:
+                submitted += [handle for _, handle in batch]
+                rows += _collect(batch, folder, t0, log)
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM to this process alone (kill PID)
+        running = [handle for handle in submitted if executor != "debug" and not handle.done()]
+        if executor == "local":  # its jobs are this machine's processes: stop them, or they train on unseen
+            _stop(running)
+            log(f"interrupted: stopped {len(running)} running job(s); the same command resumes them")
+        elif running:  # a cluster's jobs outlive the process that submitted them
+            log(f"interrupted: {len(running)} job(s) go on under {executor}; the same command skips what they record")
+        raise
     return rows
+
+
+def _collect(batch: list, folder: str | Path, t0: float, log: Callable[[str], None]) -> list[dict]:
+    """Wait for a batch's jobs; the summary rows of each (a failed job's say so)."""
+    rows = []
+    for job, handle in batch:
+        try:
+            out = handle.result()
+        except Exception as err:  # one failed job does not stop the others; its log says why
+            lines = str(err).strip().splitlines()
+            log(f"failed {job.name}: {lines[-1] if lines else type(err).__name__} (logs in {folder})")
+            rows += [{"job": job.name, "seed": s, "status": "failed"} for s in job.seeds]
+            continue
+        rows += out
+        summary = ", ".join(f"seed {r['seed']}: {r['epochs run']} epochs, NDCG@20 {r['test NDCG@20']:.2f}" for r in out)
+        log(f"done   {job.name} ({time.perf_counter() - t0:.0f} s): {summary}")
+    return rows
+
+
+@contextlib.contextmanager
+def _interruptible():
+    """While the block runs, SIGTERM raises KeyboardInterrupt here, as Ctrl-C does, so that a sweep stopped by
+    `kill PID` stops its local jobs rather than leaving them to train on without it. A process started in
+    the background by a shell ignores SIGINT, and so would the jobs it starts (an ignored signal stays ignored
+    across exec), so submitit's cancel (SIGINT) could not stop them: while the block runs, SIGINT is caught
+    and dropped here instead, which leaves this process as deaf to it as before and its jobs able to hear it.
+    Only in the main thread, where Python delivers signals."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, interrupt)}
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, lambda signum, frame: None)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _stop(handles: list, wait_s: float = 30.0) -> None:
+    """Cancel local jobs (SIGINT to submitit's controller, which stops its task, with SIGKILL a second later)
+    and wait up to `wait_s` for them to end, so that their run folders' locks are free when this returns.
+    Their checkpoints are written atomically at each epoch's end, so they resume from their last epoch."""
+    for handle in handles:
+        handle.cancel(check=False)
+    deadline = time.monotonic() + wait_s
+    while any(not handle.done(force_check=True) for handle in handles) and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 def table(rows: list[dict]) -> str:

@@ -48,7 +48,7 @@ marker="$(mktemp)"  # records newer than this one were written by this call
 
 start=$SECONDS
 timeout "$limit" "$py" -m flame_core sweep --profile full --device cuda --executor debug \
-    --runs "$runs" --record "$records" "$@" 2>&1 | tee "$out/sweep.log"
+    --runs "$runs" --record "$records" "$@" </dev/null 2>&1 | tee "$out/sweep.log"
 status=${PIPESTATUS[0]}
 [ "$status" -eq 124 ] && echo "== stopped at the limit of $limit s: the job then running wrote no record"
 

@@ -2,12 +2,16 @@
 what is recorded, FLAME from a released anchor as its own job, the command line's dry run."""
 
 import dataclasses
+import fcntl
 import io
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -71,6 +75,46 @@ def test_jobs_run_as_subprocesses_through_submitit_side_by_side_with_their_share
     assert sorted((r["seed"], r["status"]) for r in rows) == [(7, "trained"), (8, "trained")]
     records = sorted((tmp_path / "results" / "synthetic").glob("single-seed*.json"))
     assert [json.loads(p.read_text())["machine"]["threads"] for p in records] == [2, 2]
+
+
+def test_a_sweep_stopped_by_sigterm_stops_its_local_jobs_even_when_started_in_the_background(tmp_path, cache):
+    """`kill PID` of a sweep started by a shell in the background (SIGINT ignored, as such a shell leaves it):
+    its job stops within seconds (the run folder's lock is free) and the run keeps its checkpoint to resume."""
+    root = Path(__file__).parent.parent
+    argv = [
+        sys.executable,
+        *"-m flame_core sweep --profile quick --datasets synthetic --methods single --seeds 1 --device cpu".split(),
+        *"--set epochs=500 --set hidden=16 --set max_len=12".split(),
+        *("--runs", str(tmp_path / "runs"), "--record", str(tmp_path / "results")),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    ignore_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)  # noqa: E731
+    sweeping = subprocess.Popen(
+        argv,
+        cwd=tmp_path,
+        env=env,
+        preexec_fn=ignore_sigint,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        history = tmp_path / "runs" / "synthetic"
+        deadline = time.monotonic() + 90
+        while not any(p.stat().st_size for p in history.glob("single-seed1-*/history.jsonl")):
+            assert sweeping.poll() is None and time.monotonic() < deadline, "the job never trained an epoch"
+            time.sleep(0.2)
+        sweeping.send_signal(signal.SIGTERM)
+        out, _ = sweeping.communicate(timeout=60)
+    finally:
+        sweeping.kill()
+    assert sweeping.returncode == 130 and "interrupted: stopped 1 running job(s)" in out, out
+    (lock,) = history.glob(".single-seed1-*.lock")
+    with open(lock) as f:  # no job process holds it any more
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    (run,) = history.glob("single-seed1-*")
+    assert (run / "checkpoint.pt").exists() and not (run / "results.json").exists()
+    assert not list((tmp_path / "results").rglob("*.json"))
 
 
 def test_a_job_gets_cores_over_parallel_threads_on_a_cpu_only(tmp_path, monkeypatch):
