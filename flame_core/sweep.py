@@ -278,14 +278,23 @@ def _collect(batch: list, folder: str | Path, t0: float, log: Callable[[str], No
         try:
             out = handle.result()
         except Exception as err:  # one failed job does not stop the others; its log says why
-            lines = str(err).strip().splitlines()
-            log(f"failed {job.name}: {lines[-1] if lines else type(err).__name__} (logs in {folder})")
+            log(f"failed {job.name}: {_reason(err)} (logs in {folder})")
             rows += [{"job": job.name, "seed": s, "status": "failed"} for s in job.seeds]
             continue
         rows += out
         summary = ", ".join(f"seed {r['seed']}: {r['epochs run']} epochs, NDCG@20 {r['test NDCG@20']:.2f}" for r in out)
         log(f"done   {job.name} ({time.perf_counter() - t0:.0f} s): {summary}")
     return rows
+
+
+def _reason(err: Exception) -> str:
+    """The line that says why a job failed: the last line of its traceback. submitit's FailedJobError holds
+    the job's traceback between two rules of dashes, followed by where its logs are; other errors their own
+    message."""
+    text = str(err)
+    parts = text.split("\n----------------------\n")
+    lines = [line for line in (parts[1] if len(parts) == 3 else text).splitlines() if line.strip()]
+    return lines[-1].strip() if lines else type(err).__name__
 
 
 @contextlib.contextmanager

@@ -77,6 +77,19 @@ def test_jobs_run_as_subprocesses_through_submitit_side_by_side_with_their_share
     assert [json.loads(p.read_text())["machine"]["threads"] for p in records] == [2, 2]
 
 
+def test_a_job_that_fails_is_named_with_its_reason_and_the_others_still_run(tmp_path, cache):
+    bad = tmp_path / "bad.txt"
+    bad.write_text("1 2 3 4\n2 3 x 5\n")  # line 2 is malformed: the job fails when it loads it, in its subprocess
+    jobs = [*grid(tmp_path, methods=("single",), seeds=(7,)), *grid(tmp_path, methods=("single",), seeds=(7,))]
+    jobs[0] = dataclasses.replace(jobs[0], dataset=str(bad))
+    lines = []
+    rows = sweep.sweep(jobs, "local", folder=tmp_path / "logs", log=lines.append)
+    assert [(r["job"].split()[0], r["status"]) for r in rows] == [(str(bad), "failed"), ("synthetic", "trained")]
+    (failed,) = [line for line in lines if line.startswith("failed")]
+    assert f"DatasetError: {bad}:2: expected integer ids, got 'x'" in failed and str(tmp_path / "logs") in failed
+    assert "failed" in sweep.table(rows)
+
+
 def test_a_sweep_stopped_by_sigterm_stops_its_local_jobs_even_when_started_in_the_background(tmp_path, cache):
     """`kill PID` of a sweep started by a shell in the background (SIGINT ignored, as such a shell leaves it):
     its job stops within seconds (the run folder's lock is free) and the run keeps its checkpoint to resume."""
