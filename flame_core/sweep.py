@@ -9,9 +9,10 @@ decide otherwise), else one job per seed. A job whose every seed already has a r
 dataset, method, profile, seed and anchor) is skipped; an interrupted one resumes from its run folders under
 ``--runs``. Jobs run through submitit (a maintained job engine): its local executor by default, each job a
 subprocess, ``--parallel`` at a time; ``--executor slurm`` submits them as one Slurm array; ``--executor debug``
-runs them in this process (submitit opens pdb on a job that fails there; with stdin at its end pdb returns at
-once). A line per job as it ends, a table at the end. Stopping the sweep (Ctrl-C, or SIGTERM: ``kill PID``)
-stops its local jobs and keeps their checkpoints, so the same command resumes them; Slurm jobs go on.
+runs them in this process, their lines on this console (submitit opens pdb on a job that fails there; with stdin
+at its end pdb returns at once). A line per job as it starts, naming its log (a line per epoch), and as it ends;
+a table at the end. Stopping the sweep (Ctrl-C, or SIGTERM: ``kill PID``) stops its local jobs and keeps their
+checkpoints, so the same command resumes them; Slurm jobs go on.
 
 On a CPU, stacking seeds in one model does not pay (its batched products are as compute-bound as the separate
 ones); running seeds side by side in processes of their own can, as torch's 64-wide products scale poorly over
@@ -25,6 +26,7 @@ file lock) and reuse it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -144,7 +146,7 @@ def run_job(job: Job) -> list[dict]:
             seeds,
             root=job.runs,
             frozen=job.released,
-            log=lambda s: None,
+            log=functools.partial(print, flush=True),  # the job's log file (its stdout), or this console
         ):
             res = exp.results
             path = record(
@@ -259,6 +261,8 @@ def sweep(
         with _interruptible():
             for batch in batches:
                 submitted += [handle for _, handle in batch]
+                for job, handle in batch if executor != "debug" else []:
+                    log(f"start  {job.name}: its log {handle.paths.stdout}")
                 rows += _collect(batch, folder, t0, log)
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM to this process alone (kill PID)
         running = [handle for handle in submitted if executor != "debug" and not handle.done()]

@@ -71,8 +71,12 @@ def test_jobs_run_as_subprocesses_through_submitit_side_by_side_with_their_share
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(utils, "usable_cores", lambda: 4)  # two jobs at a time: two threads each
     jobs = grid(tmp_path, methods=("single",), seeds=(7, 8))
-    rows = sweep.sweep(jobs, "local", parallel=2, folder=tmp_path / "logs", log=lambda s: None)
+    lines = []
+    rows = sweep.sweep(jobs, "local", parallel=2, folder=tmp_path / "logs", log=lines.append)
     assert sorted((r["seed"], r["status"]) for r in rows) == [(7, "trained"), (8, "trained")]
+    started = [line.split(": its log ") for line in lines if line.startswith("start")]
+    assert [name for name, _ in started] == ["start  synthetic single seeds 7", "start  synthetic single seeds 8"]
+    assert all("epoch   1  loss=" in Path(log).read_text() for _, log in started)  # a line per epoch
     records = sorted((tmp_path / "results" / "synthetic").glob("single-seed*.json"))
     assert [json.loads(p.read_text())["machine"]["threads"] for p in records] == [2, 2]
 
