@@ -269,7 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="jobs at a time (default: 1); on a CPU each then gets cores/N threads unless OMP_NUM_THREADS is set",
     )
-    p.add_argument("--dry-run", action="store_true", help="list the jobs and what is recorded, run nothing")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list the jobs, what is recorded and where each unrecorded seed stands (not started, or the epoch "
+        "it resumes after), run nothing",
+    )
     return parser
 
 
@@ -421,8 +426,10 @@ def cmd_sweep(args) -> int:
         job.configs()  # bad settings fail here, before anything runs
     if args.dry_run:
         for job in jobs:
-            done = sorted(sweep.recorded_seeds(job))
+            done = sorted(sweep.recorded_seeds(job) & set(job.seeds))
             print(f"{job.name}: {'recorded ' + str(done) if done else 'to run'}; {job.command()}")
+            for seed, state in sweep.progress(job).items():
+                print(f"  seed {seed}: {state}")
         return 0
     rows = sweep.sweep(jobs, args.executor, args.parallel, Path(args.runs) / "sweep-logs")
     print(sweep.table(rows))

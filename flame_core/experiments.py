@@ -165,6 +165,11 @@ def run_key(data: Interactions, model: ModelConfig, cfg: TrainConfig, frozen: st
     return hashlib.sha1(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def run_dir(root: str | Path, data: Interactions, model: ModelConfig, cfg: TrainConfig, frozen: str | None = None):
+    """The run directory of one seed (cfg.seed) under `root`: root/DATASET/METHOD-seedSEED-KEY."""
+    return Path(root) / data.name / f"{cfg.method}-seed{cfg.seed}-{run_key(data, model, cfg, frozen)}"
+
+
 @dataclass
 class Experiment:
     """A finished run: its results record, the method with the selected weights, the data and split."""
@@ -223,7 +228,7 @@ def run_seeds(
     if out is not None:
         dirs = [out / f"seed{s}" for s in seeds] if len(seeds) > 1 else [out]
     else:
-        dirs = [folder / f"{cfg.method}-seed{s}-{run_key(data, model, cfg.replace(seed=s), frozen)}" for s in seeds]
+        dirs = [run_dir(root, data, model, cfg.replace(seed=s), frozen) for s in seeds]
     with contextlib.ExitStack() as locks:  # one lock per run folder, taken in a fixed order
         for d in sorted(dirs):
             locks.enter_context(file_lock(d.parent / f".{d.name}.lock", log))

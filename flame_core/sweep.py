@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 from flame_core.config import ModelConfig, TrainConfig
-from flame_core.experiments import load_records, record, run_seeds
+from flame_core.experiments import load, load_records, record, run_dir, run_seeds
 from flame_core.registry import method_class
 from flame_core.utils import git_revision, portable_command, resolve_device, threads_per_process
 
@@ -120,6 +120,32 @@ def recorded_seeds(job: Job) -> set[int]:
         and r["profile"] == job.profile
         and _anchor_matches(r, job.released)
     }
+
+
+def progress(job: Job) -> dict[int, str]:
+    """Where each seed of the job without a record stands in its run folder under ``--runs``: not started,
+    how far an interrupted run got (it resumes after that epoch), or trained and waiting to be recorded."""
+    model, cfg = job.configs()
+    data, _ = load(job.dataset, model.max_len, cfg.keep)
+    states = {}
+    for seed in sorted(set(job.seeds) - recorded_seeds(job)):
+        folder = run_dir(job.runs, data, model, cfg.replace(seed=seed), job.released)
+        history = folder / "history.jsonl"
+        rows = (
+            [json.loads(line) for line in history.read_text().splitlines() if line.strip()] if history.exists() else []
+        )
+        if (folder / "results.json").exists():
+            states[seed] = f"trained, not recorded: the sweep records it without training ({folder.name})"
+        elif rows:
+            best = max(rows, key=lambda r: r["valid/NDCG@20"])
+            states[seed] = (
+                f"resumes after epoch {rows[-1]['epoch']} of at most {cfg.epochs}: best valid NDCG@20 "
+                f"{best['valid/NDCG@20']:.2f} at epoch {best['epoch']}, {rows[-1]['epoch'] - best['epoch']} of "
+                f"{cfg.patience} epochs of patience used ({folder.name})"
+            )
+        else:
+            states[seed] = "not started"
+    return states
 
 
 def stacked(stack: bool, method: str, seeds) -> bool:

@@ -81,6 +81,25 @@ def test_jobs_run_as_subprocesses_through_submitit_side_by_side_with_their_share
     assert [json.loads(p.read_text())["machine"]["threads"] for p in records] == [2, 2]
 
 
+def test_the_dry_run_says_where_each_unrecorded_seed_stands(tmp_path, cache):
+    (job,) = grid(tmp_path, methods=("single",), seeds=(5,))
+    job = dataclasses.replace(job, settings={**job.settings, "epochs": 3})
+    assert sweep.progress(job) == {5: "not started"}
+    sweep.sweep([job], "debug", folder=tmp_path / "logs", log=lambda s: None)
+    assert sweep.progress(job) == {}  # recorded
+    (rec,) = (tmp_path / "results" / "synthetic").glob("single-seed5-*.json")
+    rec.unlink()
+    (run,) = (tmp_path / "runs" / "synthetic").glob("single-seed5-*")
+    assert sweep.progress(job) == {5: f"trained, not recorded: the sweep records it without training ({run.name})"}
+    (run / "results.json").unlink()  # as a run stopped after its last epoch's checkpoint leaves it
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    best = max(history, key=lambda r: r["valid/NDCG@20"])
+    assert sweep.progress(job) == {
+        5: f"resumes after epoch 3 of at most 3: best valid NDCG@20 {best['valid/NDCG@20']:.2f} at epoch "
+        f"{best['epoch']}, {3 - best['epoch']} of {job.settings['patience']} epochs of patience used ({run.name})"
+    }
+
+
 def test_a_job_that_fails_is_named_with_its_reason_and_the_others_still_run(tmp_path, cache):
     bad = tmp_path / "bad.txt"
     bad.write_text("1 2 3 4\n2 3 x 5\n")  # line 2 is malformed: the job fails when it loads it, in its subprocess
