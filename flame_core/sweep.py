@@ -287,8 +287,8 @@ def sweep(
         with _interruptible():
             for batch in batches:
                 submitted += [handle for _, handle in batch]
-                for job, handle in batch if executor != "debug" else []:
-                    log(f"start  {job.name}: its log {handle.paths.stdout}")
+                for job, handle in batch:  # a debug job's lines come on this console, as it runs
+                    log(f"start  {job.name}" + ("" if executor == "debug" else f": its log {handle.paths.stdout}"))
                 rows += _collect(batch, folder, t0, log)
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM to this process alone (kill PID)
         running = [handle for handle in submitted if executor != "debug" and not handle.done()]

@@ -53,6 +53,7 @@ def test_a_sweep_records_every_run_and_skips_them_the_second_time(tmp_path, cach
         ("single", 43, "trained"),
     ]
     assert sum(line.startswith("done") for line in lines) == 4  # a job per seed on a CPU
+    assert [line for line in lines if line.startswith("start")] == [f"start  {j.name}" for j in jobs]
     records = sorted((tmp_path / "results" / "synthetic").glob("*.json"))
     assert len(records) == 4
     rec = json.loads(records[0].read_text())
