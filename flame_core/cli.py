@@ -29,7 +29,7 @@ from flame_core.files import CHECKPOINT, read_json, require
 from flame_core.methods import build_method
 from flame_core.metrics import format_table
 from flame_core.registry import REGISTRY, method_class
-from flame_core.utils import portable_command, resolve_device
+from flame_core.utils import git_revision, portable_command, resolve_device
 
 DATASETS_HELP = f"""The data folder is $FLAME_DATA_DIR when set, else CACHE/data (CACHE: $FLAME_CACHE_DIR or
 ~/.cache/flame_core). A dataset NAME is NAME.txt there ('user item item ...' per line); ml-100k comes with the
@@ -473,6 +473,7 @@ def cmd_datasets(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    git_revision()  # this process's code, read now: runs and records name it even if commits land meanwhile
     args = build_parser().parse_args(argv)
     args.command_line = portable_command(["python", "-m", "flame_core", *(sys.argv[1:] if argv is None else argv)])
     commands = {

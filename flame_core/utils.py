@@ -68,10 +68,22 @@ def machine_fingerprint(device: torch.device) -> dict:
 
 
 def git_revision(cwd: str | Path | None = None) -> str:
-    """The commit checked out at `cwd` (default: this package's folder), with '+dirty' when the files under
-    `cwd` differ from it (changed, or new and not ignored), so a run names the code it ran: records and
-    benchmark results written elsewhere in the repository leave it clean. 'unknown' outside git."""
-    cwd = cwd or Path(__file__).parent
+    """The commit checked out at `cwd`, with '+dirty' when the files under `cwd` differ from it (changed, or
+    new and not ignored), so a run names the code it ran: records and benchmark results written elsewhere in
+    the repository leave it clean. 'unknown' outside git.
+
+    Without `cwd`: this package's revision as this process first asked for it (the command line asks as it
+    starts), and the same answer after: a process runs the code it imported, so a run that trains for hours
+    while commits land beside it still names the code it runs."""
+    return _revision(cwd) if cwd is not None else _package_revision()
+
+
+@functools.cache
+def _package_revision() -> str:
+    return _revision(Path(__file__).parent)
+
+
+def _revision(cwd: str | Path) -> str:
     try:
         rev = subprocess.run(
             ["git", "rev-parse", "--short=12", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True, timeout=10

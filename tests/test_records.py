@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from flame_core import utils
 from flame_core.metrics import RANK_CAP, decode_ranks, encode_ranks, metrics_from_ranks
 from flame_core.utils import git_revision, machine_fingerprint, portable_command
 
@@ -82,6 +83,17 @@ def test_the_revision_is_dirty_only_when_the_code_it_names_changed(tmp_path):
     (pkg / "b.py").unlink()
     (pkg / "a.py").write_text("x = 2\n")
     assert git_revision(pkg).endswith("+dirty")
+
+
+def test_the_package_revision_is_read_once_so_a_long_run_names_the_code_it_imported(monkeypatch):
+    answers = iter(["aaa111", "bbb222+dirty"])  # a commit lands while the process trains
+    monkeypatch.setattr(utils, "_revision", lambda cwd: next(answers))
+    utils._package_revision.cache_clear()
+    try:
+        assert [git_revision(), git_revision()] == ["aaa111", "aaa111"]
+        assert git_revision(Path.cwd()) == "bbb222+dirty"  # a folder asked for by name is read afresh
+    finally:
+        utils._package_revision.cache_clear()
 
 
 def test_the_machine_that_timed_a_run_is_named_without_identifying_it():
