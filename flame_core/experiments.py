@@ -165,7 +165,9 @@ def run_key(data: Interactions, model: ModelConfig, cfg: TrainConfig, frozen: st
     return hashlib.sha1(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def run_dir(root: str | Path, data: Interactions, model: ModelConfig, cfg: TrainConfig, frozen: str | None = None):
+def run_dir(
+    root: str | Path, data: Interactions, model: ModelConfig, cfg: TrainConfig, frozen: str | None = None
+) -> Path:
     """The run directory of one seed (cfg.seed) under `root`: root/DATASET/METHOD-seedSEED-KEY."""
     return Path(root) / data.name / f"{cfg.method}-seed{cfg.seed}-{run_key(data, model, cfg, frozen)}"
 
