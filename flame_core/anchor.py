@@ -87,14 +87,22 @@ def _pretrain_or_load(
     return method.learn, path
 
 
+def anchor_paths(
+    data: Interactions, model: ModelConfig, cfg: TrainConfig, root: Path | None = None
+) -> tuple[Path, Path]:
+    """Where the anchor for these settings is cached, and the run folder its pretraining trains in."""
+    root = Path(root) if root is not None else cache_dir() / "anchors"
+    stem = f"{data.name}-{anchor_key(data, model, cfg)}"
+    return root / f"{stem}.pt", root / f"{stem}-run"
+
+
 def cached_anchor_results(
     data: Interactions, model: ModelConfig, cfg: TrainConfig, root: Path | None = None
 ) -> dict | None:
     """The pretraining results stored with the cached anchor for these settings (selected epoch, epochs run,
     validation and test metrics, training seconds, the machine that timed them; anchors cached before that
     have no "machine"), or None if it is not cached."""
-    root = Path(root) if root is not None else cache_dir() / "anchors"
-    path = root / f"{data.name}-{anchor_key(data, model, cfg)}.pt"
+    path, _ = anchor_paths(data, model, cfg, root)
     if not path.exists():
         return None
     cached = read_torch(path, CACHED)

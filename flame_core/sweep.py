@@ -38,8 +38,11 @@ from pathlib import Path
 
 import torch
 
+from flame_core.anchor import anchor_paths
 from flame_core.config import ModelConfig, TrainConfig
+from flame_core.data import Interactions
 from flame_core.experiments import load, load_records, record, run_dir, run_seeds
+from flame_core.methods import build_method
 from flame_core.registry import method_class
 from flame_core.utils import git_revision, portable_command, resolve_device, threads_per_process
 
@@ -123,29 +126,46 @@ def recorded_seeds(job: Job) -> set[int]:
 
 
 def progress(job: Job) -> dict[int, str]:
-    """Where each seed of the job without a record stands in its run folder under ``--runs``: not started,
-    how far an interrupted run got (it resumes after that epoch), or trained and waiting to be recorded."""
+    """Where each seed of the job without a record stands in its run folder under ``--runs``: not started (and
+    then its pretrained networks: cached, pretraining, or to pretrain), how far an interrupted run got (it
+    resumes after that epoch), or trained and waiting to be recorded."""
     model, cfg = job.configs()
     data, _ = load(job.dataset, model.max_len, cfg.keep)
     states = {}
     for seed in sorted(set(job.seeds) - recorded_seeds(job)):
         folder = run_dir(job.runs, data, model, cfg.replace(seed=seed), job.released)
-        history = folder / "history.jsonl"
-        rows = (
-            [json.loads(line) for line in history.read_text().splitlines() if line.strip()] if history.exists() else []
-        )
         if (folder / "results.json").exists():
             states[seed] = f"trained, not recorded: the sweep records it without training ({folder.name})"
-        elif rows:
-            best = max(rows, key=lambda r: r["valid/NDCG@20"])
-            states[seed] = (
-                f"resumes after epoch {rows[-1]['epoch']} of at most {cfg.epochs}: best valid NDCG@20 "
-                f"{best['valid/NDCG@20']:.2f} at epoch {best['epoch']}, {rows[-1]['epoch'] - best['epoch']} of "
-                f"{cfg.patience} epochs of patience used ({folder.name})"
-            )
+        elif rows := _history(folder):
+            states[seed] = f"resumes {_where(rows, cfg)} ({folder.name})"
         else:
-            states[seed] = "not started"
+            specs = (
+                [] if job.released else build_method(data.num_items, model, cfg.replace(seed=seed)).pretrained_specs()
+            )
+            nets = ", ".join(f"{name} {_anchor_state(data, m, c)}" for name, m, c in specs)
+            states[seed] = "not started" + (f"; first its pretrained networks: {nets}" if nets else "")
     return states
+
+
+def _history(folder: Path) -> list[dict]:
+    path = folder / "history.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def _where(rows: list[dict], cfg: TrainConfig) -> str:
+    best = max(rows, key=lambda r: r["valid/NDCG@20"])
+    return (
+        f"after epoch {rows[-1]['epoch']} of at most {cfg.epochs}: best valid NDCG@20 {best['valid/NDCG@20']:.2f} "
+        f"at epoch {best['epoch']}, {rows[-1]['epoch'] - best['epoch']} of {cfg.patience} epochs of patience used"
+    )
+
+
+def _anchor_state(data: Interactions, model: ModelConfig, cfg: TrainConfig) -> str:
+    path, folder = anchor_paths(data, model, cfg)
+    if path.exists():
+        return "cached"
+    rows = _history(folder)
+    return f"pretraining, {_where(rows, cfg)}" if rows else "to pretrain"
 
 
 def stacked(stack: bool, method: str, seeds) -> bool:

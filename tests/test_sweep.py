@@ -101,6 +101,17 @@ def test_the_dry_run_says_where_each_unrecorded_seed_stands(tmp_path, cache):
     }
 
 
+def test_the_dry_run_says_whether_a_method_s_pretrained_networks_are_cached(tmp_path, cache):
+    (flame,) = grid(tmp_path, methods=("flame",), seeds=(5,))
+    assert sweep.progress(flame) == {5: "not started; first its pretrained networks: anchor to pretrain"}
+    sweep.sweep([flame], "debug", folder=tmp_path / "logs", log=lambda s: None)
+    for done in (tmp_path / "results" / "synthetic").glob("flame-seed5-*.json"):
+        done.unlink()
+    for run in (tmp_path / "runs" / "synthetic").glob("flame-seed5-*"):
+        shutil.rmtree(run)
+    assert sweep.progress(flame) == {5: "not started; first its pretrained networks: anchor cached"}
+
+
 def test_a_job_that_fails_is_named_with_its_reason_and_the_others_still_run(tmp_path, cache):
     bad = tmp_path / "bad.txt"
     bad.write_text("1 2 3 4\n2 3 x 5\n")  # line 2 is malformed: the job fails when it loads it, in its subprocess
