@@ -44,10 +44,9 @@ def pretrain_anchor(
 
     An interrupted pretraining resumes from its own checkpoint on the next call.
     """
-    root = Path(root) if root is not None else cache_dir() / "anchors"
-    key = anchor_key(data, model, cfg)
-    with file_lock(root / f".{data.name}-{key}.lock", log):  # another process training it: wait, then reuse it
-        return _pretrain_or_load(data, split, model, cfg, root, key, log)
+    path, folder = anchor_paths(data, model, cfg, root)
+    with file_lock(path.parent / f".{path.stem}.lock", log):  # another process training it: wait, then reuse it
+        return _pretrain_or_load(data, split, model, cfg, path, folder, log)
 
 
 def _pretrain_or_load(
@@ -55,11 +54,11 @@ def _pretrain_or_load(
     split: Split,
     model: ModelConfig,
     cfg: TrainConfig,
-    root: Path,
-    key: str,
+    path: Path,
+    folder: Path,
     log: Callable[[str], None],
 ) -> tuple[SASRecStack, Path]:
-    path, device = root / f"{data.name}-{key}.pt", split.train_targets.device
+    device = split.train_targets.device
     if path.exists():
         try:
             anchor = load_anchor(path, model, data.num_items)
@@ -67,10 +66,10 @@ def _pretrain_or_load(
             return anchor.to(device), path
         except FileError as err:  # a damaged cache entry is rebuilt (from its run folder when that survived)
             log(f"warning: {err}; pretraining the anchor again")
-    log(f"anchor: pretraining a Single SASRec for {data.name} (cache key {key})")
+    log(f"anchor: pretraining a Single SASRec for {data.name} (cache key {anchor_key(data, model, cfg)})")
     single_cfg = cfg.replace(method="single")
     method = Single(data.num_items, model, single_cfg).to(device)
-    results = train(method, split, out_dir=root / f"{data.name}-{key}-run", resume=True, log=log)
+    results = train(method, split, out_dir=folder, resume=True, log=log)
     meta = {k: results[k] for k in ("best_epoch", "epochs_run", "valid", "test", "train_seconds", "train_cpu_seconds")}
     meta["machine"] = machine_fingerprint(device)  # the machine that timed it (that finished it, if it resumed)
     settings = {"model": model.to_dict(), "train": {k: getattr(cfg, k) for k in ANCHOR_SETTINGS}}
