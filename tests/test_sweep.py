@@ -3,6 +3,7 @@ what is recorded, FLAME from a released anchor as its own job, the command line'
 
 import dataclasses
 import fcntl
+import functools
 import io
 import json
 import os
@@ -136,7 +137,9 @@ def test_a_sweep_stopped_by_sigterm_stops_its_local_jobs_even_when_started_in_th
         *("--runs", str(tmp_path / "runs"), "--record", str(tmp_path / "results")),
     ]
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
-    ignore_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)  # noqa: E731
+    ignore_sigint = functools.partial(
+        signal.signal, signal.SIGINT, signal.SIG_IGN
+    )  # as a shell leaves a background job
     sweeping = subprocess.Popen(
         argv,
         cwd=tmp_path,
