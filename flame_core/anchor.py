@@ -66,7 +66,7 @@ def _pretrain_or_load(
             return anchor.to(device), path
         except FileError as err:  # a damaged cache entry is rebuilt (from its run folder when that survived)
             log(f"warning: {err}; pretraining the anchor again")
-    log(f"anchor: pretraining a Single SASRec for {data.name} (cache key {anchor_key(data, model, cfg)})")
+    log(f"anchor: pretraining a Single SASRec for {data.name} (cache entry {path.name})")
     single_cfg = cfg.replace(method="single")
     method = Single(data.num_items, model, single_cfg).to(device)
     results = train(method, split, out_dir=folder, resume=True, log=log)

@@ -137,9 +137,8 @@ def test_a_sweep_stopped_by_sigterm_stops_its_local_jobs_even_when_started_in_th
         *("--runs", str(tmp_path / "runs"), "--record", str(tmp_path / "results")),
     ]
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
-    ignore_sigint = functools.partial(
-        signal.signal, signal.SIGINT, signal.SIG_IGN
-    )  # as a shell leaves a background job
+    # SIGINT ignored, as a shell leaves a background job
+    ignore_sigint = functools.partial(signal.signal, signal.SIGINT, signal.SIG_IGN)
     sweeping = subprocess.Popen(
         argv,
         cwd=tmp_path,
