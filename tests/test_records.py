@@ -120,3 +120,34 @@ def test_records_settings_read_back_into_todays_configuration(path):
     assert ModelConfig.from_dict(rec["model"]).max_len == rec["model"]["max_len"]
     if "split" in rec["train"]:
         assert cfg.flame.module_split == rec["train"]["split"]
+
+
+FIGURE = re.compile(r"\d+\.\d\d ± \d+\.\d\d|(?<=\*\*)\d+\.\d\d(?=\*\*)")  # '7.07 ± 0.03', or one seed's **7.05**
+
+
+def full_profile_rows(readme: str):
+    """README's "Measured figures" rows of full-profile sweeps: (the datasets of their command, result cell)."""
+    for line in readme.splitlines():
+        cells = line.split(" | ")
+        if line.startswith("| ") and len(cells) == 4 and "--profile full" in cells[1]:
+            datasets = re.search(r"--datasets ([\w,-]+)", cells[1])
+            yield datasets.group(1).split(","), cells[3]
+
+
+def test_readme_quotes_the_full_profile_records_as_they_stand():
+    """Every mean ± sd (or one seed's bold figure) of README's full-profile rows is one the records give for a
+    table row of that dataset, test NDCG@20 or HR@20: a seed that lands without its row updated fails here."""
+    import flamebook
+    from flame_core.experiments import load_records
+
+    records = [r for r in load_records(ROOT / "results") if r["profile"] == "full"]
+    rows = list(full_profile_rows((ROOT / "README.md").read_text()))
+    assert len(rows) >= 10
+    for datasets, result in rows:
+        recorded = set()
+        for dataset in datasets:
+            for name in {flamebook.variant(r) for r in records if r["dataset"] == dataset}:
+                m = flamebook.metrics_over_seeds(flamebook.records_of(records, dataset, name))
+                recorded |= {flamebook.plus_minus(m[k], m[f"{k} sd"]) for k in ("NDCG@20", "HR@20")}
+        stale = [f for f in FIGURE.findall(result) if f not in recorded]
+        assert not stale, f"README's row for {datasets} quotes {stale}, which no full record of theirs gives"
