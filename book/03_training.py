@@ -323,6 +323,11 @@ for d in table_datasets:
         findings[-1] += f" The other methods run there, against Single per test user: {versus}."
     if compared and (modules := flamebook.modules_sentence(full, d)):
         findings[-1] += f" {modules}."
+    if not compared and (versus := flamebook.against_single(others, numbers_full.loc[(d, "Single")])):
+        findings.append(
+            f"On **{d}**, where FLAME has no full record yet, the methods that ran there, against Single "
+            f"({main_full.loc[(d, 'Single'), 'NDCG@20']}) per test user: {versus}."
+        )
 missing = [d for d in table_datasets if not flamebook.ran(numbers_full.loc[d]).index.isin(flames).any()]
 findings.append(
     f"Not run yet (no full record of FLAME from either anchor): {', '.join(missing)}."
