@@ -320,11 +320,12 @@ for d in table_datasets:
         )
     others = numbers_full.loc[d].drop(index=["Single", *flames])
     versus = flamebook.against_single(others, numbers_full.loc[(d, "Single")])
-    if compared and versus:
-        findings[-1] += f" The other methods run there, against Single per test user: {versus}."
-    if compared and (modules := flamebook.modules_sentence(full, d)):
-        findings[-1] += f" {modules}."
-    if not compared and versus:
+    if compared:
+        if versus:
+            findings[-1] += f" The other methods run there, against Single per test user: {versus}."
+        if modules := flamebook.modules_sentence(full, d):
+            findings[-1] += f" {modules}."
+    elif versus:
         findings.append(
             f"On **{d}**, where FLAME has no full record yet, the methods that ran there, against Single "
             f"({main_full.loc[(d, 'Single'), 'NDCG@20']}) per test user: {versus}."
