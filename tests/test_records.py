@@ -151,3 +151,44 @@ def test_readme_quotes_the_full_profile_records_as_they_stand():
                 recorded |= {flamebook.plus_minus(m[k], m[f"{k} sd"]) for k in ("NDCG@20", "HR@20")}
         stale = [f for f in FIGURE.findall(result) if f not in recorded]
         assert not stale, f"README's row for {datasets} quotes {stale}, which no full record of theirs gives"
+
+
+# '+0.04 points [−0.05, +0.12], Wilcoxon p 0.65', with the clause before it (from the last ';' or sentence end)
+COMPARISON = re.compile(
+    r"([^;]*?)([+−-]\d+\.\d\d) points \[([+−-]\d+\.\d\d), ([+−-]\d+\.\d\d)\],? (?:but )?(?:Wilcoxon )?p ([\d.e-]*\d)"
+)
+
+
+def same_p(quoted: str, p: float) -> bool:
+    """`p` rounds to `quoted` at the significant digits `quoted` shows ('0.040' has two, '2e-43' one)."""
+    digits = len(quoted.split("e")[0].replace(".", "").lstrip("0"))
+    return float(f"{p:.{digits}g}") == float(quoted)
+
+
+def test_readme_quotes_the_per_user_comparisons_with_single_as_they_stand():
+    """Every per-user difference with Single that README's full-profile rows quote (mean difference in points,
+    its 95% CI and the Wilcoxon p) is the one chapter 3's main table computes for a method of that dataset;
+    clauses comparing with an anchor or Ensemble-Guide are chapter 3's other tables and are not read here."""
+    import flamebook
+    from flame_core.experiments import load_records
+
+    records = [r for r in load_records(ROOT / "results") if r["profile"] == "full"]
+    checked = 0
+    for datasets, result in full_profile_rows((ROOT / "README.md").read_text()):
+        names = sorted({flamebook.variant(r) for r in records if r["dataset"] in datasets})
+        numbers = flamebook.main_numbers(records, datasets, names)
+        computed = [
+            (flamebook.delta_text(row), row["p"])
+            for _, row in numbers.iterrows()
+            if row["comparison"] == flamebook.PER_USER
+        ]
+        for clause, *delta, quoted_p in COMPARISON.findall(result.replace("**", "")):
+            sentence = clause.split(". ")[-1]
+            if "anchor" in sentence or "Ensemble-Guide" in sentence:
+                continue
+            text = "{} [{}, {}]".format(*delta).replace("−", "-")
+            assert any(t == text and same_p(quoted_p, p) for t, p in computed), (
+                f"README's row for {datasets} quotes {text}, p {quoted_p} against Single; the records give {computed}"
+            )
+            checked += 1
+    assert checked >= 12
