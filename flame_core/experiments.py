@@ -41,6 +41,7 @@ from flame_core.utils import (
     portable_command,
     resolve_device,
     sha256_file,
+    weights_digest,
 )
 
 PROTOCOL_KEY = ("method", "epochs", "patience", "batch_size", "lr", "seed", "keep")  # what a run's numbers depend on
@@ -81,17 +82,30 @@ def build(
         pairs = [pretrain_anchor(data, split, spec_model, spec_cfg, log=log) for _, spec_model, spec_cfg in specs]
         nets, paths = [net for net, _ in pairs], [path for _, path in pairs]
     method.set_pretrained([net.to(device) for net in nets])
-    return method, pretrained_provenance(specs, paths, data, frozen)
+    return method, pretrained_provenance(specs, paths, nets, data, frozen)
 
 
-def pretrained_provenance(specs: list, paths: list[Path], data: Interactions, frozen: str | None) -> list[dict]:
+def pretrained_provenance(
+    specs: list, paths: list[Path], nets: list[SASRecStack], data: Interactions, frozen: str | None
+) -> list[dict]:
     """Where each pretrained network comes from, with no machine path: a given file by name and content
     digest, or an anchor pretrained here by its seed, budget and cache key, with its own training seconds,
-    epochs and the machine that timed them (so a record can count the anchor's cost, where it compares)."""
+    epochs and the machine that timed them (so a record can count the anchor's cost, where it compares).
+    Either way `weights` digests the network's weights (`utils.weights_digest`): runs that share an anchor
+    show the same digest, and an anchor trained again (a lost cache) shows whether it came out the same."""
+    weights = [weights_digest(net.state_dict()) for net in nets]
     if frozen:
-        return [{"name": specs[0][0], "origin": "file", "file": Path(frozen).name, "sha256": sha256_file(frozen)}]
+        return [
+            {
+                "name": specs[0][0],
+                "origin": "file",
+                "file": Path(frozen).name,
+                "sha256": sha256_file(frozen),
+                "weights": weights[0],
+            }
+        ]
     out = []
-    for (name, model, cfg), path in zip(specs, paths):
+    for (name, model, cfg), path, digest in zip(specs, paths, weights):
         cached = cached_anchor_results(data, model, cfg) or {}  # its own training: seconds, epochs, selection
         out.append(
             {
@@ -101,6 +115,7 @@ def pretrained_provenance(specs: list, paths: list[Path], data: Interactions, fr
                 "epoch_budget": cfg.epochs,
                 "key": anchor_key(data, model, cfg),
                 "file": path.name,
+                "weights": digest,
                 **{
                     k: cached[k]
                     for k in ("train_seconds", "train_cpu_seconds", "epochs_run", "best_epoch", "machine")

@@ -196,6 +196,17 @@ def file_lock(path: str | os.PathLike, log: Callable[[str], None] | None = None)
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def weights_digest(state: dict[str, torch.Tensor]) -> str:
+    """16 hex digits of a state dict's names, dtypes, shapes and values: the same weights give the same digest
+    whatever file holds them or wherever they were trained, so records can show which runs shared a network."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     """Hex SHA-256 of a file's content."""
     digest = hashlib.sha256()

@@ -12,7 +12,7 @@ import torch
 from flame_core.cli import main
 from flame_core.config import ConfigError, ModelConfig, TrainConfig
 from flame_core.data import available_datasets
-from flame_core.utils import machine_fingerprint
+from flame_core.utils import machine_fingerprint, weights_digest
 
 TINY = ["--dataset", "synthetic", "--hidden", "16", "--max-len", "12", "--batch-size", "128", "--no-progress"]
 
@@ -48,6 +48,9 @@ def test_train_prints_the_results_table_and_writes_the_run(tmp_path, capsys, mon
     assert rec["pretrained"][0]["train_cpu_seconds"] > 0 and rec["train_cpu_seconds"] > 0  # CPU seconds too
     assert rec["machine"] == machine_fingerprint(torch.device("cpu"))  # what timed it: hardware, cores, threads
     assert rec["pretrained"][0]["machine"] == rec["machine"]  # and what timed its anchor
+    (cached,) = (tmp_path / "cache" / "anchors").glob("synthetic-*.pt")
+    assert rec["pretrained"][0]["file"] == cached.name  # the cache entry, and the weights it holds
+    assert rec["pretrained"][0]["weights"] == weights_digest(torch.load(cached, weights_only=True)["state"])
     assert "dataset=synthetic users=200" in printed and "training samples=" in printed
     assert "anchor: pretraining" in printed and "flame test" in printed and "NDCG@20" in printed
     assert json.loads((out / "results.json").read_text())["epochs_run"] == 1

@@ -47,6 +47,44 @@ def test_records_name_their_pretrained_networks_and_decode_their_ranks(path):
         assert metrics_from_ranks(ranks)["NDCG@20"] == pytest.approx(rec["test"]["NDCG@20"], abs=1e-9)
 
 
+def anchors_named_with_other_weights(records: dict[str, dict]) -> list[str]:
+    """Pairs of records (by name) that name the same cached anchor (dataset and cache key) with different weight
+    digests; records written before the digest have none and are not compared."""
+    seen, clashes = {}, []
+    for name, rec in records.items():
+        for p in rec["pretrained"]:
+            if p["origin"] == "pretrained" and "weights" in p:
+                first = seen.setdefault((rec["dataset"], p["key"]), (p["weights"], name))
+                clashes += [f"{name} and {first[1]} ({p['key']})"] if first[0] != p["weights"] else []
+    return clashes
+
+
+def test_records_that_name_one_anchor_hold_the_same_weights():
+    """Runs whose records name one cached anchor were trained beside the same frozen weights: an anchor trained
+    again after its cache was lost, into other weights, shows here instead of passing for the same one."""
+    records = {p.name: json.loads(p.read_text()) for p in sorted((ROOT / "results").glob("*/*.json"))}
+    assert not anchors_named_with_other_weights(records)
+
+    def made(*weights):  # records r0, r1, ... naming anchor k1 of dataset d with these digests
+        return {
+            f"r{i}": {"dataset": "d", "pretrained": [{"origin": "pretrained", "key": "k1", "weights": w}]}
+            for i, w in enumerate(weights)
+        }
+
+    assert anchors_named_with_other_weights(made("aa", "aa")) == []
+    assert anchors_named_with_other_weights(made("aa", "aa", "bb")) == ["r2 and r0 (k1)"]
+
+
+def test_weights_digest_reads_the_values_not_the_storage():
+    state = {"w": torch.randn(3, 4), "scale": torch.tensor(2.0), "none": torch.zeros(0), "h": torch.ones(2).half()}
+    assert utils.weights_digest(state) == utils.weights_digest({k: v.clone() for k, v in state.items()})
+    assert utils.weights_digest(state) == utils.weights_digest({**state, "w": state["w"].t().contiguous().t()})
+    moved = {**state, "w": state["w"].clone()}
+    moved["w"][1, 2] += 1e-6
+    assert utils.weights_digest(moved) != utils.weights_digest(state)
+    assert utils.weights_digest({**state, "w": state["w"].reshape(4, 3)}) != utils.weights_digest(state)
+
+
 def test_ranks_round_trip_capped_at_one_byte():
     ranks = np.array([0, 1, 19, 20, 254, 255, 256, 11923])
     blob = encode_ranks(ranks)
