@@ -160,6 +160,14 @@ def test_records_settings_read_back_into_todays_configuration(path):
         assert cfg.flame.module_split == rec["train"]["split"]
 
 
+@pytest.fixture(scope="module")
+def full_records() -> list[dict]:
+    """The committed full-profile records, read once for the README tests."""
+    from flame_core.experiments import load_records
+
+    return [r for r in load_records(ROOT / "results") if r["profile"] == "full"]
+
+
 FIGURE = re.compile(r"\d+\.\d\d ± \d+\.\d\d|(?<=\*\*)\d+\.\d\d(?=\*\*)")  # '7.07 ± 0.03', or one seed's **7.05**
 
 
@@ -172,20 +180,18 @@ def full_profile_rows(readme: str):
             yield datasets.group(1).split(","), cells[3]
 
 
-def test_readme_quotes_the_full_profile_records_as_they_stand():
+def test_readme_quotes_the_full_profile_records_as_they_stand(full_records):
     """Every mean ± sd (or one seed's bold figure) of README's full-profile rows is one the records give for a
     table row of that dataset, test NDCG@20 or HR@20: a seed that lands without its row updated fails here."""
     import flamebook
-    from flame_core.experiments import load_records
 
-    records = [r for r in load_records(ROOT / "results") if r["profile"] == "full"]
     rows = list(full_profile_rows((ROOT / "README.md").read_text()))
     assert len(rows) >= 10
     for datasets, result in rows:
         recorded = set()
         for dataset in datasets:
-            for name in {flamebook.variant(r) for r in records if r["dataset"] == dataset}:
-                m = flamebook.metrics_over_seeds(flamebook.records_of(records, dataset, name))
+            for name in {flamebook.variant(r) for r in full_records if r["dataset"] == dataset}:
+                m = flamebook.metrics_over_seeds(flamebook.records_of(full_records, dataset, name))
                 recorded |= {flamebook.plus_minus(m[k], m[f"{k} sd"]) for k in ("NDCG@20", "HR@20")}
         stale = [f for f in FIGURE.findall(result) if f not in recorded]
         assert not stale, f"README's row for {datasets} quotes {stale}, which no full record of theirs gives"
@@ -203,18 +209,16 @@ def same_p(quoted: str, p: float) -> bool:
     return float(f"{p:.{digits}g}") == float(quoted)
 
 
-def test_readme_quotes_the_per_user_comparisons_with_single_as_they_stand():
+def test_readme_quotes_the_per_user_comparisons_with_single_as_they_stand(full_records):
     """Every per-user difference with Single that README's full-profile rows quote (mean difference in points,
     its 95% CI and the Wilcoxon p) is the one chapter 3's main table computes for a method of that dataset;
     clauses comparing with an anchor or Ensemble-Guide are chapter 3's other tables and are not read here."""
     import flamebook
-    from flame_core.experiments import load_records
 
-    records = [r for r in load_records(ROOT / "results") if r["profile"] == "full"]
     checked = 0
     for datasets, result in full_profile_rows((ROOT / "README.md").read_text()):
-        names = sorted({flamebook.variant(r) for r in records if r["dataset"] in datasets})
-        numbers = flamebook.main_numbers(records, datasets, names)
+        names = sorted({flamebook.variant(r) for r in full_records if r["dataset"] in datasets})
+        numbers = flamebook.main_numbers(full_records, datasets, names)
         computed = [
             (flamebook.delta_text(row), row["p"])
             for _, row in numbers.iterrows()
