@@ -278,6 +278,7 @@ def test_table_4_summarises_seeds_and_says_why_a_speed_up_is_missing():
     said = flamebook.convergence_sentence("a", "FLAME", a)
     assert "in training seconds without its anchor's pretraining and 0.60x with it (1.50x in epochs)" in said
     assert "3.00x as fast as Single in training seconds" in said
+    assert "the seconds come from 1 of the 2 seeds that got there, the other timed on another device" in said
     said = flamebook.convergence_sentence("b", "FLAME (released anchor)", b)
     assert "in 1/2 seeds, 1 never within its run; in the one that did, 3.00x as fast as Single" in said
     assert b["machines named"] == "0/1"  # of the seeds whose seconds make the speed-up, not of all timed alike

@@ -548,8 +548,9 @@ def _counts(cell: str) -> tuple[int, int]:
 def convergence_sentence(dataset: str, method: str, row: pd.Series) -> str:
     """One row of `convergence_summary` as a sentence against the paper's claim: the speed-ups that could be
     measured, and why the others could not (not reached, devices or machines apart, a released anchor's unknown
-    seconds); seconds from records that do not name their machine say so, and a CPU's wall seconds (from records
-    that did not log CPU seconds) that other work inflates them."""
+    seconds); seconds that average fewer seeds than reached Single's best say how many, seconds from records that
+    do not name their machine say so, and a CPU's wall seconds (from records that did not log CPU seconds) that
+    other work inflates them."""
     start = f"On **{dataset}**, {method} reached Single's best in {row['seeds reached']} seeds, "
     paper, epochs, seconds = PAPER_SPEEDUP, row["speed-up (epochs)"], row["speed-up (s)"]
     if pd.isna(epochs):
@@ -575,6 +576,12 @@ def convergence_sentence(dataset: str, method: str, row: pd.Series) -> str:
             "; a CPU's wall seconds also count whatever else ran beside each run, so the epochs are the surer figure"
         )
     named, alike = _counts(row["machines named"])
+    if alike < reached:  # the seconds' speed-ups average fewer seeds than the epochs' do
+        others = "the other" if reached - alike == 1 else f"the other {reached - alike}"
+        pace += (
+            f"; the seconds come from {alike} of the {reached} seeds that got there, {others} timed on another "
+            "device, machine or number of threads"
+        )
     if named < alike:
         unnamed = alike - named
         verb = "does" if unnamed == 1 else "do"  # "1 of its 2 pairs does", "2 of its 3 pairs do"
